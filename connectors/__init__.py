@@ -1,0 +1,1 @@
+"""Action sinks: deliver coupon, points, tag, message and webhook actions."""
