@@ -1,0 +1,87 @@
+"""`{{event.sku}}`-style templates in action params: checked when a ruleset loads, rendered per firing.
+
+The engine is a regex and dictionary look-ups only: no expressions, filters, code or attribute access
+on Python objects, so a ruleset author can read nothing but the firing's own context:
+
+- `{{event.<name>}}` — an attribute of the event that completed the pattern; `event.type`,
+  `event.ts` and `event.event_id` name the event's own fields;
+- `{{profile.<name>}}` — an attribute of the user's profile;
+- `{{user_id}}`, `{{rule_id}}`, `{{ruleset_id}}`.
+
+Spaces inside the braces are allowed (`{{ event.sku }}`). A string that is exactly one template renders
+to the raw value (`"{{event.amount}}"` stays a number; a missing value becomes null); inside longer text
+a value renders as text (strings as is, booleans `true`/`false`, lists and objects as JSON) and a
+missing one as the empty string. There is no escape for a literal `{{`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+_TOKEN = re.compile(r"\{\{([^{}]*)\}\}")
+_EXPRESSION = re.compile(r"(?:event|profile)\.[^\s{}]+|user_id|rule_id|ruleset_id")
+_EXPECTED = "expected event.<name>, profile.<name>, user_id, rule_id or ruleset_id"
+
+
+def find_template_errors(text: str) -> list[str]:
+    """Why `text` holds a template that cannot render (empty when it is fine)."""
+    errors = [
+        f'"{token.group(0)}" is not a template ({_EXPECTED})'
+        for token in _TOKEN.finditer(text)
+        if not _EXPRESSION.fullmatch(token.group(1).strip())
+    ]
+    if "{{" in _TOKEN.sub("", text):
+        errors.append('malformed template: "{{" without a matching "}}"')
+    return errors
+
+
+def is_whole_template(text: str) -> bool:
+    """Whether `text` is exactly one `{{...}}`, which renders to the raw value rather than text."""
+    return _TOKEN.fullmatch(text) is not None
+
+
+def render_value(value: Any, context: Mapping[str, Any]) -> Any:
+    """`value` with every template in its strings (at any depth of lists and objects) filled from `context`."""
+    if isinstance(value, str):
+        return render_text(value, context)
+    if isinstance(value, Mapping):
+        return {key: render_value(item, context) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [render_value(item, context) for item in value]
+    return value
+
+
+def render_text(text: str, context: Mapping[str, Any]) -> Any:
+    """One string rendered: the raw value when `text` is exactly one template, else text."""
+    whole = _TOKEN.fullmatch(text)
+    if whole is not None:
+        return _lookup(whole.group(1).strip(), context)
+    if "{{" not in text:
+        return text
+    return _TOKEN.sub(lambda token: _as_text(_lookup(token.group(1).strip(), context)), text)
+
+
+def _lookup(expression: str, context: Mapping[str, Any]) -> Any:
+    # Unknown expressions render as missing: load-time validation reports them, rendering never fails.
+    if not _EXPRESSION.fullmatch(expression):
+        return None
+    root, _, name = expression.partition(".")
+    if not name:
+        return context.get(root)
+    scope = context.get(root)
+    return scope.get(name) if isinstance(scope, Mapping) else None
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (Mapping, list, tuple)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    return str(value)
