@@ -1,0 +1,43 @@
+"""Request bodies: JSON or msgpack by Content-Type, size-limited, decode errors as DecodeError."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgpack
+from aiohttp import web
+
+from beacon.errors import DecodeError, TooLargeError
+
+MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+
+
+async def read_body(request: web.Request) -> Any:
+    """The decoded body; JSON unless the Content-Type names msgpack."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise TooLargeError(f"body larger than {request.app._client_max_size} bytes", path="body") from exc
+    if not raw:
+        raise DecodeError("empty body", path="body")
+    return decode_payload(raw, request.content_type)
+
+
+def decode_payload(raw: bytes | str, content_type: str) -> Any:
+    """Decode a payload as msgpack (by content type) or JSON."""
+    if content_type in MSGPACK_TYPES:
+        try:
+            return msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        except Exception as exc:
+            raise DecodeError(f"body is not valid msgpack: {exc}", path="body") from exc
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except DecodeError:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"body is not valid JSON: {exc}", path="body") from exc
+
+
+def _reject_constant(name: str) -> Any:
+    raise DecodeError(f"{name} is not valid JSON", path="body")

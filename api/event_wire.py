@@ -1,0 +1,88 @@
+"""Validation of events at the edge (HTTP body, WebSocket frame, dry-run), into `cep.events.Event`."""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from typing import Any
+
+from beacon.errors import ValidationError
+from cep.events import Event
+
+EVENT_FIELDS = ("user_id", "type", "ts", "event_id", "attrs")
+_TYPE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+_MIN_TS = 946_684_800_000  # 2000-01-01: anything earlier is a seconds-for-ms mistake
+_MAX_TS = 4_102_444_800_000  # 2100-01-01
+MAX_ATTRS = 64
+
+
+def check_identifier(value: Any, path: str, what: str, limit: int = 128) -> str:
+    """A non-empty id of at most `limit` characters, safe inside a Redis hash tag."""
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"{what} must be a non-empty string", path=path)
+    if len(value) > limit:
+        raise ValidationError(f"{what} longer than {limit} characters", path=path)
+    # Braces would break the {u:<user>} Redis Cluster hash tag; control characters break logs.
+    if "{" in value or "}" in value or any(ord(ch) < 32 for ch in value):
+        raise ValidationError(f"{what} must not contain braces or control characters", path=path)
+    return value
+
+
+def check_json_value(value: Any, path: str, depth: int = 0) -> None:
+    """A JSON-compatible value (finite numbers, string keys, at most 4 levels deep)."""
+    if depth > 4:
+        raise ValidationError("nested deeper than 4 levels", path=path)
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError("must be a finite number", path=path)
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            check_json_value(item, f"{path}[{index}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValidationError("object keys must be strings", path=path)
+            check_json_value(item, f"{path}.{key}", depth + 1)
+        return
+    raise ValidationError(f"unsupported value of type {type(value).__name__}", path=path)
+
+
+def parse_event(obj: Any, path: str, now_ms: int) -> Event:
+    """Validate one wire event; `ts` defaults to `now_ms`, `event_id` to a fresh UUID."""
+    if not isinstance(obj, dict):
+        raise ValidationError("an event must be an object", path=path or None)
+    prefix = f"{path}." if path else ""
+    unknown = sorted(set(obj) - set(EVENT_FIELDS), key=str)
+    if unknown:
+        raise ValidationError(
+            f"unknown field {unknown[0]!r} (expected one of: {', '.join(EVENT_FIELDS)})",
+            path=f"{prefix}{unknown[0]}",
+        )
+    for required in ("user_id", "type"):
+        if required not in obj:
+            raise ValidationError("is required", path=f"{prefix}{required}")
+    user_id = check_identifier(obj["user_id"], f"{prefix}user_id", "user_id")
+    event_type = obj["type"]
+    if not isinstance(event_type, str) or not _TYPE.fullmatch(event_type):
+        raise ValidationError("type must be 1-64 characters of letters, digits, _ . : -", path=f"{prefix}type")
+    ts = obj.get("ts", now_ms)
+    if isinstance(ts, float) and ts.is_integer():
+        ts = int(ts)
+    if isinstance(ts, bool) or not isinstance(ts, int):
+        raise ValidationError("ts must be an integer (ms since the epoch)", path=f"{prefix}ts")
+    if not _MIN_TS <= ts <= _MAX_TS:
+        raise ValidationError("ts must be ms since the epoch between 2000 and 2100", path=f"{prefix}ts")
+    event_id = obj.get("event_id")
+    event_id = uuid.uuid4().hex if event_id is None else check_identifier(event_id, f"{prefix}event_id", "event_id")
+    attrs = obj.get("attrs") or {}
+    if not isinstance(attrs, dict):
+        raise ValidationError("attrs must be an object", path=f"{prefix}attrs")
+    if len(attrs) > MAX_ATTRS:
+        raise ValidationError(f"more than {MAX_ATTRS} attributes", path=f"{prefix}attrs")
+    check_json_value(attrs, f"{prefix}attrs")
+    return Event(event_id=event_id, user_id=user_id, type=event_type, ts=ts, attrs=attrs, received_ms=now_ms)

@@ -1,0 +1,49 @@
+"""Typed application state by `web.AppKey`, and the accessors handlers use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from beacon.clock import Clock
+from beacon.services import Services
+from beacon.settings import Settings
+from rules.registry import RulesetRegistry
+from rules.store import RulesetStore
+
+
+@dataclass(slots=True)
+class ServiceSlot:
+    """Filled by the app's cleanup context: the app is frozen before its services exist."""
+
+    services: Services | None = None
+
+
+SETTINGS = web.AppKey("settings", Settings)
+CLOCK = web.AppKey("clock", Clock)
+SERVICES = web.AppKey("services", ServiceSlot)
+
+
+def services(request: web.Request) -> Services:
+    """The running services of the request's app."""
+    running = request.app[SERVICES].services
+    if running is None:
+        raise RuntimeError("services are not running")
+    return running
+
+
+def redis(request: web.Request) -> Redis:
+    """The Redis client."""
+    return services(request).redis
+
+
+def store(request: web.Request) -> RulesetStore:
+    """The ruleset store."""
+    return services(request).store
+
+
+def registry(request: web.Request) -> RulesetRegistry:
+    """The compiled-ruleset registry."""
+    return services(request).registry

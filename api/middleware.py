@@ -1,0 +1,70 @@
+"""API middleware: bearer-key auth with scopes, and every error as a JSON body (never a bare 500)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from api.keys import SETTINGS
+from beacon.errors import AuthError, BeaconError, ForbiddenError
+
+log = logging.getLogger("beacon.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+def requires(scope: str) -> Callable[[H], H]:
+    """Mark a handler as needing an API key with `scope` (admin keys hold every scope)."""
+
+    def mark(handler: H) -> H:
+        handler.beacon_scope = scope  # type: ignore[attr-defined]  # read back by auth_middleware
+        return handler
+
+    return mark
+
+
+def error_response(error: BeaconError) -> web.Response:
+    """The JSON response for one of our errors."""
+    return web.json_response(error.to_json(), status=error.status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map our errors and aiohttp's HTTP errors to `{"error": {...}}`; log and hide the unexpected."""
+    try:
+        return await handler(request)
+    except BeaconError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
+        body = {"error": {"code": code, "message": exc.reason, "path": None}}
+        return web.json_response(body, status=exc.status, headers={"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        body = {"error": {"code": "internal", "message": "internal error; see the server log", "path": None}}
+        return web.json_response(body, status=500)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Check `Authorization: Bearer <key>` against the configured keys for scoped handlers."""
+    scope = getattr(request.match_info.handler, "beacon_scope", None)
+    keys = request.app[SETTINGS].api_keys
+    if scope is None or not keys:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    kind, _, token = header.partition(" ")
+    if kind.lower() != "bearer" or not token.strip():
+        raise AuthError("missing bearer token (Authorization: Bearer <key>)", path="Authorization")
+    scopes = keys.get(token.strip())
+    if scopes is None:
+        raise AuthError("unknown API key", path="Authorization")
+    if scope not in scopes:
+        raise ForbiddenError(f"this key lacks the {scope!r} scope", path="Authorization")
+    return await handler(request)

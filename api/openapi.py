@@ -1,0 +1,129 @@
+"""The OpenAPI 3.1 description served at /openapi.json (kept beside the routes it describes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _op(summary: str, scope: str | None, body: str | None = None, ok: str = "OK") -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "responses": {
+            "200": {"description": ok},
+            "4XX": {"description": "Client error", "content": {"application/json": {"schema": _ERROR}}},
+        },
+    }
+    if scope:
+        operation["security"] = [{"bearer": [scope]}]
+    if body:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}},
+                "application/msgpack": {"schema": {"$ref": f"#/components/schemas/{body}"}},
+            },
+        }
+    return operation
+
+
+_ID_PARAM = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_USER_PARAM = [{"name": "user_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "Beacon", "version": "0.1.0", "description": "Real-time marketing trigger server"},
+    "paths": {
+        "/v1/events": {"post": _op("Ingest one event or a batch", "events", "EventsBody")},
+        "/v1/rulesets": {"get": _op("List active rulesets", "rules")},
+        "/v1/rulesets:validate": {"post": _op("Validate a ruleset without storing it", "rules", "Ruleset")},
+        "/v1/rulesets/{id}": {
+            "parameters": _ID_PARAM,
+            "get": _op("A ruleset's active (or ?version=N) document", "rules"),
+            "put": _op("Store a new version", "rules", "Ruleset"),
+            "delete": _op("Delete a ruleset", "rules"),
+        },
+        "/v1/rulesets/{id}:dry-run": {
+            "parameters": _ID_PARAM,
+            "post": _op("Run a ruleset on events with a simulated clock", "rules", "DryRunBody"),
+        },
+        "/v1/users/{user_id}": {
+            "parameters": _USER_PARAM,
+            "get": _op("Profile, tags and live rule state", "events"),
+            "patch": _op("Set attributes and tags", "events", "ProfilePatch"),
+        },
+        "/v1/actions": {
+            "get": {
+                **_op("Actions with delivery status, newest first", "events"),
+                "parameters": [
+                    {"name": "user_id", "in": "query", "schema": {"type": "string"}},
+                    {"name": "rule", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                ],
+            }
+        },
+        "/metrics": {"get": _op("Prometheus metrics", None)},
+        "/healthz": {"get": _op("Health", None)},
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["code", "message"],
+                        "properties": {
+                            "code": {"type": "string"},
+                            "message": {"type": "string"},
+                            "path": {"type": ["string", "null"]},
+                        },
+                    }
+                },
+            },
+            "Event": {
+                "type": "object",
+                "required": ["user_id", "type"],
+                "additionalProperties": False,
+                "properties": {
+                    "user_id": {"type": "string", "minLength": 1, "maxLength": 128},
+                    "type": {"type": "string", "pattern": "^[A-Za-z0-9_.:\\-]{1,64}$"},
+                    "ts": {"type": "integer", "description": "event time, ms since the epoch"},
+                    "event_id": {"type": "string", "minLength": 1, "maxLength": 128},
+                    "attrs": {"type": "object"},
+                },
+            },
+            "EventsBody": {
+                "oneOf": [
+                    {"$ref": "#/components/schemas/Event"},
+                    {
+                        "type": "object",
+                        "required": ["events"],
+                        "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}},
+                    },
+                ]
+            },
+            "Ruleset": {"type": "object", "description": "See README: the ruleset language"},
+            "DryRunBody": {
+                "type": "object",
+                "required": ["events"],
+                "properties": {
+                    "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+                    "profiles": {"type": "object"},
+                },
+            },
+            "ProfilePatch": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "attrs": {"type": "object"},
+                    "add_tags": {"type": "array", "items": {"type": "string"}},
+                    "remove_tags": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+    },
+}

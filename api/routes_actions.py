@@ -1,0 +1,36 @@
+"""The action ledger endpoint: what fired, for whom, and its delivery status."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from api import keys
+from api.event_wire import check_identifier
+from api.middleware import requires
+from beacon.errors import ValidationError
+from cep.ledger import recent_actions, user_actions
+
+MAX_LIMIT = 1000
+
+
+@requires("events")
+async def list_actions(request: web.Request) -> web.Response:
+    """`GET /v1/actions?user_id=&rule=&limit=`: newest first."""
+    limit_text = request.query.get("limit", "100")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+        raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}", path="limit")
+    limit = int(limit_text)
+    rule = request.query.get("rule") or None
+    user_id = request.query.get("user_id")
+    redis = keys.redis(request)
+    if user_id is not None:
+        check_identifier(user_id, "user_id", "user_id")
+        actions = await user_actions(redis, user_id, rule, limit)
+    else:
+        actions = await recent_actions(redis, rule, limit)
+    return web.json_response({"actions": actions})
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the ledger endpoint."""
+    app.router.add_get("/v1/actions", list_actions)

@@ -1,0 +1,71 @@
+"""HTTP ingest: one event or a batch, validated per item, acknowledged once durably appended."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from api import keys
+from api.bodies import read_body
+from api.event_wire import parse_event
+from api.middleware import requires
+from beacon import metrics
+from beacon.errors import TooLargeError, ValidationError
+from cep import streams
+from cep.events import Event
+
+
+def split_batch(body: Any, max_events: int) -> tuple[list[Any], bool]:
+    """The wire events of a body (`{"events": [...]}` or one event) and whether it was a batch."""
+    if isinstance(body, dict) and "events" in body and "user_id" not in body:
+        extra = sorted(set(body) - {"events"})
+        if extra:
+            raise ValidationError(f"unknown field {extra[0]!r} (expected: events)", path=extra[0])
+        items = body["events"]
+        if not isinstance(items, list) or not items:
+            raise ValidationError("events must be a non-empty list", path="events")
+        if len(items) > max_events:
+            raise TooLargeError(f"{len(items)} events in one batch; the limit is {max_events}", path="events")
+        return items, True
+    return [body], False
+
+
+def validate_items(
+    items: list[Any], batch: bool, now_ms: int, transport: str
+) -> tuple[list[Event], list[dict[str, Any]]]:
+    """Parse each item; returns the good events and per-item errors (index, code, message, path)."""
+    good: list[Event] = []
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            good.append(parse_event(item, f"events[{index}]" if batch else "", now_ms))
+        except ValidationError as exc:
+            metrics.on_event_rejected(transport, exc.code)
+            errors.append({"index": index, "code": exc.code, "message": exc.message, "path": exc.path})
+    return good, errors
+
+
+@requires("events")
+async def post_events(request: web.Request) -> web.Response:
+    """Accept events; 200 with accepted ids and per-item errors, 422 when nothing was acceptable."""
+    settings = request.app[keys.SETTINGS]
+    body = await read_body(request)
+    items, batch = split_batch(body, settings.max_batch_events)
+    events, errors = validate_items(items, batch, request.app[keys.CLOCK].now_ms(), "http")
+    if not batch and errors:
+        error = errors[0]
+        raise ValidationError(error["message"], path=error["path"])
+    if not events:
+        first = errors[0]
+        message = f"no event in the batch was valid; first: {first['path']}: {first['message']}"
+        body = {"error": {"code": "invalid", "message": message, "path": "events"}, "accepted": [], "errors": errors}
+        return web.json_response(body, status=422)
+    await streams.append_events(keys.redis(request), events, settings.partitions)
+    metrics.on_events_accepted("http", len(events))
+    return web.json_response({"accepted": [event.event_id for event in events], "errors": errors})
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the ingest endpoint."""
+    app.router.add_post("/v1/events", post_events)

@@ -1,0 +1,105 @@
+"""Ruleset endpoints: versioned PUT, GET, list, DELETE, validate."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from api import keys
+from api.bodies import read_body
+from api.middleware import requires
+from beacon.errors import ValidationError
+from rules.schema import parse_ruleset
+
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
+_ID = re.compile(ID_PATTERN)
+
+
+def ruleset_id_of(request: web.Request) -> str:
+    """The `{id}` path segment, checked."""
+    ruleset_id = request.match_info["id"]
+    if not _ID.fullmatch(ruleset_id):
+        raise ValidationError("ruleset id must match " + ID_PATTERN, path="id")
+    return ruleset_id
+
+
+@requires("rules")
+async def put_ruleset(request: web.Request) -> web.Response:
+    """Validate a document and store it as the ruleset's new active version."""
+    ruleset_id = ruleset_id_of(request)
+    document = await read_body(request)
+    settings = request.app[keys.SETTINGS]
+    ruleset = parse_ruleset(document, ruleset_id=ruleset_id, default_lateness_ms=settings.lateness_ms)
+    if isinstance(document, dict) and "id" not in document:
+        document = {"id": ruleset_id, **document}
+    version = await keys.store(request).put(ruleset_id, document, request.app[keys.CLOCK].now_ms())
+    # Compile here too, so this process serves the new version before the response goes out.
+    await keys.registry(request).refresh()
+    return web.json_response({"id": ruleset_id, "version": version, "rules": len(ruleset.rules)})
+
+
+@requires("rules")
+async def list_rulesets(request: web.Request) -> web.Response:
+    """Every active ruleset with its version."""
+    _, stored = await keys.store(request).active()
+    items = [
+        {
+            "id": item.id,
+            "version": item.version,
+            "description": item.document.get("description", ""),
+            "rules": len(item.document.get("rules", [])),
+            "updated_ms": item.updated_ms,
+        }
+        for item in stored
+    ]
+    return web.json_response({"rulesets": items})
+
+
+@requires("rules")
+async def get_ruleset(request: web.Request) -> web.Response:
+    """The active version (or `?version=N`) of one ruleset, with its kept versions."""
+    ruleset_id = ruleset_id_of(request)
+    version_text = request.query.get("version")
+    version = None
+    if version_text is not None:
+        if not version_text.isdigit():
+            raise ValidationError("version must be a positive integer", path="version")
+        version = int(version_text)
+    store = keys.store(request)
+    stored = await store.get(ruleset_id, version)
+    return web.json_response(
+        {
+            "id": stored.id,
+            "version": stored.version,
+            "document": stored.document,
+            "updated_ms": stored.updated_ms,
+            "versions": await store.versions(ruleset_id),
+        }
+    )
+
+
+@requires("rules")
+async def delete_ruleset(request: web.Request) -> web.Response:
+    """Deactivate a ruleset and drop its versions."""
+    ruleset_id = ruleset_id_of(request)
+    await keys.store(request).delete(ruleset_id)
+    await keys.registry(request).refresh()
+    return web.json_response({"id": ruleset_id, "deleted": True})
+
+
+@requires("rules")
+async def validate_ruleset(request: web.Request) -> web.Response:
+    """Validate a document without storing it."""
+    document = await read_body(request)
+    ruleset = parse_ruleset(document, default_lateness_ms=request.app[keys.SETTINGS].lateness_ms)
+    return web.json_response({"valid": True, "id": ruleset.id, "rules": [rule.id for rule in ruleset.rules]})
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the ruleset endpoints."""
+    app.router.add_post("/v1/rulesets:validate", validate_ruleset)
+    app.router.add_get("/v1/rulesets", list_rulesets)
+    app.router.add_put("/v1/rulesets/{id:[^/:]+}", put_ruleset)
+    app.router.add_get("/v1/rulesets/{id:[^/:]+}", get_ruleset)
+    app.router.add_delete("/v1/rulesets/{id:[^/:]+}", delete_ruleset)

@@ -1,0 +1,140 @@
+"""Every Prometheus metric Beacon exports, behind narrow hooks the core calls (labels stay bounded)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS_ACCEPTED = Counter(
+    "beacon_events_accepted_total", "Events durably appended to an event stream", ["transport"], registry=REGISTRY
+)
+EVENTS_REJECTED = Counter(
+    "beacon_events_rejected_total", "Events refused at ingest", ["transport", "reason"], registry=REGISTRY
+)
+EVENTS_PROCESSED = Counter(
+    "beacon_events_processed_total", "Events evaluated by workers", ["origin"], registry=REGISTRY
+)
+EVENTS_DUPLICATE = Counter(
+    "beacon_events_duplicate_total", "Events whose event_id had been processed before", registry=REGISTRY
+)
+EVENTS_LATE = Counter(
+    "beacon_events_late_total",
+    "Events that arrived after a rule's deadline plus lateness and could no longer affect it",
+    ["ruleset", "rule"],
+    registry=REGISTRY,
+)
+RULE_MATCHES = Counter(
+    "beacon_rule_matches_total", "Rule firings admitted by re-entry policy", ["ruleset", "rule"], registry=REGISTRY
+)
+ACTIONS_EMITTED = Counter(
+    "beacon_actions_emitted_total", "Actions written to the ledger and outbox", ["type"], registry=REGISTRY
+)
+INGEST_TO_OUTBOX = Histogram(
+    "beacon_ingest_to_outbox_seconds",
+    "From an event's acceptance to its actions appearing in the outbox",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "beacon_worker_batch_seconds",
+    "Time a worker spends on one batch of stream entries",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    registry=REGISTRY,
+)
+STREAM_LAG = Gauge(
+    "beacon_stream_lag_entries", "Event stream entries not yet acknowledged by the workers", registry=REGISTRY
+)
+TIMER_LAG = Histogram(
+    "beacon_timer_lag_seconds",
+    "How late a due timer was turned into an event",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    registry=REGISTRY,
+)
+PENDING_TIMERS = Gauge("beacon_pending_timers", "Timers waiting for their due time", registry=REGISTRY)
+RULESETS_ACTIVE = Gauge("beacon_rulesets_active", "Active rulesets in this process", registry=REGISTRY)
+ACTION_DELIVERIES = Counter(
+    "beacon_action_deliveries_total", "Delivery attempts by connector and outcome", ["connector", "outcome"],
+    registry=REGISTRY,
+)
+TRIGGER_TO_DELIVERY = Histogram(
+    "beacon_trigger_to_delivery_seconds",
+    "From an action's creation to its delivery",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+    registry=REGISTRY,
+)
+
+
+def on_events_accepted(transport: str, count: int) -> None:
+    """Events appended by the HTTP or WebSocket ingest."""
+    EVENTS_ACCEPTED.labels(transport).inc(count)
+
+
+def on_event_rejected(transport: str, reason: str) -> None:
+    """One event refused at ingest, by error code (a small fixed set)."""
+    EVENTS_REJECTED.labels(transport, reason).inc()
+
+
+def on_events_processed(origin: str, count: int) -> None:
+    """Events a worker evaluated."""
+    EVENTS_PROCESSED.labels(origin or "producer").inc(count)
+
+
+def on_duplicate_event() -> None:
+    """An event_id seen before."""
+    EVENTS_DUPLICATE.inc()
+
+
+def on_late_event(ruleset_id: str, rule_id: str) -> None:
+    """An event past a rule's deadline plus lateness."""
+    EVENTS_LATE.labels(ruleset_id, rule_id).inc()
+
+
+def on_rule_fired(ruleset_id: str, rule_id: str) -> None:
+    """A firing admitted by the re-entry policy."""
+    RULE_MATCHES.labels(ruleset_id, rule_id).inc()
+
+
+def on_action_emitted(action_type: str, latency_s: float | None) -> None:
+    """An action reached the ledger/outbox, `latency_s` after its event was accepted."""
+    ACTIONS_EMITTED.labels(action_type).inc()
+    if latency_s is not None:
+        INGEST_TO_OUTBOX.observe(max(latency_s, 0.0))
+
+
+def on_batch(seconds: float) -> None:
+    """A worker batch finished."""
+    BATCH_SECONDS.observe(seconds)
+
+
+def set_stream_lag(entries: int) -> None:
+    """Undelivered plus unacknowledged entries over all partitions."""
+    STREAM_LAG.set(entries)
+
+
+def on_timer_fired(lag_s: float) -> None:
+    """A timer turned into an event `lag_s` after its due time."""
+    TIMER_LAG.observe(max(lag_s, 0.0))
+
+
+def set_pending_timers(count: int) -> None:
+    """Timers waiting over all partitions."""
+    PENDING_TIMERS.set(count)
+
+
+def set_active_rulesets(count: int) -> None:
+    """Rulesets compiled in this process."""
+    RULESETS_ACTIVE.set(count)
+
+
+def on_delivery(connector: str, outcome: str, latency_s: float | None = None) -> None:
+    """A delivery attempt ended with `outcome` (delivered, failed, skipped, dead, ...)."""
+    ACTION_DELIVERIES.labels(connector, outcome).inc()
+    if latency_s is not None and outcome == "delivered":
+        TRIGGER_TO_DELIVERY.observe(max(latency_s, 0.0))
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,121 @@
+"""Start and stop, in one place and in dependency order, everything a Beacon process runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from beacon import metrics
+from beacon.clock import Clock
+from beacon.pause import pause
+from beacon.settings import Settings
+from cep import streams
+from cep.evaluate import BatchEvaluator, StateLimits
+from cep.timers import Sweeper
+from cep.worker import Worker, consumer_name
+from rules.registry import RulesetRegistry
+from rules.store import RulesetStore
+
+log = logging.getLogger("beacon")
+
+LAG_EVERY_S = 2.0
+
+
+@dataclass(slots=True)
+class Services:
+    """The long-lived objects of one process."""
+
+    settings: Settings
+    clock: Clock
+    redis: Redis
+    store: RulesetStore
+    registry: RulesetRegistry
+    evaluator: BatchEvaluator
+    worker: Worker | None = None
+    sweeper: Sweeper | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Loops check this between iterations: stopping them this way never cancels a Redis call midway.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def connect(settings: Settings) -> Redis:
+    """The Redis client for `settings.redis_url` (must be resolved by now)."""
+    if not settings.redis_url:
+        raise ValueError("redis_url must be resolved before connecting")
+    return Redis.from_url(settings.redis_url, health_check_interval=30, socket_keepalive=True)
+
+
+@contextlib.asynccontextmanager
+async def open_services(
+    settings: Settings, clock: Clock, *, workers: bool, timers: bool | None = None
+) -> AsyncIterator[Services]:
+    """Connect, compile the active rulesets, start background loops; undo it all on exit."""
+    redis = connect(settings)
+    try:
+        await redis.ping()
+        await streams.ensure_groups(redis, settings.partitions)
+        store = RulesetStore(redis)
+        registry = RulesetRegistry(store, settings.lateness_ms)
+        await registry.refresh()
+        limits = StateLimits(settings.dedupe_horizon_ms, settings.ledger_retention_ms)
+        evaluator = BatchEvaluator(redis, clock, settings.partitions, limits)
+        services = Services(settings, clock, redis, store, registry, evaluator)
+        if workers:
+            services.worker = Worker(
+                redis,
+                registry,
+                evaluator,
+                partitions=settings.partitions,
+                batch_size=settings.worker_batch,
+                block_ms=settings.worker_block_ms,
+                stopping=services.stopping,
+            )
+            services.tasks.append(asyncio.create_task(services.worker.run(), name="worker"))
+        if settings.run_timers if timers is None else timers:
+            services.sweeper = Sweeper(redis, clock, settings.partitions, consumer_name(), stopping=services.stopping)
+            services.tasks.append(asyncio.create_task(services.sweeper.run(), name="timers"))
+        services.tasks.append(
+            asyncio.create_task(_report_lag(redis, settings.partitions, services.stopping), name="lag")
+        )
+        try:
+            yield services
+        finally:
+            await stop_tasks(services.tasks, services.stopping)
+            if services.sweeper is not None:
+                with contextlib.suppress(Exception):
+                    await services.sweeper.release()
+            registry.close()
+    finally:
+        await redis.aclose()
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]], stopping: asyncio.Event, grace_s: float = 5.0) -> None:
+    """Ask background loops to stop, wait for them, and cancel only what outlives the grace period.
+
+    Cancelling a redis-py call mid-read can leave it waiting for ever (seen here with XREADGROUP on
+    redis-py 8 and Python 3.11), so loops are stopped between calls; cancelling is the fallback and is
+    repeated because a cancellation landing inside redis-py's own timeout can be lost.
+    """
+    stopping.set()
+    if tasks:
+        await asyncio.wait(tasks, timeout=grace_s)
+    for task in tasks:
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s had failed: %r", task.get_name(), task.exception())
+
+
+async def _report_lag(redis: Redis, partitions: int, stopping: asyncio.Event) -> None:
+    while not stopping.is_set():
+        try:
+            metrics.set_stream_lag(await streams.backlog(redis, partitions))
+        except Exception as exc:  # a metrics loop must outlive a Redis hiccup
+            log.debug("lag report failed: %s", exc)
+        await pause(stopping, LAG_EVERY_S)

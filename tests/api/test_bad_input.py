@@ -1,0 +1,161 @@
+"""Bad input gets a clear 4xx JSON error naming the field, and leaves no half-written state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+import redis.asyncio as aioredis
+
+from tests.api.test_end_to_end import BIG_SPEND, pay, settled
+from tests.harness import Beacon, running_beacon, server_settings
+
+
+@pytest.fixture
+async def beacon(redis_url: str, redis_client: aioredis.Redis) -> Any:
+    settings = server_settings(redis_url, max_body_bytes=64 * 1024, max_batch_events=10)
+    async with running_beacon(settings) as running:
+        yield running
+
+
+def assert_error(status: int, body: Any, expected_status: int, code: str, path: str | None) -> None:
+    assert status == expected_status, body
+    assert body["error"]["code"] == code, body
+    assert body["error"]["path"] == path, body
+    assert body["error"]["message"]
+
+
+async def test_malformed_json_body(beacon: Beacon) -> None:
+    status, body = await beacon.call(
+        "POST", "/v1/events", data=b'{"user_id": "u", ', headers={"Content-Type": "application/json"}
+    )
+    assert_error(status, body, 400, "malformed", "body")
+
+
+async def test_malformed_msgpack_body(beacon: Beacon) -> None:
+    status, body = await beacon.call(
+        "POST", "/v1/events", data=b"\xc1\xff\x00", headers={"Content-Type": "application/msgpack"}
+    )
+    assert_error(status, body, 400, "malformed", "body")
+
+
+async def test_nan_is_not_json(beacon: Beacon) -> None:
+    status, body = await beacon.call(
+        "POST", "/v1/events", data=b'{"user_id": "u", "type": "pay", "attrs": {"x": NaN}}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert_error(status, body, 400, "malformed", "body")
+
+
+@pytest.mark.parametrize(
+    ("event", "path"),
+    [
+        ({"type": "pay"}, "user_id"),
+        ({"user_id": 42, "type": "pay"}, "user_id"),
+        ({"user_id": "a{b}", "type": "pay"}, "user_id"),
+        ({"user_id": "u", "type": "has space"}, "type"),
+        ({"user_id": "u", "type": "pay", "ts": "yesterday"}, "ts"),
+        ({"user_id": "u", "type": "pay", "ts": 1700000000}, "ts"),
+        ({"user_id": "u", "type": "pay", "attrs": [1, 2]}, "attrs"),
+        ({"user_id": "u", "type": "pay", "colour": "red"}, "colour"),
+    ],
+)
+async def test_single_event_field_errors(beacon: Beacon, event: dict[str, Any], path: str) -> None:
+    status, body = await beacon.call("POST", "/v1/events", json=event)
+    assert_error(status, body, 422, "invalid", path)
+
+
+async def test_batch_keeps_good_items_and_reports_bad_ones(beacon: Beacon, redis_client: aioredis.Redis) -> None:
+    await beacon.put_ruleset(BIG_SPEND)
+    events = [pay("ok-1", 1000), {"user_id": "bad", "type": "pay", "ts": -1}, pay("ok-2", 2000)]
+    status, body = await beacon.post_events(events)
+    assert status == 200
+    assert len(body["accepted"]) == 2
+    assert body["errors"] == [
+        {"index": 1, "code": "invalid", "message": body["errors"][0]["message"], "path": "events[1].ts"}
+    ]
+    await beacon.wait_actions("ok-2", 2)
+    await settled(redis_client)
+    assert await beacon.actions("bad") == []
+
+
+async def test_batch_with_no_good_item_is_422(beacon: Beacon) -> None:
+    status, body = await beacon.post_events([{"user_id": "u"}])
+    assert_error(status, body, 422, "invalid", "events")
+    assert body["errors"][0]["path"] == "events[0].type"
+
+
+async def test_oversized_batch_and_body(beacon: Beacon) -> None:
+    status, body = await beacon.post_events([pay(f"u{i}", 1) for i in range(11)])
+    assert_error(status, body, 413, "too_large", "events")
+    big = {"user_id": "u", "type": "pay", "attrs": {"blob": "x" * 70_000}}
+    status, body = await beacon.call("POST", "/v1/events", json=big)
+    assert_error(status, body, 413, "too_large", "body")
+    status, body = await beacon.call(
+        "POST", "/v1/events", data=msgpack.packb({"events": "nope"}), headers={"Content-Type": "application/msgpack"}
+    )
+    assert_error(status, body, 422, "invalid", "events")
+
+
+async def test_bad_ruleset_is_422_with_path_and_changes_nothing(beacon: Beacon) -> None:
+    assert await beacon.put_ruleset(BIG_SPEND) == 1
+    broken = {
+        "id": "big-spend",
+        "rules": [
+            {
+                "id": "r",
+                "when": {"absence": {"first": {"event": "a"}, "missing": {"event": "b"}, "within": "30x"}},
+                "then": [{"action": "coupon", "coupon_id": "C"}],
+            }
+        ],
+    }
+    status, body = await beacon.call("PUT", "/v1/rulesets/big-spend", json=broken)
+    assert_error(status, body, 422, "invalid", "rules[0].when.absence.within")
+    assert "30x" in body["error"]["message"]
+    status, body = await beacon.call("GET", "/v1/rulesets/big-spend")
+    assert status == 200 and body["version"] == 1 and body["versions"] == [1]
+
+    status, body = await beacon.call("POST", "/v1/rulesets:validate", json=broken)
+    assert_error(status, body, 422, "invalid", "rules[0].when.absence.within")
+    status, body = await beacon.call("PUT", "/v1/rulesets/other", json={**BIG_SPEND, "id": "big-spend"})
+    assert_error(status, body, 422, "invalid", "id")
+
+
+async def test_unknown_ruleset_and_path(beacon: Beacon) -> None:
+    status, body = await beacon.call("GET", "/v1/rulesets/nope")
+    assert_error(status, body, 404, "not_found", "id")
+    status, body = await beacon.call("DELETE", "/v1/rulesets/nope")
+    assert_error(status, body, 404, "not_found", "id")
+    status, body = await beacon.call("GET", "/v1/nothing-here")
+    assert status == 404 and body["error"]["code"] == "not_found"
+    status, body = await beacon.call("GET", "/v1/actions", params={"limit": "zero"})
+    assert_error(status, body, 422, "invalid", "limit")
+
+
+async def test_profile_patch_errors(beacon: Beacon) -> None:
+    status, body = await beacon.call("PATCH", "/v1/users/u1", json={"atrs": {}})
+    assert_error(status, body, 422, "invalid", "atrs")
+    status, body = await beacon.call("PATCH", "/v1/users/u1", json={"add_tags": "vip"})
+    assert_error(status, body, 422, "invalid", "add_tags")
+    status, body = await beacon.call("GET", "/v1/users/u1")
+    assert body["tags"] == [] and body["attrs"] == {}
+
+
+async def test_auth_scopes(redis_url: str, redis_client: aioredis.Redis) -> None:
+    settings = server_settings(redis_url, api_keys={"ingest-key": frozenset({"events"}), "root": frozenset({"rules", "events", "admin"})})
+    async with running_beacon(settings) as beacon:
+        status, body = await beacon.call("GET", "/v1/rulesets")
+        assert_error(status, body, 401, "unauthorized", "Authorization")
+        status, body = await beacon.call("GET", "/v1/rulesets", headers={"Authorization": "Bearer wrong"})
+        assert_error(status, body, 401, "unauthorized", "Authorization")
+        status, body = await beacon.call("GET", "/v1/rulesets", headers={"Authorization": "Bearer ingest-key"})
+        assert_error(status, body, 403, "forbidden", "Authorization")
+        status, _ = await beacon.call("GET", "/v1/rulesets", headers={"Authorization": "Bearer root"})
+        assert status == 200
+        status, _ = await beacon.call("POST", "/v1/events", json=pay("u", 1), headers={"Authorization": "Bearer ingest-key"})
+        assert status == 200
+        status, _ = await beacon.call("GET", "/metrics")
+        assert status == 200
+        status, _ = await beacon.call("GET", "/healthz")
+        assert status == 200

@@ -1,0 +1,94 @@
+"""A running Beacon (real app on a real socket, real Redis) and the HTTP calls tests make on it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import aiohttp
+import msgpack
+from aiohttp.test_utils import TestServer
+
+from api.app import build_app
+from beacon.clock import Clock
+from beacon.settings import Settings
+
+T = TypeVar("T")
+
+
+def server_settings(redis_url: str, **overrides: Any) -> Settings:
+    """Settings for a test server: fast polling, two partitions."""
+    base = Settings(redis_url=redis_url, partitions=2, worker_block_ms=20, lateness_ms=2000)
+    return dataclasses.replace(base, **overrides)
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout_s: float = 5.0) -> T:
+    """Poll `probe` until `done(result)` or the deadline; returns the last result either way."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await probe()
+        if done(result) or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.01)
+
+
+@dataclasses.dataclass
+class Beacon:
+    """A test client bound to one running server."""
+
+    server: TestServer
+    session: aiohttp.ClientSession
+    headers: dict[str, str]
+
+    def url(self, path: str) -> str:
+        """Absolute URL of an API path."""
+        return str(self.server.make_url(path))
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        """Status and decoded JSON body of one request."""
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        async with self.session.request(method, self.url(path), headers=headers, **kwargs) as response:
+            body = await response.json(content_type=None) if response.content_type != "text/plain" else await response.text()
+            return response.status, body
+
+    async def put_ruleset(self, document: dict[str, Any]) -> int:
+        """PUT a ruleset; returns its version (asserts success)."""
+        status, body = await self.call("PUT", f"/v1/rulesets/{document['id']}", json=document)
+        assert status == 200, body
+        return int(body["version"])
+
+    async def post_events(self, events: list[dict[str, Any]], *, msgpack_body: bool = False) -> tuple[int, Any]:
+        """POST a batch of events as JSON or msgpack."""
+        if msgpack_body:
+            data = msgpack.packb({"events": events})
+            return await self.call("POST", "/v1/events", data=data, headers={"Content-Type": "application/msgpack"})
+        return await self.call("POST", "/v1/events", json={"events": events})
+
+    async def actions(self, user_id: str | None = None, rule: str | None = None) -> list[dict[str, Any]]:
+        """The ledger as `GET /v1/actions` shows it."""
+        params = {key: value for key, value in (("user_id", user_id), ("rule", rule)) if value}
+        status, body = await self.call("GET", "/v1/actions", params=params)
+        assert status == 200, body
+        return list(body["actions"])
+
+    async def wait_actions(self, user_id: str, count: int, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        """Poll a user's actions until there are at least `count` (or the deadline passes)."""
+        return await eventually(lambda: self.actions(user_id), lambda found: len(found) >= count, timeout_s)
+
+
+@asynccontextmanager
+async def running_beacon(settings: Settings, clock: Clock | None = None, api_key: str | None = None) -> AsyncIterator[Beacon]:
+    """Start the real app on a loopback port; stop it (and its workers) on exit."""
+    server = TestServer(build_app(settings, clock), host="127.0.0.1")
+    await server.start_server()
+    session = aiohttp.ClientSession()
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        yield Beacon(server, session, headers)
+    finally:
+        await session.close()
+        await server.close()
