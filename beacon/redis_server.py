@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -75,7 +76,13 @@ class EmbeddedRedis:
     def start(self, timeout_s: float = 15.0) -> None:
         """Start the server and block until it answers PING (or raise with its log tail)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._process = subprocess.Popen(self.command(), cwd=self.data_dir, stdin=subprocess.DEVNULL)
+        self._stop_leftover()
+        # Own session: a Ctrl-C or SIGTERM to Beacon's process group must not kill Redis before
+        # Beacon has stopped using it; Beacon stops it itself, last.
+        self._process = subprocess.Popen(
+            self.command(), cwd=self.data_dir, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        (self.data_dir / "server.pid").write_text(str(self._process.pid))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -110,6 +117,21 @@ class EmbeddedRedis:
     def running(self) -> bool:
         """Whether the process is alive."""
         return self._process is not None and self._process.poll() is None
+
+    def _stop_leftover(self) -> None:
+        """Stop a server a killed Beacon left behind on this data dir: two servers must never share an AOF."""
+        pid_file = self.data_dir / "server.pid"
+        try:
+            pid = int(pid_file.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"redis-server" in cmdline or b"valkey-server" in cmdline:
+            log.warning("stopping a private redis server (pid %s) left behind by an earlier run", pid)
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def _answers_ping(self) -> bool:
         try:
