@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +14,7 @@ from api.routes_rulesets import ruleset_id_of
 from beacon.errors import TooLargeError, ValidationError
 from cep.dryrun import dry_run
 from cep.evaluate import StateLimits
-from rules.schema import parse_ruleset
+from rules.registry import compile_ruleset
 
 DRY_RUN_FIELDS = ("events", "profiles", "until", "document")
 MAX_DRY_RUN_EVENTS = 10_000
@@ -51,12 +50,11 @@ async def post_dry_run(request: web.Request) -> web.Response:
                               path=unknown[0])
     settings = request.app[keys.SETTINGS]
     if "document" in body:
-        ruleset = parse_ruleset(body["document"], ruleset_id=ruleset_id, default_lateness_ms=settings.lateness_ms)
+        ruleset = compile_ruleset(body["document"], ruleset_id=ruleset_id, lateness_ms=settings.lateness_ms)
     else:
         stored = await keys.store(request).get(ruleset_id)
-        ruleset = replace(
-            parse_ruleset(stored.document, ruleset_id=ruleset_id, default_lateness_ms=settings.lateness_ms),
-            version=stored.version,
+        ruleset = compile_ruleset(
+            stored.document, ruleset_id=ruleset_id, lateness_ms=settings.lateness_ms, version=stored.version
         )
     raw_events = body.get("events")
     if not isinstance(raw_events, list) or not raw_events:

@@ -10,7 +10,7 @@ from api import keys
 from api.bodies import read_body
 from api.middleware import requires
 from beacon.errors import ValidationError
-from rules.schema import parse_ruleset
+from rules.registry import compile_ruleset
 
 ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
 _ID = re.compile(ID_PATTERN)
@@ -30,7 +30,7 @@ async def put_ruleset(request: web.Request) -> web.Response:
     ruleset_id = ruleset_id_of(request)
     document = await read_body(request)
     settings = request.app[keys.SETTINGS]
-    ruleset = parse_ruleset(document, ruleset_id=ruleset_id, default_lateness_ms=settings.lateness_ms)
+    ruleset = compile_ruleset(document, ruleset_id=ruleset_id, lateness_ms=settings.lateness_ms)
     if isinstance(document, dict) and "id" not in document:
         document = {"id": ruleset_id, **document}
     version = await keys.store(request).put(ruleset_id, document, request.app[keys.CLOCK].now_ms())
@@ -92,7 +92,7 @@ async def delete_ruleset(request: web.Request) -> web.Response:
 async def validate_ruleset(request: web.Request) -> web.Response:
     """Validate a document without storing it."""
     document = await read_body(request)
-    ruleset = parse_ruleset(document, default_lateness_ms=request.app[keys.SETTINGS].lateness_ms)
+    ruleset = compile_ruleset(document, ruleset_id=None, lateness_ms=request.app[keys.SETTINGS].lateness_ms)
     return web.json_response({"valid": True, "id": ruleset.id, "rules": [rule.id for rule in ruleset.rules]})
 
 

@@ -52,6 +52,13 @@ class CompiledRuleset:
             self.close()
 
 
+def compile_ruleset(document: object, *, ruleset_id: str | None, lateness_ms: int, version: int = 0) -> Ruleset:
+    """Validate a document fully: the schema, then the condition engine's own limits (both 422s)."""
+    ruleset = replace(parse_ruleset(document, ruleset_id=ruleset_id, default_lateness_ms=lateness_ms), version=version)
+    ConditionEngine(ruleset).close()
+    return ruleset
+
+
 class RulesetRegistry:
     """Compiled active rulesets; `refresh()` is cheap when nothing changed (one GET)."""
 
@@ -98,10 +105,10 @@ class RulesetRegistry:
                     continue
                 try:
                     ruleset = parse_ruleset(item.document, ruleset_id=item.id, default_lateness_ms=self._lateness)
+                    fresh[item.id] = CompiledRuleset.build(replace(ruleset, version=item.version))
                 except ValidationError as exc:
                     log.error("stored ruleset %s v%s no longer validates: %s", item.id, item.version, exc)
                     continue
-                fresh[item.id] = CompiledRuleset.build(replace(ruleset, version=item.version))
                 log.info("compiled ruleset %s v%s (%d rules)", item.id, item.version, len(ruleset.rules))
             for ruleset_id, old in self._compiled.items():
                 if fresh.get(ruleset_id) is not old:
