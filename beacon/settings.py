@@ -49,6 +49,10 @@ class Settings:
     # Events older than this are treated as duplicates-unknown: their ids are forgotten.
     dedupe_horizon_ms: int = 7 * 24 * 3600 * 1000
     ledger_retention_ms: int = 30 * 24 * 3600 * 1000
+    # WebSocket ingest: ping interval (0 = off), idle close, and frames read but not yet acknowledged.
+    ws_heartbeat_ms: int = 20_000
+    ws_receive_timeout_ms: int = 60_000
+    ws_max_in_flight: int = 8
     run_workers: bool = True
     run_timers: bool = True
     run_api: bool = True
@@ -96,5 +100,8 @@ class Settings:
             worker_block_ms=integer("WORKER_BLOCK_MS", base.worker_block_ms, 1),
             dedupe_horizon_ms=integer("DEDUPE_HORIZON_MS", base.dedupe_horizon_ms, 1000),
             ledger_retention_ms=integer("LEDGER_RETENTION_MS", base.ledger_retention_ms, 1000),
+            ws_heartbeat_ms=integer("WS_HEARTBEAT_MS", base.ws_heartbeat_ms),
+            ws_receive_timeout_ms=integer("WS_RECEIVE_TIMEOUT_MS", base.ws_receive_timeout_ms),
+            ws_max_in_flight=integer("WS_MAX_IN_FLIGHT", base.ws_max_in_flight, 1),
             log_level=get("LOG_LEVEL") or base.log_level,
         )
