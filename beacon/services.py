@@ -73,6 +73,7 @@ async def open_services(
                 partitions=settings.partitions,
                 batch_size=settings.worker_batch,
                 block_ms=settings.worker_block_ms,
+                reclaim_idle_ms=settings.reclaim_idle_ms,
                 stopping=services.stopping,
             )
             services.tasks.append(asyncio.create_task(services.worker.run(), name="worker"))

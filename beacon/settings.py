@@ -53,6 +53,8 @@ class Settings:
     ws_heartbeat_ms: int = 20_000
     ws_receive_timeout_ms: int = 60_000
     ws_max_in_flight: int = 8
+    # A stream entry read but unacknowledged this long belongs to a dead consumer and is reclaimed.
+    reclaim_idle_ms: int = 30_000
     run_workers: bool = True
     run_timers: bool = True
     run_api: bool = True
@@ -103,5 +105,8 @@ class Settings:
             ws_heartbeat_ms=integer("WS_HEARTBEAT_MS", base.ws_heartbeat_ms),
             ws_receive_timeout_ms=integer("WS_RECEIVE_TIMEOUT_MS", base.ws_receive_timeout_ms),
             ws_max_in_flight=integer("WS_MAX_IN_FLIGHT", base.ws_max_in_flight, 1),
+            reclaim_idle_ms=integer("RECLAIM_IDLE_MS", base.reclaim_idle_ms, 100),
+            run_workers=flag("RUN_WORKERS", base.run_workers),
+            run_timers=flag("RUN_TIMERS", base.run_timers),
             log_level=get("LOG_LEVEL") or base.log_level,
         )

@@ -70,7 +70,7 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 entries, reclaimed = [], False
-                if time.monotonic() - last_reclaim > RECLAIM_EVERY_S:
+                if time.monotonic() - last_reclaim > min(RECLAIM_EVERY_S, self._reclaim_idle_ms / 2000):
                     last_reclaim = time.monotonic()
                     entries = await streams.reclaim_stale(
                         self._redis, partition, self.consumer, self._reclaim_idle_ms, self._batch_size
