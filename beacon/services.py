@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from beacon import metrics
 from beacon.clock import Clock
@@ -43,10 +43,26 @@ class Services:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+CLUSTER_SCHEME = "redis+cluster://"
+# The async cluster client fails a command outright once a node's pool is exhausted, rather than
+# waiting: workers hold one blocking read per partition, so leave plenty of headroom.
+CLUSTER_MAX_CONNECTIONS = 512
+
+
+def is_cluster(settings: Settings) -> bool:
+    """Whether Redis is a Redis Cluster: `BEACON_REDIS_CLUSTER=1` or a `redis+cluster://` URL."""
+    return settings.redis_cluster or bool(settings.redis_url and settings.redis_url.startswith(CLUSTER_SCHEME))
+
+
 def connect(settings: Settings) -> Redis:
-    """The Redis client for `settings.redis_url` (must be resolved by now)."""
+    """The Redis client for `settings.redis_url` (must be resolved by now); a cluster client if asked."""
     if not settings.redis_url:
         raise ValueError("redis_url must be resolved before connecting")
+    if is_cluster(settings):
+        url = "redis://" + settings.redis_url.removeprefix(CLUSTER_SCHEME)
+        cluster = RedisCluster.from_url(url, max_connections=CLUSTER_MAX_CONNECTIONS, socket_keepalive=True)
+        # Both clients speak the same command API; the core is written against that shared surface.
+        return cluster  # type: ignore[return-value]
     return Redis.from_url(settings.redis_url, health_check_interval=30, socket_keepalive=True)
 
 
