@@ -44,7 +44,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
         body = {"error": {"code": code, "message": exc.reason, "path": None}}
-        return web.json_response(body, status=exc.status, headers={"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None)
+        return web.json_response(
+            body, status=exc.status, headers={"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        )
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         body = {"error": {"code": "internal", "message": "internal error; see the server log", "path": None}}

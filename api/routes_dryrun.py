@@ -28,7 +28,7 @@ def _profiles(raw: Any) -> dict[str, dict[str, Any]]:
     for user_id, profile in raw.items():
         check_identifier(user_id, f"profiles.{user_id}", "user_id")
         if not isinstance(profile, dict) or set(profile) - {"attrs", "tags"}:
-            raise ValidationError("a profile is {\"attrs\": {...}, \"tags\": [...]}", path=f"profiles.{user_id}")
+            raise ValidationError('a profile is {"attrs": {...}, "tags": [...]}', path=f"profiles.{user_id}")
         if not isinstance(profile.get("attrs", {}), dict):
             raise ValidationError("attrs must be an object", path=f"profiles.{user_id}.attrs")
         tags = profile.get("tags", [])
@@ -46,8 +46,9 @@ async def post_dry_run(request: web.Request) -> web.Response:
         raise ValidationError("body must be an object", path="body")
     unknown = sorted(set(body) - set(DRY_RUN_FIELDS))
     if unknown:
-        raise ValidationError(f"unknown field {unknown[0]!r} (expected one of: {', '.join(DRY_RUN_FIELDS)})",
-                              path=unknown[0])
+        raise ValidationError(
+            f"unknown field {unknown[0]!r} (expected one of: {', '.join(DRY_RUN_FIELDS)})", path=unknown[0]
+        )
     settings = request.app[keys.SETTINGS]
     if "document" in body:
         ruleset = compile_ruleset(body["document"], ruleset_id=ruleset_id, lateness_ms=settings.lateness_ms)

@@ -51,7 +51,9 @@ async def patch_user(request: web.Request) -> web.Response:
         raise ValidationError("body must be an object", path="body")
     unknown = sorted(set(body) - set(PATCH_FIELDS))
     if unknown:
-        raise ValidationError(f"unknown field {unknown[0]!r} (expected one of: {', '.join(PATCH_FIELDS)})", path=unknown[0])
+        raise ValidationError(
+            f"unknown field {unknown[0]!r} (expected one of: {', '.join(PATCH_FIELDS)})", path=unknown[0]
+        )
     attrs = body.get("attrs", {})
     if not isinstance(attrs, dict):
         raise ValidationError("attrs must be an object", path="attrs")

@@ -29,7 +29,9 @@ def resolved_redis(settings: Settings) -> Iterator[Settings]:
     if settings.redis_url:
         yield settings
         return
-    server = EmbeddedRedis(settings.data_dir / "redis", port=int(os.environ.get("BEACON_EMBEDDED_REDIS_PORT", "0")) or None)
+    server = EmbeddedRedis(
+        settings.data_dir / "redis", port=int(os.environ.get("BEACON_EMBEDDED_REDIS_PORT", "0")) or None
+    )
     server.start()
     try:
         yield dataclasses.replace(settings, redis_url=server.url)
@@ -99,12 +101,13 @@ async def _push(path: str, url: str, key: str | None) -> int:
     document = _load_document(path)
     ruleset_id = document.get("id") if isinstance(document, dict) else None
     if not isinstance(ruleset_id, str):
-        print(f"{path}: the document needs an \"id\"", file=sys.stderr)
+        print(f'{path}: the document needs an "id"', file=sys.stderr)
         return 1
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with aiohttp.ClientSession() as session, session.put(
-        f"{url.rstrip('/')}/v1/rulesets/{ruleset_id}", json=document, headers=headers
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.put(f"{url.rstrip('/')}/v1/rulesets/{ruleset_id}", json=document, headers=headers) as response,
+    ):
         body = await response.json(content_type=None)
     if response.status != 200:
         error = body.get("error", {})

@@ -55,7 +55,9 @@ TIMER_LAG = Histogram(
 PENDING_TIMERS = Gauge("beacon_pending_timers", "Timers waiting for their due time", registry=REGISTRY)
 RULESETS_ACTIVE = Gauge("beacon_rulesets_active", "Active rulesets in this process", registry=REGISTRY)
 ACTION_DELIVERIES = Counter(
-    "beacon_action_deliveries_total", "Delivery attempts by connector and outcome", ["connector", "outcome"],
+    "beacon_action_deliveries_total",
+    "Delivery attempts by connector and outcome",
+    ["connector", "outcome"],
     registry=REGISTRY,
 )
 TRIGGER_TO_DELIVERY = Histogram(

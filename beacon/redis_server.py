@@ -43,6 +43,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too; cluster nodes must stay below 55536."""
+    import random
+
+    for _ in range(200):
+        port = random.randrange(20_000, 45_000)
+        try:
+            for candidate in (port, port + 10_000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise BeaconError("no free port pair for a cluster node")
+
+
 class EmbeddedRedis:
     """One private server process: `start()` waits until it answers PING, `stop()` shuts it down."""
 
@@ -61,15 +77,24 @@ class EmbeddedRedis:
         """The server's command line."""
         return [
             server_binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.data_dir.resolve()),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--protected-mode", "yes",
-            "--daemonize", "no",
-            "--logfile", "server.log",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir.resolve()),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "server.log",
             *self.extra_args,
         ]
 
@@ -162,8 +187,15 @@ class EmbeddedCluster:
         self.nodes = [
             EmbeddedRedis(
                 Path(data_dir) / f"node{i}",
-                extra_args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                            "--cluster-node-timeout", "5000"),
+                port=free_cluster_port(),
+                extra_args=(
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ),
             )
             for i in range(masters)
         ]

@@ -21,7 +21,8 @@ from cep.events import Event, decode_timer_event
 from cep.profiles import patch_profile
 from cep.user_state import StepResult
 from rules.durations import format_duration
-from rules.model import Absence, First, Ruleset, Sequence as SequencePattern, Single, Threshold
+from rules.model import Absence, First, Ruleset, Single, Threshold
+from rules.model import Sequence as SequencePattern
 from rules.registry import CompiledRuleset
 
 MAX_STEPS = 100_000  # events, chained events and timers together: a runaway chain stops here

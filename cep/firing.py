@@ -84,8 +84,12 @@ def firing_spec(
         if status == STATUS_SCHEDULED:
             spec["timer"] = [str(due), action_due_member(ruleset.id, event, identifier, due)]
         actions.append(spec)
-    return {"rk": rule_key(ruleset.id, rule.id), "policy": rule.reentry.policy, "period": rule.reentry.period_ms,
-            "acts": actions}
+    return {
+        "rk": rule_key(ruleset.id, rule.id),
+        "policy": rule.reentry.policy,
+        "period": rule.reentry.period_ms,
+        "acts": actions,
+    }
 
 
 def action_due_member(ruleset_id: str, cause: Event, identifier: str, due_ms: int) -> str:

@@ -87,16 +87,27 @@ def pattern_op(
     ttl = _ttl(when.within_ms, late)
     if isinstance(when, Sequence):
         return {
-            "k": "seq", "rk": rk, "late": late, "w": when.within_ms, "ttl": ttl, "f": fire,
+            "k": "seq",
+            "rk": rk,
+            "late": late,
+            "w": when.within_ms,
+            "ttl": ttl,
+            "f": fire,
             "ka": plan.key_index(pattern_key(event.user_id, sid, "a", corr)),
             "kb": plan.key_index(pattern_key(event.user_id, sid, "b", corr)),
-            "ra": "first" in roles, "rb": "then" in roles,
+            "ra": "first" in roles,
+            "rb": "then" in roles,
         }
     op = {
-        "k": "abs", "rk": rk, "late": late, "w": when.within_ms, "ttl": ttl,
+        "k": "abs",
+        "rk": rk,
+        "late": late,
+        "w": when.within_ms,
+        "ttl": ttl,
         "kp": plan.key_index(pattern_key(event.user_id, sid, "pending", corr)),
         "kb": plan.key_index(pattern_key(event.user_id, sid, "b", corr)),
-        "ra": "first" in roles, "rb": "missing" in roles,
+        "ra": "first" in roles,
+        "rb": "missing" in roles,
     }
     if op["ra"]:
         due = event.ts + when.within_ms + late

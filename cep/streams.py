@@ -72,7 +72,9 @@ async def ack(redis: Redis, partition: int, entry_ids: Iterable[bytes]) -> None:
         await redis.xack(events_key(partition), GROUP, *ids)
 
 
-def decode_entries(entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> tuple[list[tuple[bytes, Event]], list[bytes]]:
+def decode_entries(
+    entries: Sequence[tuple[bytes, dict[bytes, bytes]]],
+) -> tuple[list[tuple[bytes, Event]], list[bytes]]:
     """Split stream entries into decoded events and ids of entries that cannot be read (poison)."""
     decoded: list[tuple[bytes, Event]] = []
     poison: list[bytes] = []

@@ -16,8 +16,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from beacon import metrics
-from beacon.pause import pause
 from beacon.clock import Clock
+from beacon.pause import pause
 from cep.scripts import ScriptCall, run_scripts
 from cep.streams import TIMER_FIELD, events_key
 
@@ -106,7 +106,9 @@ class Sweeper:
         )
         owned = [p for p, held in enumerate(leases) if held == 1]
         now = self._clock.now_ms()
-        calls = [ScriptCall(CLAIM_SCRIPT, [timers_key(p), events_key(p)], [now, self._batch, TIMER_FIELD]) for p in owned]
+        calls = [
+            ScriptCall(CLAIM_SCRIPT, [timers_key(p), events_key(p)], [now, self._batch, TIMER_FIELD]) for p in owned
+        ]
         claimed = 0
         for dues in await run_scripts(self._redis, calls):
             claimed += len(dues)

@@ -31,9 +31,7 @@ FIRST = "first"  # HASH rule key -> ts of the first matching event
 WATERMARK = "wm"  # HASH rule key -> highest event ts seen by the rule
 PATTERN_INDEX = "pidx"  # HASH pattern state key -> rule key
 PROFILE = "prof"  # HASH attribute -> JSON value
-STEP_FAMILIES = (
-    SEEN, RESULTS, FIRED, LEDGER, LEDGER_INDEX, LEDGER_STATUS, TAGS, FIRST, WATERMARK, PATTERN_INDEX
-)
+STEP_FAMILIES = (SEEN, RESULTS, FIRED, LEDGER, LEDGER_INDEX, LEDGER_STATUS, TAGS, FIRST, WATERMARK, PATTERN_INDEX)
 
 
 def pattern_key(user_id: str, state_id: str, role: str, correlation: str) -> str:

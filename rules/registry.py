@@ -123,4 +123,3 @@ class RulesetRegistry:
             compiled.retire()
         self._compiled.clear()
         self._revision = -1
-

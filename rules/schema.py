@@ -12,8 +12,9 @@ Predicate operators, the values they take, and what they mean (the compiler and 
 
 A comparison on a missing or wrongly typed attribute is false, for every operator `!=` and `not_in`
 included (as SQL's NULL never compares); `{"not": P}` inverts the whole of P, so `{"not": {"field": "x",
-"op": "==", "value": 1}}` holds when `x` is missing while `{"field": "x", "op": "!=", "value": 1}` does not. In a matcher's `where` only `field` leaves are allowed (the event matcher sees
-the event alone); `if` may test the event that completed the pattern, the profile and tags.
+"op": "==", "value": 1}}` holds when `x` is missing while `{"field": "x", "op": "!=", "value": 1}` does
+not. In a matcher's `where` only `field` leaves are allowed (the event matcher sees the event alone);
+`if` may test the event that completed the pattern, the profile and tags.
 """
 
 from __future__ import annotations

@@ -52,7 +52,11 @@ class Beacon:
         """Status and decoded JSON body of one request."""
         headers = {**self.headers, **kwargs.pop("headers", {})}
         async with self.session.request(method, self.url(path), headers=headers, **kwargs) as response:
-            body = await response.json(content_type=None) if response.content_type != "text/plain" else await response.text()
+            body = (
+                await response.json(content_type=None)
+                if response.content_type != "text/plain"
+                else await response.text()
+            )
             return response.status, body
 
     async def put_ruleset(self, document: dict[str, Any]) -> int:
@@ -81,7 +85,9 @@ class Beacon:
 
 
 @asynccontextmanager
-async def running_beacon(settings: Settings, clock: Clock | None = None, api_key: str | None = None) -> AsyncIterator[Beacon]:
+async def running_beacon(
+    settings: Settings, clock: Clock | None = None, api_key: str | None = None
+) -> AsyncIterator[Beacon]:
     """Start the real app on a loopback port; stop it (and its workers) on exit."""
     server = TestServer(build_app(settings, clock), host="127.0.0.1")
     await server.start_server()

@@ -42,7 +42,9 @@ async def test_malformed_msgpack_body(beacon: Beacon) -> None:
 
 async def test_nan_is_not_json(beacon: Beacon) -> None:
     status, body = await beacon.call(
-        "POST", "/v1/events", data=b'{"user_id": "u", "type": "pay", "attrs": {"x": NaN}}',
+        "POST",
+        "/v1/events",
+        data=b'{"user_id": "u", "type": "pay", "attrs": {"x": NaN}}',
         headers={"Content-Type": "application/json"},
     )
     assert_error(status, body, 400, "malformed", "body")
@@ -143,7 +145,9 @@ async def test_profile_patch_errors(beacon: Beacon) -> None:
 
 
 async def test_auth_scopes(redis_url: str, redis_client: aioredis.Redis) -> None:
-    settings = server_settings(redis_url, api_keys={"ingest-key": frozenset({"events"}), "root": frozenset({"rules", "events", "admin"})})
+    settings = server_settings(
+        redis_url, api_keys={"ingest-key": frozenset({"events"}), "root": frozenset({"rules", "events", "admin"})}
+    )
     async with running_beacon(settings) as beacon:
         status, body = await beacon.call("GET", "/v1/rulesets")
         assert_error(status, body, 401, "unauthorized", "Authorization")
@@ -153,7 +157,9 @@ async def test_auth_scopes(redis_url: str, redis_client: aioredis.Redis) -> None
         assert_error(status, body, 403, "forbidden", "Authorization")
         status, _ = await beacon.call("GET", "/v1/rulesets", headers={"Authorization": "Bearer root"})
         assert status == 200
-        status, _ = await beacon.call("POST", "/v1/events", json=pay("u", 1), headers={"Authorization": "Bearer ingest-key"})
+        status, _ = await beacon.call(
+            "POST", "/v1/events", json=pay("u", 1), headers={"Authorization": "Bearer ingest-key"}
+        )
         assert status == 200
         status, _ = await beacon.call("GET", "/metrics")
         assert status == 200

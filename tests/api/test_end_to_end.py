@@ -112,7 +112,9 @@ async def test_pending_actions_reach_the_outbox_once(beacon: Beacon, redis_clien
     assert outbox_entries == 1  # the coupon; the tag applies to the profile, not the outbox
 
 
-async def test_replacing_a_ruleset_changes_what_fires_without_restart(beacon: Beacon, redis_client: aioredis.Redis) -> None:
+async def test_replacing_a_ruleset_changes_what_fires_without_restart(
+    beacon: Beacon, redis_client: aioredis.Redis
+) -> None:
     await beacon.put_ruleset(BIG_SPEND)
     stricter = copy.deepcopy(BIG_SPEND)
     stricter["rules"][0]["when"]["where"]["all"][0]["value"] = 2000

@@ -117,15 +117,19 @@ async def test_three_views_in_seven_days_then_cart_sends_a_nudge(
     sparse = [event("sparse", "view", T0 + offset * DAY, sku="S1") for offset in (0, 4, 8)]
     await beacon.post_events(views + sparse)
     await settled(redis_client)
-    await beacon.post_events([event("keen", "add_to_cart", T0 + 6 * DAY + 1, sku="S1"),
-                              event("sparse", "add_to_cart", T0 + 8 * DAY + 1, sku="S1")])
+    await beacon.post_events(
+        [
+            event("keen", "add_to_cart", T0 + 6 * DAY + 1, sku="S1"),
+            event("sparse", "add_to_cart", T0 + 8 * DAY + 1, sku="S1"),
+        ]
+    )
     await settled(redis_client)
     keen = await beacon.actions("keen")
     assert kinds(keen) == [("frequent-viewer", "tag"), ("viewer-carted", "message"), ("viewer-carted", "tag")]
     nudge = next(a for a in keen if a["type"] == "message")
     assert nudge["params"]["params"] == {"sku": "S1"}
     assert await beacon.actions("sparse") == []
-    status, profile = await beacon.call("GET", "/v1/users/keen")
+    _, profile = await beacon.call("GET", "/v1/users/keen")
     assert profile["tags"] == []  # the nudge removed the marker tag
 
 
@@ -133,8 +137,11 @@ async def test_first_purchase_invites_to_membership_once(beacon: Beacon, redis_c
     await beacon.put_ruleset(library_ruleset("first-purchase"))
     await beacon.call("PATCH", "/v1/users/member", json={"add_tags": ["member"]})
     await beacon.post_events(
-        [event("newbie", "pay", T0, amount=10), event("newbie", "pay", T0 + MINUTE, amount=20),
-         event("member", "pay", T0, amount=10)]
+        [
+            event("newbie", "pay", T0, amount=10),
+            event("newbie", "pay", T0 + MINUTE, amount=20),
+            event("member", "pay", T0, amount=10),
+        ]
     )
     await settled(redis_client)
     newbie = await beacon.actions("newbie")
@@ -155,7 +162,7 @@ async def test_follow_journey_tags_then_intro_after_3_days_and_coupon_on_day_4(
     assert actions["intro"]["status"] == "scheduled" and actions["intro"]["due_at"] == T0 + 3 * DAY
     assert actions["coupon"]["status"] == "scheduled" and actions["coupon"]["due_at"] == T0 + 4 * DAY
     assert actions["tag"]["status"] == "delivered"
-    status, profile = await beacon.call("GET", "/v1/users/fan")
+    _, profile = await beacon.call("GET", "/v1/users/fan")
     assert profile["tags"] == ["new"]
 
     await advance(beacon, redis_client, clock, T0 + 3 * DAY)
@@ -189,7 +196,7 @@ async def test_live_state_shows_pending_absences(beacon: Beacon, redis_client: a
     await beacon.put_ruleset(library_ruleset("cart-recovery"))
     await beacon.post_events([event("u", "add_to_cart", T0, sku="S1")])
     await settled(redis_client)
-    status, body = await beacon.call("GET", "/v1/users/u")
+    _, body = await beacon.call("GET", "/v1/users/u")
     state = body["rules"]["cart-recovery/cart-no-pay-30m"]
     pending = [s for s in state["sets"] if s["kind"] == "pending_absence"]
     assert pending and pending[0]["entries"][0]["ts"] == T0
