@@ -63,6 +63,12 @@ OPENAPI: dict[str, Any] = {
                 ],
             }
         },
+        "/v1/ingest": {
+            "get": {
+                **_op("WebSocket ingest: frames {seq, events}, replies {ack, accepted, errors}", "events"),
+                "description": "Binary frames are msgpack, text frames JSON; see docs/ingest.md.",
+            }
+        },
         "/metrics": {"get": _op("Prometheus metrics", None)},
         "/healthz": {"get": _op("Health", None)},
     },

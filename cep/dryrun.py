@@ -16,6 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from beacon.clock import ManualClock
+from beacon.errors import TooLargeError
 from cep.evaluate import BatchEvaluator, StateLimits
 from cep.events import Event, decode_timer_event
 from cep.profiles import patch_profile
@@ -73,8 +74,13 @@ async def dry_run(
                 redis, prefix + user_id, dict(profile.get("attrs") or {}), list(profile.get("tags") or ())
             )
 
+        steps = 0
+
         async def step(event: Event) -> None:
-            nonlocal seq
+            nonlocal seq, steps
+            steps += 1
+            if steps > MAX_STEPS:
+                raise TooLargeError(f"the dry-run took more than {MAX_STEPS} steps (a tag chain loops?)", path="events")
             outcome = await evaluator.evaluate([event], [compiled])
             for done_event, result in outcome.results:
                 _report(ruleset, prefix, clock.now_ms(), done_event, result, firings, late)
