@@ -11,6 +11,7 @@ from api import (
     ingest_ws,
     keys,
     routes_actions,
+    routes_dead_letters,
     routes_dryrun,
     routes_events,
     routes_ops,
@@ -31,7 +32,15 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     app[keys.SETTINGS] = settings
     app[keys.CLOCK] = clock or SystemClock()
     app[keys.SERVICES] = keys.ServiceSlot()
-    for module in (routes_events, routes_rulesets, routes_dryrun, routes_users, routes_actions, routes_ops):
+    for module in (
+        routes_events,
+        routes_rulesets,
+        routes_dryrun,
+        routes_users,
+        routes_actions,
+        routes_dead_letters,
+        routes_ops,
+    ):
         module.add_routes(app)
     ingest_ws.setup(app)
     app.cleanup_ctx.append(_services)

@@ -69,6 +69,10 @@ OPENAPI: dict[str, Any] = {
                 "description": "Binary frames are msgpack, text frames JSON; see docs/ingest.md.",
             }
         },
+        "/v1/dead-letters": {"get": _op("Actions whose delivery gave up, newest first", "admin")},
+        "/v1/dead-letters:replay": {
+            "post": _op("Redeliver dead letters by id, or all (optionally one connector's)", "admin", "Replay")
+        },
         "/metrics": {"get": _op("Prometheus metrics", None)},
         "/healthz": {"get": _op("Health", None)},
     },
@@ -119,6 +123,15 @@ OPENAPI: dict[str, Any] = {
                 "properties": {
                     "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
                     "profiles": {"type": "object"},
+                },
+            },
+            "Replay": {
+                "type": "object",
+                "properties": {
+                    "ids": {"type": "array", "items": {"type": "string"}},
+                    "all": {"type": "boolean"},
+                    "connector": {"type": "string"},
+                    "limit": {"type": "integer"},
                 },
             },
             "ProfilePatch": {

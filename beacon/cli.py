@@ -66,8 +66,16 @@ async def _serve(settings: Settings) -> None:
 async def _work(settings: Settings) -> None:
     from beacon.services import open_services
 
-    async with open_services(settings, SystemClock(), workers=True) as services:
+    async with open_services(settings, SystemClock(), workers=True, connectors=False) as services:
         log.info("beacon worker %s on %s", services.worker.consumer if services.worker else "?", settings.redis_url)
+        await _until_stopped()
+
+
+async def _deliver(settings: Settings) -> None:
+    from beacon.services import open_services
+
+    async with open_services(settings, SystemClock(), workers=False, timers=False, connectors=True):
+        log.info("beacon connectors on %s", settings.redis_url)
         await _until_stopped()
 
 
@@ -125,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="API, workers, timers and connectors in one process")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    commands.add_parser("worker", help="workers only (scale-out)")
+    commands.add_parser("worker", help="workers and timer sweeper only (scale-out)")
+    commands.add_parser("connectors", help="outbox consumer only: deliver actions (scale-out)")
     rules = commands.add_parser("rules", help="ruleset files")
     rule_commands = rules.add_subparsers(dest="rules_command", required=True)
     push = rule_commands.add_parser("push", help="store a ruleset file on a running server")
@@ -150,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = dataclasses.replace(
             settings, host=args.host or settings.host, port=args.port if args.port is not None else settings.port
         )
+    runners = {"serve": _serve, "worker": _work, "connectors": _deliver}
     with resolved_redis(settings) as ready:
-        asyncio.run(_serve(ready) if args.command == "serve" else _work(ready))
+        asyncio.run(runners[args.command](ready))
     return 0
 
 

@@ -18,6 +18,7 @@ from cep import streams
 from cep.evaluate import BatchEvaluator, StateLimits
 from cep.timers import Sweeper
 from cep.worker import Worker, consumer_name
+from connectors.runtime import run_connectors
 from rules.registry import RulesetRegistry
 from rules.store import RulesetStore
 
@@ -68,7 +69,12 @@ def connect(settings: Settings) -> Redis:
 
 @contextlib.asynccontextmanager
 async def open_services(
-    settings: Settings, clock: Clock, *, workers: bool, timers: bool | None = None
+    settings: Settings,
+    clock: Clock,
+    *,
+    workers: bool,
+    timers: bool | None = None,
+    connectors: bool | None = None,
 ) -> AsyncIterator[Services]:
     """Connect, compile the active rulesets, start background loops; undo it all on exit."""
     redis = connect(settings)
@@ -96,6 +102,11 @@ async def open_services(
         if settings.run_timers if timers is None else timers:
             services.sweeper = Sweeper(redis, clock, settings.partitions, consumer_name(), stopping=services.stopping)
             services.tasks.append(asyncio.create_task(services.sweeper.run(), name="timers"))
+        if settings.run_connectors if connectors is None else connectors:
+            delivery = run_connectors(
+                redis, settings.connectors, settings.partitions, clock, stopping=services.stopping
+            )
+            services.tasks.append(asyncio.create_task(delivery, name="connectors"))
         services.tasks.append(
             asyncio.create_task(_report_lag(redis, settings.partitions, services.stopping), name="lag")
         )

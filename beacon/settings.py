@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from beacon.errors import ValidationError
+from connectors.settings import ConnectorSettings
 
 SCOPES = frozenset({"rules", "events", "admin"})
 
@@ -55,6 +56,8 @@ class Settings:
     ws_max_in_flight: int = 8
     # A stream entry read but unacknowledged this long belongs to a dead consumer and is reclaimed.
     reclaim_idle_ms: int = 30_000
+    connectors: ConnectorSettings = field(default_factory=ConnectorSettings)
+    run_connectors: bool = True
     run_workers: bool = True
     run_timers: bool = True
     run_api: bool = True
@@ -106,6 +109,8 @@ class Settings:
             ws_receive_timeout_ms=integer("WS_RECEIVE_TIMEOUT_MS", base.ws_receive_timeout_ms),
             ws_max_in_flight=integer("WS_MAX_IN_FLIGHT", base.ws_max_in_flight, 1),
             reclaim_idle_ms=integer("RECLAIM_IDLE_MS", base.reclaim_idle_ms, 100),
+            connectors=ConnectorSettings.from_env(env),
+            run_connectors=flag("RUN_CONNECTORS", base.run_connectors),
             run_workers=flag("RUN_WORKERS", base.run_workers),
             run_timers=flag("RUN_TIMERS", base.run_timers),
             log_level=get("LOG_LEVEL") or base.log_level,

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from cep.events import Event, decode_event, decode_timer_event, encode_event, partition_of
+from cep.interactions import note_interactions
 
 log = logging.getLogger("beacon.streams")
 
@@ -43,7 +44,9 @@ async def append_events(redis: Redis, events: Sequence[Event], partitions: int) 
     async with redis.pipeline(transaction=False) as pipe:
         for event in events:
             pipe.xadd(events_key(partition_of(event.user_id, partitions)), {FIELD: encode_event(event)})
-        return list(await pipe.execute())
+        # The 48-hour customer-service window of WeChat counts from the user's last interaction.
+        await note_interactions(pipe, events)
+        return list(await pipe.execute())[: len(events)]
 
 
 async def read_new(

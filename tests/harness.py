@@ -21,8 +21,8 @@ T = TypeVar("T")
 
 
 def server_settings(redis_url: str, **overrides: Any) -> Settings:
-    """Settings for a test server: fast polling, two partitions."""
-    base = Settings(redis_url=redis_url, partitions=2, worker_block_ms=20, lateness_ms=2000)
+    """Settings for a test server: fast polling, two partitions, no delivery (actions stay pending)."""
+    base = Settings(redis_url=redis_url, partitions=2, worker_block_ms=20, lateness_ms=2000, run_connectors=False)
     return dataclasses.replace(base, **overrides)
 
 

@@ -1,0 +1,69 @@
+"""Dead-letter endpoints: list actions that exhausted their attempts, and replay them."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from api import keys
+from api.middleware import requires
+from beacon.errors import DecodeError, ValidationError
+from connectors.dead_letters import list_dead_letters, replay, rows_by_ids
+
+MAX_LIMIT = 1000
+MAX_REPLAY = 1000
+_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+def _limit(text: str, path: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise ValidationError(f"must be an integer from 1 to {MAX_LIMIT}", path=path)
+    return int(text)
+
+
+@requires("admin")
+async def list_letters(request: web.Request) -> web.Response:
+    """`GET /v1/dead-letters?connector=&limit=`: newest first, each with its ledger record."""
+    limit = _limit(request.query.get("limit", "100"), "limit")
+    rows = await list_dead_letters(keys.redis(request), limit, request.query.get("connector") or None)
+    return web.json_response({"dead_letters": rows})
+
+
+@requires("admin")
+async def replay_letters(request: web.Request) -> web.Response:
+    """`POST /v1/dead-letters:replay` with `{"ids": [...]}` or `{"all": true, "connector"?, "limit"?}`."""
+    try:
+        body: Any = await request.json()
+    except ValueError:
+        raise DecodeError("body is not valid JSON", path="body") from None
+    if not isinstance(body, dict):
+        raise ValidationError("must be an object", path="body")
+    redis = keys.redis(request)
+    ids, replay_all = body.get("ids"), body.get("all")
+    if ids is not None:
+        if (
+            not isinstance(ids, list)
+            or not all(isinstance(i, str) and _ENTRY_ID.fullmatch(i) for i in ids)
+            or len(ids) > MAX_REPLAY
+        ):
+            raise ValidationError(f"must be a list of at most {MAX_REPLAY} dead-letter ids", path="ids")
+        rows = await rows_by_ids(redis, ids)
+        unknown = sorted(set(ids) - {row["id"] for row in rows})
+    elif replay_all is True:
+        connector = body.get("connector")
+        if connector is not None and not isinstance(connector, str):
+            raise ValidationError("must be a string", path="connector")
+        rows = await list_dead_letters(redis, _limit(str(body.get("limit", MAX_REPLAY)), "limit"), connector)
+        unknown = []
+    else:
+        raise ValidationError('give "ids": [...] or "all": true', path="body")
+    result = await replay(redis, request.app[keys.CLOCK], request.app[keys.SETTINGS].partitions, rows)
+    return web.json_response({**result, "unknown": unknown})
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the dead-letter endpoints."""
+    app.router.add_get("/v1/dead-letters", list_letters)
+    app.router.add_post("/v1/dead-letters:replay", replay_letters)

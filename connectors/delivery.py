@@ -1,0 +1,223 @@
+"""One delivery attempt: claim the action, apply the policies (48 h window, quiet hours, caps, rate limit),
+call its connector, and record the outcome in the ledger, the wake-up set, dead letters and metrics."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from redis.asyncio import Redis
+
+from beacon import metrics
+from beacon.clock import Clock
+from beacon.errors import ConnectorError
+from cep.events import partition_of
+from cep.interactions import last_interaction
+from cep.profiles import get_profile
+from connectors import delivery_ledger as ledger
+from connectors.base import Connector, clip_reply
+from connectors.caps import quiet_until, release_cap, take_cap
+from connectors.dead_letters import add_dead_letter
+from connectors.policy import SKIP_REASONS, connector_error
+from connectors.ratelimit import take_token
+from connectors.settings import ConnectorSettings
+
+log = logging.getLogger("beacon.connectors")
+DEFERRED = "deferred"  # metrics outcome of quiet-hours and rate-limit postponements
+
+
+def connector_name(record: Mapping[str, Any]) -> str:
+    """The connector an action goes through: its message channel, else its type."""
+    if record.get("type") == "message":
+        return str((record.get("params") or {}).get("channel") or "message")
+    return str(record.get("type"))
+
+
+class Deliverer:
+    """Runs delivery attempts; any number may run at once, in any number of processes."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        settings: ConnectorSettings,
+        clock: Clock,
+        connectors: Mapping[str, Connector],
+        partitions: int,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._clock = clock
+        self._connectors = connectors
+        self._partitions = partitions
+        self._rng = rng or random.Random()
+
+    async def deliver(self, user_id: str, action_id: str, *, owns_hint: bool = False) -> str:
+        """Try to move one action forward; returns what happened (a status, or why nothing did).
+
+        `owns_hint` says the caller took this action's wake-up from the due set, so it may postpone it.
+        """
+        partition = partition_of(user_id, self._partitions)
+        stored = await ledger.read_action(self._redis, user_id, action_id)
+        now = self._clock.now_ms()
+        if stored is None:
+            log.warning("action %s of user %s is not in the ledger (expired?); not delivered", action_id, user_id)
+            await ledger.drop_hint(self._redis, partition, user_id, action_id)
+            return "missing"
+        state, wake_at = ledger.claim_state(stored.status, now)
+        if state == "done":
+            await ledger.drop_hint(self._redis, partition, user_id, action_id)
+            return str(stored.status.get("status"))
+        if state != "claim":
+            await ledger.set_hint(self._redis, partition, user_id, action_id, wake_at, earlier_only=not owns_hint)
+            return state
+        name = connector_name(stored.record)
+        lease = now + self._settings.lease_ms
+        claimed = await ledger.swap_status(
+            self._redis,
+            stored,
+            ledger.transition(stored.status, now, ledger.DELIVERING, lease_until=lease, connector=name),
+        )
+        if claimed is None:
+            return "raced"  # another consumer or a replay changed it first; they own its next step
+        try:
+            return await self._attempt(partition, claimed, name)
+        except Exception:
+            # Our bug or Redis trouble mid-attempt: the lease lapses and this wake-up retries it then.
+            log.exception("delivery of action %s failed unexpectedly; retrying after the lease", action_id)
+            await ledger.set_hint(self._redis, partition, user_id, action_id, lease, earlier_only=False)
+            return "error"
+
+    async def _attempt(self, partition: int, claimed: ledger.Stored, name: str) -> str:
+        record, status = claimed.record, claimed.status
+        user_id, action_id = record["user_id"], record["action_id"]
+        settings, now = self._settings, self._clock.now_ms()
+        connector = self._connectors.get(name)
+        if connector is None:
+            error = connector_error("unsupported", f"no connector for {name!r}")
+            return await self._dead(partition, claimed, name, error, int(status.get("attempts") or 0), release=False)
+        if name == "wechat_cs":
+            seen = await last_interaction(self._redis, user_id)
+            if seen is None or now - seen > settings.cs_window_ms:
+                return await self._skip(partition, claimed, name, "outside_48h_window", release=False)
+        if settings.quiet_hours is not None and name in settings.quiet_channels:
+            until = quiet_until(now, settings.quiet_hours)
+            if until is not None:
+                return await self._defer(partition, claimed, name, until, "quiet_hours_deferred")
+        cap = settings.frequency_caps.get(name)
+        if cap is not None and not await take_cap(self._redis, user_id, name, action_id, cap, now):
+            return await self._skip(partition, claimed, name, "frequency_capped", release=False)
+        limit = settings.rate_limits.get(connector.bucket)
+        booked = int(status.get("rate_booked_at") or 0)
+        if limit is not None and not 0 < booked <= now:
+            grant = await take_token(self._redis, connector.bucket, limit, now, settings.rate_limit_max_wait_ms)
+            if grant.wait_ms > 0:
+                at = now + grant.wait_ms
+                booked_at = at if grant.granted else None
+                return await self._defer(partition, claimed, name, at, "rate_limited", booked_at)
+        attempt = int(status.get("attempts") or 0) + 1
+        profile = (await get_profile(self._redis, user_id)).attrs if connector.needs_profile else {}
+        try:
+            reply = await connector.send(record, profile)
+        except ConnectorError as error:
+            return await self._failed(partition, claimed, name, error, attempt)
+        done = self._clock.now_ms()
+        final = ledger.transition(
+            status, done, ledger.DELIVERED, attempts=attempt, reply=clip_reply(reply), delivered_at=done,
+            reason=None, next_attempt_at=None, rate_booked_at=None,
+        )  # fmt: skip
+        await self._finish(partition, claimed, final)
+        # Trigger-to-delivery latency; a delayed action's clock starts when it fell due.
+        started = max(int(record.get("created_at") or 0), int(record.get("due_at") or 0))
+        metrics.on_delivery(name, ledger.DELIVERED, (done - started) / 1000 if started else None)
+        return ledger.DELIVERED
+
+    async def _failed(
+        self, partition: int, claimed: ledger.Stored, name: str, error: ConnectorError, attempt: int
+    ) -> str:
+        if error.reason in SKIP_REASONS:
+            return await self._skip(partition, claimed, name, error.reason, release=True, attempt=attempt, detail=error)
+        retry_in = self._settings.retry.retry_in_ms(error, attempt, self._rng)
+        if retry_in is None:
+            return await self._dead(partition, claimed, name, error, attempt, release=True)
+        record = claimed.record
+        now = self._clock.now_ms()
+        at = now + retry_in
+        log.warning(
+            "action %s via %s failed (%s): attempt %d of %d, retrying in %d ms",
+            record["action_id"], name, error.reason, attempt, self._settings.retry.max_attempts, retry_in,
+        )  # fmt: skip
+        # The wake-up goes first: if we die before the status says "failed", the lease lapses and it fires.
+        await ledger.set_hint(self._redis, partition, record["user_id"], record["action_id"], at, earlier_only=False)
+        failed = ledger.transition(
+            claimed.status, now, ledger.FAILED, attempts=attempt, reason=error.reason, reply=error.message[:500],
+            next_attempt_at=at, rate_booked_at=None,
+        )  # fmt: skip
+        await ledger.swap_status(self._redis, claimed, failed)
+        metrics.on_delivery(name, ledger.FAILED)
+        return ledger.FAILED
+
+    async def _dead(
+        self, partition: int, claimed: ledger.Stored, name: str, error: ConnectorError, attempt: int, *, release: bool
+    ) -> str:
+        record = claimed.record
+        now = self._clock.now_ms()
+        log.error("action %s via %s is dead after %d attempt(s): %s", record["action_id"], name, attempt, error.message)
+        # Listed before the status turns dead, so a crash in between never hides a dead action.
+        await add_dead_letter(self._redis, record, name, error.reason, now, self._settings.dead_letter_maxlen)
+        dead = ledger.transition(
+            claimed.status, now, ledger.DEAD, attempts=attempt, reason=error.reason, reply=error.message[:500],
+            dead_at=now, next_attempt_at=None, rate_booked_at=None,
+        )  # fmt: skip
+        await self._finish(partition, claimed, dead, release=release)
+        metrics.on_delivery(name, ledger.DEAD)
+        return ledger.DEAD
+
+    async def _skip(
+        self,
+        partition: int,
+        claimed: ledger.Stored,
+        name: str,
+        reason: str,
+        *,
+        release: bool,
+        attempt: int | None = None,
+        detail: ConnectorError | None = None,
+    ) -> str:
+        skipped = ledger.transition(
+            claimed.status, self._clock.now_ms(), ledger.SKIPPED, reason=reason,
+            attempts=int(claimed.status.get("attempts") or 0) if attempt is None else attempt,
+            next_attempt_at=None, rate_booked_at=None, reply=detail.message[:500] if detail else None,
+        )  # fmt: skip
+        await self._finish(partition, claimed, skipped, release=release)
+        metrics.on_delivery(name, ledger.SKIPPED)
+        return ledger.SKIPPED
+
+    async def _defer(
+        self, partition: int, claimed: ledger.Stored, name: str, at: int, reason: str, booked: int | None = None
+    ) -> str:
+        record = claimed.record
+        await ledger.set_hint(self._redis, partition, record["user_id"], record["action_id"], at, earlier_only=False)
+        deferred = ledger.transition(
+            claimed.status, self._clock.now_ms(), ledger.PENDING, next_attempt_at=at, reason=reason,
+            rate_booked_at=booked,
+        )  # fmt: skip
+        await ledger.swap_status(self._redis, claimed, deferred)
+        metrics.on_delivery(name, DEFERRED)
+        return DEFERRED
+
+    async def _finish(
+        self, partition: int, claimed: ledger.Stored, final: dict[str, Any], *, release: bool = False
+    ) -> None:
+        # `release`: a frequency-cap count was taken for a send that never happened; give it back.
+        user_id, action_id = claimed.record["user_id"], claimed.record["action_id"]
+        if await ledger.swap_status(self._redis, claimed, final) is None:
+            # Our lease lapsed and someone else took over: their outcome stands (the key kept it idempotent).
+            log.warning("action %s changed while we delivered it; leaving it to its new owner", action_id)
+            return
+        await ledger.drop_hint(self._redis, partition, user_id, action_id)
+        name = str(final.get("connector"))
+        if release and name in self._settings.frequency_caps:
+            await release_cap(self._redis, user_id, name, action_id)

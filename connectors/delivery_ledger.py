@@ -1,0 +1,160 @@
+"""Delivery status in the ledger (compare-and-swap on the user's status entry) and the due-delivery wake-ups.
+
+An action is two entries of the user's ledger: the immutable record (`acts`, written by the worker) and
+its status (`astat`: {status, updated_at, attempts, ...}). The state machine is pure Python
+(`claim_state`, `transition`); each transition is made atomic by one CAS script call that replaces the
+status only if it still reads what the caller decided from.
+
+    pending --claim--> delivering --ok--> delivered
+       ^                   |-- retryable failure --> failed (next_attempt_at) --claim when due--> delivering
+       |                   |-- quiet hours / rate limit --> pending (next_attempt_at, reason)
+       +-- replay -- dead <-- last attempt or permanent failure;   skipped <-- the user cannot receive it
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from cep.scripts import ScriptCall, run_scripts
+from cep.user_state import LEDGER, LEDGER_STATUS, user_key
+
+PENDING = "pending"
+DELIVERING = "delivering"
+FAILED = "failed"
+DELIVERED = "delivered"
+SKIPPED = "skipped"
+DEAD = "dead"
+
+# KEYS[1] = the user's ledger status HASH (action id -> JSON status).
+# ARGV[1] = action id, ARGV[2] = the status text the caller decided from, ARGV[3] = the new status text.
+# Returns 1 when the status still read ARGV[2] and now reads ARGV[3]; 0 when it changed meanwhile
+# (another consumer, a replay, retention) and nothing was written.
+SWAP_SCRIPT = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """An action as read: its record, its status, and the status's exact text (the CAS operand)."""
+
+    record: dict[str, Any]
+    status: dict[str, Any]
+    raw_status: str
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def read_actions(redis: Redis, pairs: list[tuple[str, str]]) -> list[Stored | None]:
+    """Many actions (by (user, action id)) in one pipelined round trip; None where one is gone."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for user_id, action_id in pairs:
+            pipe.hget(user_key(user_id, LEDGER), action_id)
+            pipe.hget(user_key(user_id, LEDGER_STATUS), action_id)
+        replies = await pipe.execute()
+    found: list[Stored | None] = []
+    for record_raw, status_raw in zip(replies[::2], replies[1::2], strict=True):
+        if record_raw is None or status_raw is None:
+            found.append(None)
+        else:
+            found.append(Stored(json.loads(record_raw), json.loads(status_raw), _text(status_raw)))
+    return found
+
+
+async def read_action(redis: Redis, user_id: str, action_id: str) -> Stored | None:
+    """One action's record and status, or None when the ledger no longer has it."""
+    (stored,) = await read_actions(redis, [(user_id, action_id)])
+    return stored
+
+
+async def swap_status(redis: Redis, expected: Stored, status: dict[str, Any]) -> Stored | None:
+    """Replace the action's status if it is still `expected`'s; the new Stored, or None when it had changed."""
+    text = json.dumps(status, separators=(",", ":"), ensure_ascii=False)
+    user_id, action_id = expected.record["user_id"], expected.record["action_id"]
+    call = ScriptCall(SWAP_SCRIPT, [user_key(user_id, LEDGER_STATUS)], [action_id, expected.raw_status, text])
+    (swapped,) = await run_scripts(redis, [call])
+    return Stored(expected.record, status, text) if swapped else None
+
+
+def claim_state(status: dict[str, Any], now_ms: int) -> tuple[str, int]:
+    """Whether a delivery may start now: ("claim", 0), ("busy" | "not_due", wake-up time) or ("done", 0)."""
+    state = status.get("status")
+    if state == DELIVERING:
+        lease = int(status.get("lease_until") or 0)
+        return ("busy", lease) if lease > now_ms else ("claim", 0)
+    if state in (PENDING, FAILED):
+        due = int(status.get("next_attempt_at") or 0)
+        return ("not_due", due) if due > now_ms else ("claim", 0)
+    # delivered / skipped / dead are final; scheduled and cancelled ones are the worker's.
+    return ("done", 0)
+
+
+def transition(status: dict[str, Any], now_ms: int, state: str, **fields: Any) -> dict[str, Any]:
+    """A copy of `status` in `state`; fields set to None are removed, and the lease ends unless renewed."""
+    updated = {key: value for key, value in status.items() if key != "lease_until"}
+    updated.update(status=state, updated_at=now_ms)
+    for key, value in fields.items():
+        if value is None:
+            updated.pop(key, None)
+        else:
+            updated[key] = value
+    return updated
+
+
+# -- due-delivery wake-ups ----------------------------------------------------------------------------
+# A per-partition ZSET of (user, action) -> when to look at the action again: retries, deferrals, replays
+# and expired leases. A hint is only a wake-up call; the ledger status decides what happens.
+
+
+def due_key(partition: int) -> str:
+    """The wake-up set of one partition."""
+    return f"b:{{p:{partition}}}:outbox-due"
+
+
+def hint_member(user_id: str, action_id: str) -> str:
+    """The set member naming one action."""
+    return json.dumps([user_id, action_id], separators=(",", ":"))
+
+
+def parse_member(member: bytes | str) -> tuple[str, str]:
+    """Inverse of hint_member."""
+    user_id, action_id = json.loads(member)
+    return str(user_id), str(action_id)
+
+
+# KEYS[1] = the wake-up ZSET of one partition (member = JSON [user, action], score = due ms).
+# ARGV[1] = now ms, ARGV[2] = how many at most, ARGV[3] = lease ms.
+# Returns the members due at or before now. Each stays in the set with its score pushed to now + lease:
+# if this consumer dies before it reschedules or removes the member, the member wakes someone later.
+POP_DUE_SCRIPT = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local later = tonumber(ARGV[1]) + tonumber(ARGV[3])
+for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], later, member) end
+return due
+"""
+
+
+async def pop_due(redis: Redis, partition: int, now_ms: int, count: int, lease_ms: int) -> list[tuple[str, str]]:
+    """Take up to `count` due (user, action) pairs, leasing them for `lease_ms`."""
+    (members,) = await run_scripts(redis, [ScriptCall(POP_DUE_SCRIPT, [due_key(partition)], [now_ms, count, lease_ms])])
+    return [parse_member(member) for member in members]
+
+
+async def set_hint(
+    redis: Redis, partition: int, user_id: str, action_id: str, at_ms: int, *, earlier_only: bool
+) -> None:
+    """Wake the action at `at_ms`; `earlier_only` never postpones a hint that is already set sooner."""
+    await redis.zadd(due_key(partition), {hint_member(user_id, action_id): at_ms}, lt=earlier_only)
+
+
+async def drop_hint(redis: Redis, partition: int, user_id: str, action_id: str) -> None:
+    """Forget the action's wake-up (its status is final)."""
+    await redis.zrem(due_key(partition), hint_member(user_id, action_id))

@@ -1,0 +1,62 @@
+"""The retry policy: how many attempts, how long between them, and which failure reasons retry."""
+
+from __future__ import annotations
+
+import email.utils
+import random
+from dataclasses import dataclass
+
+from beacon.errors import ConnectorError
+
+# Failure reasons worth another attempt: the provider may answer differently next time.
+RETRYABLE_REASONS = frozenset({"timeout", "http_5xx", "http_429", "connection_error", "system_busy", "conflict"})
+# Reasons that say "this user cannot receive this now": the action is skipped, not dead-lettered,
+# because replaying it would change nothing until the user acts.
+SKIP_REASONS = frozenset({"not_subscribed", "outside_48h_window", "no_recipient", "frequency_capped"})
+
+
+def connector_error(reason: str, message: str, retry_after: float | None = None) -> ConnectorError:
+    """A ConnectorError whose `retryable` follows RETRYABLE_REASONS (the one place that decides)."""
+    return ConnectorError(message, reason=reason, retryable=reason in RETRYABLE_REASONS, retry_after=retry_after)
+
+
+def parse_retry_after(value: str | None, now_s: float) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(moment.timestamp() - now_s, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Attempts and exponential backoff with jitter; the same shape for every connector."""
+
+    max_attempts: int = 6
+    base_delay_ms: int = 1_000
+    max_delay_ms: int = 5 * 60_000
+    # Fraction of each delay drawn at random, so a burst of failures does not retry in lockstep.
+    jitter: float = 0.5
+    # A provider's Retry-After is honoured up to this bound; beyond it the answer is treated as "much later".
+    max_retry_after_ms: int = 60 * 60_000
+
+    def backoff_ms(self, attempt: int, rng: random.Random | None = None) -> int:
+        """Delay before attempt `attempt + 1`: base * 2^(attempt-1), capped, its jitter share drawn at random."""
+        ceiling = min(self.max_delay_ms, self.base_delay_ms * 2 ** max(attempt - 1, 0))
+        spread = ceiling * self.jitter
+        return int(ceiling - spread + (rng or random).random() * spread)
+
+    def retry_in_ms(self, error: ConnectorError, attempt: int, rng: random.Random | None = None) -> int | None:
+        """Milliseconds until the next attempt after failed attempt `attempt`, or None when it is the last."""
+        if not error.retryable or attempt >= self.max_attempts:
+            return None
+        delay = self.backoff_ms(attempt, rng)
+        if error.retry_after is not None:
+            delay = max(delay, min(int(error.retry_after * 1000), self.max_retry_after_ms))
+        return delay

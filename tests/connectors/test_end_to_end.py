@@ -1,0 +1,48 @@
+"""From an event over HTTP to a coupon at the merchant: the worker's real outbox records, delivered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from beacon.clock import SystemClock
+from tests.connectors.kit import PARTITIONS, fast_settings, running_connectors
+from tests.connectors.providers import FakeMerchant
+from tests.harness import eventually, running_beacon, server_settings
+
+RULESET: dict[str, Any] = {
+    "id": "big-spend",
+    "rules": [
+        {
+            "id": "paid-1000",
+            "when": {"event": "pay", "where": {"field": "amount", "op": ">=", "value": 1000}},
+            "then": [
+                {"action": "coupon", "coupon_id": "C-1000", "params": {"order": "{{event.order}}"}},
+                {"action": "tag", "add": ["big_spender"]},
+            ],
+        }
+    ],
+}
+
+
+async def test_event_to_delivered_coupon(redis_client: aioredis.Redis, redis_url: str, merchant: FakeMerchant) -> None:
+    clock = SystemClock()
+    async with (
+        running_beacon(server_settings(redis_url, partitions=PARTITIONS), clock) as beacon,
+        running_connectors(redis_client, fast_settings(merchant), clock),
+    ):
+        assert await beacon.put_ruleset(RULESET) == 1
+        event = {"user_id": "alice", "type": "pay", "event_id": "pay-1", "attrs": {"amount": 1200, "order": "O-7"}}
+        status, body = await beacon.post_events([event, event])  # a producer retry in the same batch
+        assert status == 200, body
+
+        async def coupon() -> list[dict[str, Any]]:
+            return [a for a in await beacon.actions("alice") if a["type"] == "coupon" and a["status"] == "delivered"]
+
+        (delivered,) = await eventually(coupon, lambda found: len(found) == 1)
+    assert delivered["attempts"] == 1 and delivered["connector"] == "coupon"
+    (request,) = merchant.requests
+    assert request.headers["Idempotency-Key"] == delivered["idempotency_key"]
+    assert request.body["coupon_id"] == "C-1000" and request.body["params"] == {"order": "O-7"}
+    assert request.body["user_id"] == "alice" and request.body["rule_id"] == "paid-1000"

@@ -1,0 +1,148 @@
+"""Delivery policies, each checked so that removing it fails the test: caps, quiet hours, 48 h window, rate limits."""
+
+from __future__ import annotations
+
+from datetime import datetime, time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import redis.asyncio as aioredis
+
+from beacon.clock import ManualClock
+from cep.events import Event, partition_of
+from cep.interactions import note_interactions
+from cep.profiles import patch_profile
+from connectors import delivery_ledger
+from connectors.settings import FrequencyCap, QuietHours, RateLimit
+from tests.connectors.kit import (
+    PARTITIONS,
+    fast_settings,
+    put_actions,
+    record,
+    running_connectors,
+    stored,
+    wait_all,
+    wait_status,
+)
+from tests.connectors.providers import FakeMerchant, FakeWeChat
+from tests.harness import eventually
+
+DAY_MS = 24 * 3_600_000
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+def sms(user_id: str, now_ms: int) -> dict[str, Any]:
+    return record(user_id, "message", {"channel": "sms", "template": "promo", "params": {"pct": 10}}, now_ms)
+
+
+async def test_frequency_cap_skips_the_third_message_in_a_day(
+    redis_client: aioredis.Redis, merchant: FakeMerchant, clock: ManualClock
+) -> None:
+    await patch_profile(redis_client, "cap-user", {"phone": "+8613800000000"})
+    await patch_profile(redis_client, "other-user", {"phone": "+8613800000001"})
+    settings = fast_settings(merchant, frequency_caps={"sms": FrequencyCap(2, DAY_MS)})
+    merchant.script.append("500")
+    first, second, third = (sms("cap-user", clock.now_ms()) for _ in range(3))
+    async with running_connectors(redis_client, settings, clock):
+        await put_actions(redis_client, [first])
+        await wait_status(redis_client, first, {"failed"})
+        clock.advance(1_000)
+        # The retry is the same send: it must not count against the cap a second time.
+        await wait_status(redis_client, first, {"delivered"}, attempts=2)
+        await put_actions(redis_client, [second])
+        await wait_status(redis_client, second, {"delivered"})
+        await put_actions(redis_client, [third])
+        capped = await wait_status(redis_client, third, {"skipped"}, reason="frequency_capped")
+        assert capped["attempts"] == 0
+        # Another user has a cap of their own.
+        elsewhere = sms("other-user", clock.now_ms())
+        await put_actions(redis_client, [elsewhere])
+        await wait_status(redis_client, elsewhere, {"delivered"})
+        # The window rolls: a day after the first two, a new message goes out.
+        clock.advance(DAY_MS)
+        later = sms("cap-user", clock.now_ms())
+        await put_actions(redis_client, [later])
+        await wait_status(redis_client, later, {"delivered"})
+    phones = [request.body["phone"] for request in merchant.requests if request.mode == "ok"]
+    assert phones.count("+8613800000000") == 3 and phones.count("+8613800000001") == 1
+
+
+async def test_quiet_hours_defer_messages_to_the_end_of_the_night(
+    redis_client: aioredis.Redis, merchant: FakeMerchant
+) -> None:
+    clock = ManualClock(int(datetime(2024, 3, 1, 23, 30, tzinfo=SHANGHAI).timestamp() * 1000))
+    morning = int(datetime(2024, 3, 2, 8, 0, tzinfo=SHANGHAI).timestamp() * 1000)
+    await patch_profile(redis_client, "night-owl", {"phone": "+8613900000000"})
+    settings = fast_settings(merchant, quiet_hours=QuietHours(time(22, 0), time(8, 0), "Asia/Shanghai"))
+    message = sms("night-owl", clock.now_ms())
+    coupon = record("night-owl", "coupon", {"coupon_id": "C-1"}, clock.now_ms())
+    async with running_connectors(redis_client, settings, clock):
+        await put_actions(redis_client, [message, coupon])
+        # Coupons are not messages: they go out at night.
+        await wait_status(redis_client, coupon, {"delivered"})
+        deferred = await wait_status(redis_client, message, {"pending"}, reason="quiet_hours_deferred")
+        assert deferred["next_attempt_at"] == morning
+        due_key = delivery_ledger.due_key(partition_of("night-owl", PARTITIONS))
+        member = delivery_ledger.hint_member("night-owl", message["action_id"])
+        assert await redis_client.zscore(due_key, member) == morning
+        clock.set(morning - 60_000)
+        assert (await stored(redis_client, message))["status"] == "pending"
+        clock.set(morning)
+        delivered = await wait_status(redis_client, message, {"delivered"})
+    assert delivered["delivered_at"] >= morning
+    assert [request.path for request in merchant.requests] == ["/coupons", "/sms"]
+
+
+async def test_customer_service_messages_need_an_interaction_within_48_hours(
+    redis_client: aioredis.Redis, wechat: FakeWeChat, clock: ManualClock
+) -> None:
+    now = clock.now_ms()
+    hour = 3_600_000
+    for user in ("recent", "stale", "never"):
+        await patch_profile(redis_client, user, {"openid": f"o-{user}"})
+    await note_interactions(
+        redis_client,
+        [
+            Event("e1", "recent", "view", now - 50 * hour),
+            Event("e2", "recent", "view", now - 47 * hour),  # newest wins, in any order
+            Event("e3", "stale", "view", now - 49 * hour),
+            Event("e4", "never", "tag_added", now - hour, origin="action"),  # not the user's own doing
+        ],
+    )
+    params = {"channel": "wechat_cs", "template": "hello", "params": {"content": "Still thinking about it?"}}
+    actions = {user: record(user, "message", params, now) for user in ("recent", "stale", "never")}
+    async with running_connectors(redis_client, fast_settings(wechat=wechat), clock):
+        await put_actions(redis_client, list(actions.values()))
+        final = await wait_all(redis_client, list(actions.values()), {"delivered", "skipped"})
+    assert [current["status"] for current in final] == ["delivered", "skipped", "skipped"]
+    assert {current.get("reason") for current in final[1:]} == {"outside_48h_window"}
+    bodies = wechat.bodies("/cgi-bin/message/custom/send")
+    assert bodies == [{"touser": "o-recent", "msgtype": "text", "text": {"content": "Still thinking about it?"}}]
+
+
+async def test_rate_limit_is_shared_by_every_consumer_process(
+    redis_client: aioredis.Redis, merchant: FakeMerchant, clock: ManualClock
+) -> None:
+    settings = fast_settings(merchant, rate_limits={"coupon": RateLimit(2.0, 2)})
+    coupons = [record(f"r{i}", "coupon", {"coupon_id": "C-1"}, clock.now_ms()) for i in range(6)]
+    # Two consumers, as two `beacon connectors` processes: one bucket between them.
+    async with running_connectors(redis_client, settings, clock), running_connectors(redis_client, settings, clock):
+        await put_actions(redis_client, coupons)
+
+        async def statuses() -> list[str]:
+            return [(await stored(redis_client, c))["status"] for c in coupons]
+
+        first = await eventually(statuses, lambda found: found.count("pending") == 4 and found.count("delivered") == 2)
+        assert sorted(first) == ["delivered"] * 2 + ["pending"] * 4, first
+        deferred = [current for c in coupons if (current := await stored(redis_client, c))["status"] == "pending"]
+        assert {current["reason"] for current in deferred} == {"rate_limited"}
+        # Each deferred action booked its own slot at the bucket's rate: 0.5 s apart, no stampede.
+        waits = sorted(current["next_attempt_at"] - clock.now_ms() for current in deferred)
+        assert waits == [500, 1000, 1500, 2000], waits
+        assert len(merchant.requests) == 2
+        clock.advance(1_000)
+        second = await eventually(statuses, lambda found: found.count("delivered") == 4)
+        assert second.count("delivered") == 4 and len(merchant.requests) == 4
+        clock.advance(1_000)
+        await wait_all(redis_client, coupons, {"delivered"})
+    assert len(merchant.requests) == 6
