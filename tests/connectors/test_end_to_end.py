@@ -46,3 +46,22 @@ async def test_event_to_delivered_coupon(redis_client: aioredis.Redis, redis_url
     assert request.headers["Idempotency-Key"] == delivered["idempotency_key"]
     assert request.body["coupon_id"] == "C-1000" and request.body["params"] == {"order": "O-7"}
     assert request.body["user_id"] == "alice" and request.body["rule_id"] == "paid-1000"
+
+
+async def test_serve_delivers_with_its_own_consumer(
+    redis_client: aioredis.Redis, redis_url: str, merchant: FakeMerchant
+) -> None:
+    """`beacon serve` wires the outbox consumer in: no separate consumer runs in this test."""
+    settings = server_settings(
+        redis_url, partitions=PARTITIONS, run_connectors=True, connectors=fast_settings(merchant)
+    )
+    async with running_beacon(settings) as beacon:
+        await beacon.put_ruleset(RULESET)
+        event = {"user_id": "bob", "type": "pay", "event_id": "pay-2", "attrs": {"amount": 5000, "order": "O-8"}}
+        await beacon.post_events([event])
+
+        async def delivered() -> list[dict[str, Any]]:
+            return [a for a in await beacon.actions("bob") if a["type"] == "coupon" and a["status"] == "delivered"]
+
+        assert len(await eventually(delivered, lambda found: len(found) == 1)) == 1
+    assert [request.body["user_id"] for request in merchant.requests] == ["bob"]
