@@ -25,6 +25,11 @@ EVENTS_LATE = Counter(
     ["ruleset", "rule"],
     registry=REGISTRY,
 )
+EVENTS_QUARANTINED = Counter(
+    "beacon_events_quarantined_total",
+    "Stream entries that failed on their own and were moved to the quarantine stream",
+    registry=REGISTRY,
+)
 RULE_MATCHES = Counter(
     "beacon_rule_matches_total", "Rule firings admitted by re-entry policy", ["ruleset", "rule"], registry=REGISTRY
 )
@@ -86,6 +91,11 @@ def on_events_processed(origin: str, count: int) -> None:
 def on_duplicate_event() -> None:
     """An event_id seen before."""
     EVENTS_DUPLICATE.inc()
+
+
+def on_event_quarantined() -> None:
+    """An entry that failed alone was moved aside."""
+    EVENTS_QUARANTINED.inc()
 
 
 def on_late_event(ruleset_id: str, rule_id: str) -> None:

@@ -59,6 +59,28 @@ async def read_new(
     return list(reply[0][1])
 
 
+def quarantine_key(partition: int) -> str:
+    """Entries that failed on their own (capped): kept for inspection, out of the workers' way."""
+    return f"b:{{p:{partition}}}:quarantine"
+
+
+QUARANTINE_MAXLEN = 10_000
+
+
+async def quarantine(redis: Redis, partition: int, entry: tuple[bytes, dict[bytes, bytes]], error: str) -> None:
+    """Move one entry to the partition's quarantine stream with the error, and acknowledge it."""
+    entry_id, fields = entry
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.xadd(
+            quarantine_key(partition),
+            {**fields, b"entry_id": entry_id, b"error": error[:2000]},
+            maxlen=QUARANTINE_MAXLEN,
+            approximate=True,
+        )
+        pipe.xack(events_key(partition), GROUP, entry_id)
+        await pipe.execute()
+
+
 async def reclaim_stale(
     redis: Redis, partition: int, consumer: str, min_idle_ms: int, count: int
 ) -> list[tuple[bytes, dict[bytes, bytes]]]:

@@ -83,7 +83,7 @@ class Worker:
                         self._redis, partition, self.consumer, self._batch_size, self._block_ms
                     )
                 if entries:
-                    await self.process(partition, entries, reclaimed=reclaimed)
+                    await self.process_isolating(partition, entries, reclaimed=reclaimed)
                 elif time.monotonic() - last_trim > TRIM_EVERY_S:
                     last_trim = time.monotonic()
                     await streams.trim_acknowledged(self._redis, partition)
@@ -97,6 +97,29 @@ class Worker:
                 # A bug must not kill the partition: entries stay pending and are retried on reclaim.
                 log.exception("partition %d: batch failed; entries stay pending", partition)
                 await pause(self._stopping, 0.5)
+
+    async def process_isolating(
+        self, partition: int, entries: list[tuple[bytes, dict[bytes, bytes]]], *, reclaimed: bool = False
+    ) -> None:
+        """Process a batch; if it fails for a reason other than Redis being away, retry its entries one
+        by one and quarantine those that fail alone, so one poisonous event cannot stall a partition."""
+        try:
+            await self.process(partition, entries, reclaimed=reclaimed)
+            return
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            raise
+        except Exception:
+            log.exception("partition %d: batch of %d failed; retrying its entries one by one", partition, len(entries))
+        for entry in entries:
+            try:
+                # Part of the batch may have been applied: replay so its effects are carried out.
+                await self.process(partition, [entry], reclaimed=True)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                raise
+            except Exception as exc:
+                log.exception("partition %d: quarantining entry %s", partition, entry[0])
+                await streams.quarantine(self._redis, partition, entry, repr(exc))
+                metrics.on_event_quarantined()
 
     async def process(
         self, partition: int, entries: list[tuple[bytes, dict[bytes, bytes]]], *, reclaimed: bool = False
