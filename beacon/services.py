@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
 from beacon import metrics
 from beacon.clock import Clock
@@ -48,6 +48,8 @@ CLUSTER_SCHEME = "redis+cluster://"
 # The async cluster client fails a command outright once a node's pool is exhausted, rather than
 # waiting: workers hold one blocking read per partition, so leave plenty of headroom.
 CLUSTER_MAX_CONNECTIONS = 512
+POOL_MAX_CONNECTIONS = 256
+POOL_WAIT_S = 20.0
 
 
 def is_cluster(settings: Settings) -> bool:
@@ -64,7 +66,16 @@ def connect(settings: Settings) -> Redis:
         cluster = RedisCluster.from_url(url, max_connections=CLUSTER_MAX_CONNECTIONS, socket_keepalive=True)
         # Both clients speak the same command API; the core is written against that shared surface.
         return cluster  # type: ignore[return-value]
-    return Redis.from_url(settings.redis_url, health_check_interval=30, socket_keepalive=True)
+    # A blocking pool waits for a free connection: the default pool raises "Too many connections" at
+    # once when partition loops, timers, ingest and the delivery workers all need one together.
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=POOL_MAX_CONNECTIONS,
+        timeout=POOL_WAIT_S,
+        health_check_interval=30,
+        socket_keepalive=True,
+    )
+    return Redis.from_pool(pool)  # the client owns the pool and closes it with itself
 
 
 @contextlib.asynccontextmanager
@@ -95,7 +106,7 @@ async def open_services(
                 partitions=settings.partitions,
                 batch_size=settings.worker_batch,
                 block_ms=settings.worker_block_ms,
-                reclaim_idle_ms=settings.reclaim_idle_ms,
+                lease_ms=settings.partition_lease_ms,
                 stopping=services.stopping,
             )
             services.tasks.append(asyncio.create_task(services.worker.run(), name="worker"))

@@ -54,8 +54,9 @@ class Settings:
     ws_heartbeat_ms: int = 20_000
     ws_receive_timeout_ms: int = 60_000
     ws_max_in_flight: int = 8
-    # A stream entry read but unacknowledged this long belongs to a dead consumer and is reclaimed.
-    reclaim_idle_ms: int = 30_000
+    # A partition's consumer holds a lease this long (renewed every third of it): a dead worker's
+    # partitions are taken over, and its unacknowledged entries replayed, after at most this long.
+    partition_lease_ms: int = 10_000
     connectors: ConnectorSettings = field(default_factory=ConnectorSettings)
     run_connectors: bool = True
     run_workers: bool = True
@@ -108,7 +109,7 @@ class Settings:
             ws_heartbeat_ms=integer("WS_HEARTBEAT_MS", base.ws_heartbeat_ms),
             ws_receive_timeout_ms=integer("WS_RECEIVE_TIMEOUT_MS", base.ws_receive_timeout_ms),
             ws_max_in_flight=integer("WS_MAX_IN_FLIGHT", base.ws_max_in_flight, 1),
-            reclaim_idle_ms=integer("RECLAIM_IDLE_MS", base.reclaim_idle_ms, 100),
+            partition_lease_ms=integer("PARTITION_LEASE_MS", base.partition_lease_ms, 300),
             connectors=ConnectorSettings.from_env(env),
             run_connectors=flag("RUN_CONNECTORS", base.run_connectors),
             run_workers=flag("RUN_WORKERS", base.run_workers),

@@ -81,11 +81,14 @@ async def quarantine(redis: Redis, partition: int, entry: tuple[bytes, dict[byte
         await pipe.execute()
 
 
-async def reclaim_stale(
-    redis: Redis, partition: int, consumer: str, min_idle_ms: int, count: int
+async def claim_pending(
+    redis: Redis, partition: int, consumer: str, count: int
 ) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    """Take over entries another consumer read but never acknowledged (it crashed or stalled)."""
-    reply: Any = await redis.xautoclaim(events_key(partition), GROUP, consumer, min_idle_ms, "0-0", count=count)
+    """The oldest entries read but never acknowledged, by any consumer, now claimed by `consumer`.
+
+    Only the partition's owner calls this, so the previous readers are dead or have handed over.
+    """
+    reply: Any = await redis.xautoclaim(events_key(partition), GROUP, consumer, 0, "0-0", count=count)
     # XAUTOCLAIM returns [next-id, entries, deleted-ids]; deleted entries come back as None.
     return [entry for entry in reply[1] if entry and entry[1]]
 

@@ -17,13 +17,11 @@ from beacon import metrics
 from beacon.pause import pause
 from cep import streams
 from cep.evaluate import BatchEvaluator
+from cep.ownership import Ownership
 from rules.registry import RulesetRegistry
 
 log = logging.getLogger("beacon.worker")
 
-# An entry read but not acknowledged for this long belongs to a dead or stuck consumer.
-RECLAIM_IDLE_MS = 30_000
-RECLAIM_EVERY_S = 5.0
 TRIM_EVERY_S = 10.0
 
 
@@ -33,7 +31,7 @@ def consumer_name() -> str:
 
 
 class Worker:
-    """One consumer per partition, all in this process's event loop."""
+    """Consumes the partitions this process owns (see `cep.ownership`), one task per partition."""
 
     def __init__(
         self,
@@ -45,7 +43,7 @@ class Worker:
         batch_size: int,
         block_ms: int,
         stopping: asyncio.Event,
-        reclaim_idle_ms: int = RECLAIM_IDLE_MS,
+        lease_ms: int = 10_000,
     ) -> None:
         self._redis = redis
         self._registry = registry
@@ -53,37 +51,66 @@ class Worker:
         self._partitions = partitions
         self._batch_size = batch_size
         self._block_ms = block_ms
-        self._reclaim_idle_ms = reclaim_idle_ms
         self._stopping = stopping
         self.consumer = consumer_name()
+        self.ownership = Ownership(redis, partitions, self.consumer, lease_ms)
         self.processed = 0
 
     async def run(self) -> None:
-        """Run every partition's loop until cancelled."""
+        """Hold a fair share of partition leases and run a loop for each until stopped."""
         await streams.ensure_groups(self._redis, self._partitions)
-        async with asyncio.TaskGroup() as group:
-            for partition in range(self._partitions):
-                group.create_task(self._partition_loop(partition), name=f"worker-p{partition}")
-
-    async def _partition_loop(self, partition: int) -> None:
-        last_reclaim = last_trim = 0.0
-        while not self._stopping.is_set():
+        loops: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        try:
+            while not self._stopping.is_set():
+                try:
+                    acquired, to_release = await self.ownership.heartbeat(time.time_ns() // 1_000_000)
+                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    log.warning("partition leases not renewed (%s); retrying", exc)
+                    acquired, to_release = set(), set()
+                for partition in list(loops):
+                    task, halt = loops[partition]
+                    if partition not in self.ownership.owned or partition in to_release or task.done():
+                        # Lost (expired and taken), handed back, or crashed: stop it; restart below if still ours.
+                        halt.set()
+                        await asyncio.wait({task}, timeout=max(self._block_ms / 1000 * 4, 2.0))
+                        del loops[partition]
+                        if partition in to_release:
+                            await self.ownership.release(partition)
+                for partition in sorted(self.ownership.owned - set(loops)):
+                    if partition in acquired:
+                        log.info("consumer %s took partition %d", self.consumer, partition)
+                    halt = asyncio.Event()
+                    task = asyncio.create_task(self._partition_loop(partition, halt), name=f"worker-p{partition}")
+                    loops[partition] = (task, halt)
+                await pause(self._stopping, self.ownership.lease_ms / 3000)
+        finally:
+            for _, halt in loops.values():
+                halt.set()
+            if loops:
+                await asyncio.wait([task for task, _ in loops.values()], timeout=5)
             try:
-                entries, reclaimed = [], False
-                if time.monotonic() - last_reclaim > min(RECLAIM_EVERY_S, self._reclaim_idle_ms / 2000):
-                    last_reclaim = time.monotonic()
-                    entries = await streams.reclaim_stale(
-                        self._redis, partition, self.consumer, self._reclaim_idle_ms, self._batch_size
-                    )
+                await self.ownership.leave()
+            except Exception as exc:  # the leases expire by themselves
+                log.warning("could not release partition leases: %s", exc)
+
+    async def _partition_loop(self, partition: int, halt: asyncio.Event) -> None:
+        # Whatever the previous owner (or a failed batch of ours) left unacknowledged goes first, in
+        # stream order, so a user's events are never processed out of order.
+        backlog_first = True
+        last_trim = 0.0
+        while not (halt.is_set() or self._stopping.is_set()):
+            try:
+                if backlog_first:
+                    entries = await streams.claim_pending(self._redis, partition, self.consumer, self._batch_size)
                     if entries:
-                        reclaimed = True
-                        log.warning("partition %d: reclaimed %d stale entries", partition, len(entries))
-                if not entries:
-                    entries = await streams.read_new(
-                        self._redis, partition, self.consumer, self._batch_size, self._block_ms
-                    )
+                        await self.process_isolating(partition, entries, reclaimed=True)
+                        continue
+                    backlog_first = False
+                entries = await streams.read_new(
+                    self._redis, partition, self.consumer, self._batch_size, self._block_ms
+                )
                 if entries:
-                    await self.process_isolating(partition, entries, reclaimed=reclaimed)
+                    await self.process_isolating(partition, entries)
                 elif time.monotonic() - last_trim > TRIM_EVERY_S:
                     last_trim = time.monotonic()
                     await streams.trim_acknowledged(self._redis, partition)
@@ -91,11 +118,12 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                backlog_first = True
                 log.warning("partition %d: redis unavailable (%s); retrying in 0.5s", partition, exc)
                 await pause(self._stopping, 0.5)
             except Exception:
-                # A bug must not kill the partition: entries stay pending and are retried on reclaim.
-                log.exception("partition %d: batch failed; entries stay pending", partition)
+                backlog_first = True
+                log.exception("partition %d: batch failed; its entries are retried first", partition)
                 await pause(self._stopping, 0.5)
 
     async def process_isolating(

@@ -31,7 +31,7 @@ async def test_dry_run_reports_firings_late_events_and_leaves_no_state(
     beacon: Beacon, redis_client: aioredis.Redis
 ) -> None:
     await beacon.put_ruleset(library_ruleset("cart-recovery"))
-    keys_before = set(await redis_client.keys("*"))
+    keys_before = set(await redis_client.keys("b:{u:*"))
     events = [
         cart("ann", T0, event_id="a1"),
         cart("bob", T0, event_id="b1"),
@@ -50,7 +50,7 @@ async def test_dry_run_reports_firings_late_events_and_leaves_no_state(
         {"user_id": "cid", "rule_id": "cart-no-pay-30m", "event_id": "c-late", "ts": T0 + 10 * MINUTE}
     ]
     assert body["pending_timers"] == []
-    assert set(await redis_client.keys("*")) == keys_before
+    assert set(await redis_client.keys("b:{u:*")) == keys_before
     assert await beacon.actions("ann") == []
 
 
