@@ -1,0 +1,1 @@
+"""Beacon benchmarks: `python -m bench all` starts its own Redis and Beacon, drives them, reports."""

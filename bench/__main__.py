@@ -1,0 +1,162 @@
+"""`python -m bench [all|<name> ...] [--size smoke|default|full]`: run, print a table, write JSON and CSV."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from bench import durable_side, ingest, replay, scaling, timers
+from bench.harness import beacon_stack
+from bench.report import RESULTS_DIR, Row, cpu_snapshot, others_share, skipped, table, write
+from bench.sizes import SIZES, Size, size_named
+
+log = logging.getLogger("bench")
+
+Bench = Callable[[Size, bool], Awaitable[list[Row]]]
+
+
+async def _on_main_stack(size: Size, run: Callable[..., Awaitable[list[Row]]]) -> list[Row]:
+    """Run one benchmark on a fresh Valkey and `beacon serve` with in-process workers."""
+    async with beacon_stack() as stack:
+        return await run(stack, size)
+
+
+async def _throughput(size: Size, cluster: bool) -> list[Row]:
+    return await ingest.throughput(size)
+
+
+async def _latency(size: Size, cluster: bool) -> list[Row]:
+    return await _on_main_stack(size, ingest.latency)
+
+
+async def _timers(size: Size, cluster: bool) -> list[Row]:
+    return await _on_main_stack(size, timers.timer_rows)
+
+
+async def _replay(size: Size, cluster: bool) -> list[Row]:
+    return await _on_main_stack(size, replay.replay_rows)
+
+
+async def _durable(size: Size, cluster: bool) -> list[Row]:
+    return await durable_side.side_by_side(size)
+
+
+async def _scaling(size: Size, cluster: bool) -> list[Row]:
+    return await scaling.scaling_rows(size, cluster)
+
+
+# In `all` order; `timers` also measures memory, `durable` runs Beacon on the same log for the ratio.
+BENCHES: dict[str, Bench] = {
+    "throughput": _throughput,
+    "latency": _latency,
+    "timers": _timers,
+    "replay": _replay,
+    "durable": _durable,
+    "scaling": _scaling,
+}
+ALIASES = {"ingest": ("throughput", "latency"), "memory": ("timers",), "all": tuple(BENCHES)}
+
+
+def expected_row_ids(size: Size, names: list[str]) -> list[str]:
+    """The ids of every row the named benchmarks report at `size`, in order (skipped rows included)."""
+    ids = {
+        "throughput": [f"ingest.{t}.{m}" for t in ("http", "ws") for m in ("accepted", "processed", "sustained")],
+        "latency": [f"latency.r{i + 1}" for i in range(len(size.latency_rates))],
+        "timers": [
+            *(f"timers.lateness.{level}" for level in size.pending_levels),
+            "memory.per_timer_set",
+            "memory.per_pending_absence",
+            "memory.per_user",
+            "memory.per_1m_users",
+        ],
+        "replay": ["replay.inprocess", "replay.http"],
+        "durable": [
+            f"durable.{name}"
+            for name in (
+                "events",
+                "beacon_events",
+                "events_ratio",
+                "timer_p50",
+                "beacon_timer_p50",
+                "timer_p99_ratio",
+                "restrictions",
+            )
+        ],
+        "scaling": [*(f"scaling.workers.{count}" for count in size.worker_counts), "scaling.cluster"],
+    }
+    return [row_id for name in names for row_id in ids[name]]
+
+
+async def run(names: list[str], size: Size, cluster: bool, background: dict[str, float]) -> list[Row]:
+    """Run the named benchmarks in order; a benchmark that fails becomes one skipped row, the rest go on.
+
+    `background` receives, per benchmark, the share of the machine's CPU other processes used meanwhile.
+    """
+    rows: list[Row] = []
+    for name in names:
+        started, cpu_before = time.monotonic(), cpu_snapshot()
+        log.info("bench %s (%s) ...", name, size.name)
+        try:
+            rows += await BENCHES[name](size, cluster)
+        except Exception as exc:  # one failed benchmark must not lose the others' results
+            log.exception("bench %s failed", name)
+            rows.append(skipped(f"{name}.failed", name, f"{name} benchmark", f"failed: {exc!r}"[:300]))
+        background[name] = round(others_share(cpu_before, cpu_snapshot()), 1)
+        log.info(
+            "bench %s done in %.0fs (other processes: %.0f%% of the CPU)",
+            name,
+            time.monotonic() - started,
+            background[name],
+        )
+    return rows
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # Turn SIGTERM into an exception so every `finally` stops the processes it started.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse arguments, run, print the table, write the files."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("names", nargs="*", default=["all"], help=f"all, or some of: {', '.join([*BENCHES, *ALIASES])}")
+    parser.add_argument("--size", choices=sorted(SIZES), default="default")
+    parser.add_argument("--cluster", action="store_true", help="also measure a 3-master loopback Redis Cluster")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the JSON and CSV files")
+    parser.add_argument("--users", type=int, help="override the workload's user count")
+    parser.add_argument("--burst-events", type=int, help="override events per flat-out run")
+    parser.add_argument("--memory-users", type=int, help="override users in the memory sample")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    names: list[str] = []
+    for name in args.names:
+        if name not in BENCHES and name not in ALIASES:
+            parser.error(f"unknown benchmark {name!r}")
+        names += [n for n in ALIASES.get(name, (name,)) if n not in names]
+    size = size_named(args.size, users=args.users, burst_events=args.burst_events, memory_users=args.memory_users)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(message)s",
+    )
+    logging.getLogger("bench").setLevel(logging.INFO)
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.time()
+    background: dict[str, float] = {}
+    rows = asyncio.run(run(names, size, args.cluster, background))
+    print(table(rows))
+    busy = ", ".join(f"{name} {share:.0f}%" for name, share in background.items())
+    print(f"\nother processes' share of the machine's CPU meanwhile: {busy}")
+    json_path, csv_path = write(rows, size.name, args.out, started, background)
+    print(f"written: {json_path} {csv_path} ({time.time() - started:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

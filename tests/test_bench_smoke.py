@@ -1,0 +1,85 @@
+"""`python -m bench all --size smoke` runs end to end and reports every row with sane values (no timing limits)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import BENCHES, expected_row_ids
+from bench.sizes import SIZES
+
+ROOT = Path(__file__).resolve().parent.parent
+# Rows whose value may be zero or negative: latencies in whole ms, and durable_rules' timers, which fire
+# up to a second early because it truncates start times to the second.
+MAY_BE_ZERO = ("latency.", "timers.lateness.", "durable.beacon_timer_p50")
+MAY_BE_NEGATIVE = ("durable.timer_p50",)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """One smoke-size run of every benchmark, its JSON document and CSV rows."""
+    out = tmp_path_factory.mktemp("bench")
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "all", "--size", "smoke", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    document = json.loads((out / "latest-smoke.json").read_text())
+    with (out / "latest-smoke.csv").open() as handle:
+        csv_rows = list(csv.DictReader(handle))
+    return {"document": document, "csv": csv_rows, "stdout": completed.stdout}
+
+
+@pytest.mark.timeout(120)
+def test_every_row_is_reported(smoke_run: dict[str, object]) -> None:
+    """The table, the JSON and the CSV hold exactly the expected rows; only the cluster row is skipped."""
+    document = smoke_run["document"]
+    assert isinstance(document, dict)
+    ids = [row["id"] for row in document["rows"]]
+    assert ids == expected_row_ids(SIZES["smoke"], list(BENCHES))
+    assert [row["id"] for row in smoke_run["csv"]] == ids  # type: ignore[attr-defined]
+    skipped = {row["id"]: row["detail"] for row in document["rows"] if row["value"] is None}
+    assert set(skipped) == {"scaling.cluster"}, skipped
+    for row in document["rows"]:
+        assert row["label"] in str(smoke_run["stdout"])
+    assert document["machine"]["nproc"] >= 1
+    assert set(document["background_cpu_percent"]) == set(BENCHES)
+
+
+@pytest.mark.timeout(120)
+def test_values_are_sane(smoke_run: dict[str, object]) -> None:
+    """Measured values are finite and positive where they must be; percentiles are ordered; no timer is lost."""
+    document = smoke_run["document"]
+    assert isinstance(document, dict)
+    rows = {row["id"]: row for row in document["rows"] if row["value"] is not None}
+    for row_id, row in rows.items():
+        value = row["value"]
+        assert math.isfinite(value), row
+        if row_id.startswith(MAY_BE_NEGATIVE):
+            continue
+        assert value >= 0 if row_id.startswith(MAY_BE_ZERO) else value > 0, row
+        extra = row["extra"]
+        if "p50" in extra:
+            assert extra["p50"] <= extra["p95"] <= extra["p99"] <= extra["max"], row
+            assert extra["n"] > 0, row
+    for transport in ("http", "ws"):
+        assert rows[f"ingest.{transport}.processed"]["value"] <= rows[f"ingest.{transport}.accepted"]["value"]
+    for row_id, row in rows.items():
+        if row_id.startswith("timers.lateness."):
+            assert row["extra"]["missing"] == 0, row
+            assert row["extra"]["pending"] >= int(row_id.rsplit(".", 1)[1]), row
+    per_user = rows["memory.per_user"]["value"]
+    assert rows["memory.per_1m_users"]["value"] == pytest.approx(per_user * 1_000_000 / 2**20)
+    assert rows["memory.per_timer_set"]["value"] < rows["memory.per_pending_absence"]["value"]
+    assert rows["durable.events_ratio"]["value"] == pytest.approx(
+        rows["durable.beacon_events"]["value"] / rows["durable.events"]["value"]
+    )
