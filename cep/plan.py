@@ -31,8 +31,19 @@ def completing_roles(rule: Rule) -> frozenset[str]:
 def state_id(ruleset_id: str, rule: Rule) -> str:
     """Names a rule's pattern state; changes when the pattern changes, so a new version starts afresh
     on a changed pattern but keeps its state when only conditions or actions were edited."""
-    shape = json.dumps([ruleset_id, rule.id, repr(rule.when), rule.lateness_ms], sort_keys=True)
-    return hashlib.sha256(shape.encode()).hexdigest()[:12]
+    key = (ruleset_id, rule.id, rule.when, rule.lateness_ms)
+    cached = _STATE_IDS.get(key)
+    if cached is None:
+        # Computed once per pattern shape: the hash showed up at 7 % of a worker's time per event.
+        shape = json.dumps([ruleset_id, rule.id, repr(rule.when), rule.lateness_ms], sort_keys=True)
+        cached = _STATE_IDS[key] = hashlib.sha256(shape.encode()).hexdigest()[:12]
+        if len(_STATE_IDS) > 10_000:  # rulesets come and go; keep the cache bounded
+            _STATE_IDS.clear()
+            _STATE_IDS[key] = cached
+    return cached
+
+
+_STATE_IDS: dict[tuple[str, str, object, int], str] = {}
 
 
 def correlation_key(fields: tuple[str, ...], attrs: Mapping[str, Any]) -> str | None:

@@ -33,6 +33,7 @@ STEP_SCRIPT = r"""
 local plan = cjson.decode(ARGV[1])
 local now = tonumber(plan.now)
 local wrote_fired = false
+local shared_ttl = 0  -- the longest TTL among this call's pattern ops: wm and pidx serve them all
 
 local function trim(zkey, hkey, older_than)
   local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', older_than, 'LIMIT', 0, 256)
@@ -69,16 +70,16 @@ local function on_time(op, ts, reply)
     redis.call('HSET', KEYS[9], op.rk, ts)
     wm = ts
   end
-  extend(KEYS[9], op.ttl)
+  if op.ttl > shared_ttl then shared_ttl = op.ttl end
   return wm
 end
 
+-- A pattern key serves one rule, whose TTL is always the same: a plain PEXPIRE extends it.
 local function touch(op, ...)
   for _, key in ipairs({...}) do
-    extend(key, op.ttl)
+    redis.call('PEXPIRE', key, op.ttl)
     redis.call('HSET', KEYS[10], key, op.rk)
   end
-  extend(KEYS[10], op.ttl)
 end
 
 local function others(key, low, high, self_id)
@@ -236,6 +237,10 @@ for i, ev in ipairs(plan.events) do
     end
     replies[i] = text
   end
+end
+if shared_ttl > 0 then
+  extend(KEYS[9], shared_ttl)
+  extend(KEYS[10], shared_ttl)
 end
 redis.call('PEXPIRE', KEYS[1], plan.horizon)
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], plan.horizon) end
