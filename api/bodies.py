@@ -25,19 +25,25 @@ async def read_body(request: web.Request) -> Any:
 
 
 def decode_payload(raw: bytes | str, content_type: str) -> Any:
-    """Decode a payload as msgpack (by content type) or JSON."""
-    if content_type in MSGPACK_TYPES:
+    """Decode a body as msgpack (by content type) or JSON."""
+    return decode_bytes(raw, binary=content_type in MSGPACK_TYPES, path="body", what="body")
+
+
+def decode_bytes(raw: bytes | str, *, binary: bool, path: str, what: str) -> Any:
+    """msgpack when `binary`, else JSON (NaN and Infinity refused); DecodeError naming `what` failed."""
+    if binary:
         try:
             return msgpack.unpackb(raw, raw=False, strict_map_key=True)
         except Exception as exc:
-            raise DecodeError(f"body is not valid msgpack: {exc}", path="body") from exc
+            raise DecodeError(f"{what} is not valid msgpack: {exc}", path=path) from exc
     try:
         return json.loads(raw, parse_constant=_reject_constant)
     except DecodeError:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"body is not valid JSON: {exc}", path="body") from exc
+        raise DecodeError(f"{what} is not valid JSON: {exc}", path=path) from exc
 
 
 def _reject_constant(name: str) -> Any:
-    raise DecodeError(f"{name} is not valid JSON", path="body")
+    # Raised as ValueError's sibling: decode_bytes re-labels it with the caller's path.
+    raise ValueError(f"{name} is not valid JSON")

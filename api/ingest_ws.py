@@ -14,9 +14,10 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from redis.asyncio import Redis
 
 from api import keys
+from api.bodies import decode_bytes
 from api.routes_events import validate_items
 from beacon import metrics
-from beacon.errors import AuthError, BeaconError, DecodeError, ForbiddenError, TooLargeError, ValidationError
+from beacon.errors import AuthError, BeaconError, ForbiddenError, TooLargeError, ValidationError
 from beacon.settings import Settings
 from cep import streams
 from cep.events import Event
@@ -70,15 +71,7 @@ def authorize(settings: Settings, token: str | None) -> None:
 
 def decode_frame(data: bytes | str, binary: bool) -> Any:
     """A frame's payload: msgpack when binary, JSON when text; DecodeError saying which failed."""
-    if binary:
-        try:
-            return msgpack.unpackb(data, raw=False, strict_map_key=True)
-        except Exception as exc:
-            raise DecodeError(f"binary frame is not valid msgpack: {exc}", path="frame") from exc
-    try:
-        return json.loads(data, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise DecodeError(f"text frame is not valid JSON: {exc}", path="frame") from exc
+    return decode_bytes(data, binary=binary, path="frame", what="binary frame" if binary else "text frame")
 
 
 def encode_reply(body: dict[str, Any], binary: bool) -> bytes | str:
@@ -331,7 +324,3 @@ def _is_auth_frame(data: bytes | str, binary: bool) -> bool:
         frame = decode_frame(data, binary)
         return isinstance(frame, dict) and "auth" in frame
     return False
-
-
-def _reject_constant(name: str) -> Any:
-    raise DecodeError(f"{name} is not valid JSON", path="frame")

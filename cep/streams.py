@@ -24,14 +24,19 @@ def events_key(partition: int) -> str:
     return f"b:{{p:{partition}}}:events"
 
 
+async def ensure_group(redis: Redis, key: str, group: str) -> None:
+    """Create a stream and a consumer group reading it from the start, if missing (idempotent)."""
+    try:
+        await redis.xgroup_create(key, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
 async def ensure_groups(redis: Redis, partitions: int) -> None:
-    """Create every partition's stream and consumer group if missing (idempotent)."""
+    """Create every partition's event stream and the workers' consumer group if missing."""
     for partition in range(partitions):
-        try:
-            await redis.xgroup_create(events_key(partition), GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await ensure_group(redis, events_key(partition), GROUP)
 
 
 async def append_events(redis: Redis, events: Sequence[Event], partitions: int) -> list[bytes]:

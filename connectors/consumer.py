@@ -15,11 +15,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from beacon.clock import Clock
 from cep.outbox import OUTBOX_FIELD, outbox_key
+from cep.streams import ensure_group
 from connectors import delivery_ledger as ledger
 from connectors.delivery import Deliverer
 from connectors.settings import ConnectorSettings
@@ -33,11 +33,7 @@ TRIM_EVERY_S = 10.0
 async def ensure_outbox_groups(redis: Redis, partitions: int) -> None:
     """Create every partition's outbox stream and our consumer group (from the start: nothing is skipped)."""
     for partition in range(partitions):
-        try:
-            await redis.xgroup_create(outbox_key(partition), GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await ensure_group(redis, outbox_key(partition), GROUP)
 
 
 def raise_if_cancelled() -> None:
