@@ -17,7 +17,8 @@ from __future__ import annotations
 # KEYS[9] wm    HASH rule key -> highest event ts the rule has seen (its watermark)
 # KEYS[10] pidx HASH pattern state key -> rule key: what GET /v1/users/{id} lists as live rule state
 # KEYS[11..] pattern state keys, addressed by index from the ops
-# ARGV[1] JSON plan {now, horizon, retention, fired_ttl, events: [{id, ts, ops: [op...]}]}
+# ARGV[1] msgpack plan {now, horizon, retention, fired_ttl, events: [{id, ts, ops: [op...]}]} (msgpack, not
+#         JSON: records travel as raw strings instead of escaped text, and nil is nil, not a truthy null)
 #   op kinds:
 #     single {f}                      fire now
 #     first  {rk, f}                  fire if this is the rule's first matching event
@@ -27,10 +28,10 @@ from __future__ import annotations
 #     thr    {rk, late, w, kt, n | x, v, ttl, f}   count n / sum x of members "id|v" in [t - w, t]
 #     act    {id, cancel}             a delayed action is due: release it to the outbox (or cancel)
 #   f (absent when the rule's `if` failed): {rk, policy, period, acts: [{id, rec, st, add, remove, timer}]}
-# Returns one JSON text per plan event:
+# Returns one msgpack map per plan event:
 #   {dup, acts: [rec], queue: [rec], timers: [[due, member]], added, removed, fired: [rk], late: [rk]}
 STEP_SCRIPT = r"""
-local plan = cjson.decode(ARGV[1])
+local plan = cmsgpack.unpack(ARGV[1])
 local now = tonumber(plan.now)
 local wrote_fired = false
 local shared_ttl = 0  -- the longest TTL among this call's pattern ops: wm and pidx serve them all
@@ -221,17 +222,17 @@ for i, ev in ipairs(plan.events) do
   if redis.call('ZSCORE', KEYS[1], ev.id) then
     local prior = redis.call('HGET', KEYS[2], ev.id)
     if prior then
-      local reply = cjson.decode(prior)
+      local reply = cmsgpack.unpack(prior)
       reply.dup = true
-      replies[i] = cjson.encode(reply)
+      replies[i] = cmsgpack.pack(reply)
     else
-      replies[i] = '{"dup":true}'
+      replies[i] = cmsgpack.pack({dup = true})
     end
   else
     redis.call('ZADD', KEYS[1], now, ev.id)
     local reply = {acts = {}, queue = {}, timers = {}, added = {}, removed = {}, fired = {}, late = {}}
     for _, op in ipairs(ev.ops) do handlers[op.k](op, ev, reply) end
-    local text = cjson.encode(reply)
+    local text = cmsgpack.pack(reply)
     if #reply.acts + #reply.queue + #reply.timers + #reply.added + #reply.removed > 0 then
       redis.call('HSET', KEYS[2], ev.id, text)
     end

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from cep.scripts import ScriptCall
 from cep.step_lua import STEP_SCRIPT
 
@@ -83,7 +85,7 @@ class UserPlan:
             "fired_ttl": max(self.fired_ttl_ms, 0),
             "events": self.events,
         }
-        return ScriptCall(STEP_SCRIPT, self.keys, [json.dumps(plan, separators=(",", ":"), ensure_ascii=False)])
+        return ScriptCall(STEP_SCRIPT, self.keys, [msgpack.packb(plan, use_bin_type=False)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +102,9 @@ class StepResult:
     late: tuple[str, ...]  # rule keys for which the event was too late
 
 
-def decode_step_reply(raw: bytes | str) -> StepResult:
+def decode_step_reply(raw: bytes) -> StepResult:
     """Decode one per-event reply of the step script."""
-    data = json.loads(raw)
+    data = msgpack.unpackb(raw, raw=False)
     return StepResult(
         duplicate=bool(data.get("dup")),
         created=tuple(json.loads(rec) for rec in _as_list(data.get("acts"))),
