@@ -8,7 +8,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
-from beacon.errors import DecodeError, TooLargeError
+from beacon.errors import DecodeError, TooLargeError, ValidationError
 
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 
@@ -22,6 +22,16 @@ async def read_body(request: web.Request) -> Any:
     if not raw:
         raise DecodeError("empty body", path="body")
     return decode_payload(raw, request.content_type)
+
+
+def object_with_fields(body: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """`body` as an object holding no field outside `allowed` (a 422 naming the first stray one)."""
+    if not isinstance(body, dict):
+        raise ValidationError("body must be an object", path="body")
+    unknown = sorted(set(body) - set(allowed), key=str)
+    if unknown:
+        raise ValidationError(f"unknown field {unknown[0]!r} (expected one of: {', '.join(allowed)})", path=unknown[0])
+    return body
 
 
 def decode_payload(raw: bytes | str, content_type: str) -> Any:

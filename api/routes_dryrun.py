@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from api import keys
-from api.bodies import read_body
+from api.bodies import object_with_fields, read_body
 from api.event_wire import check_identifier, parse_event
 from api.middleware import requires
 from api.routes_rulesets import ruleset_id_of
@@ -42,13 +42,7 @@ async def post_dry_run(request: web.Request) -> web.Response:
     """Run the stored ruleset (or `document`, unsaved) on `events` with a simulated clock."""
     ruleset_id = ruleset_id_of(request)
     body = await read_body(request)
-    if not isinstance(body, dict):
-        raise ValidationError("body must be an object", path="body")
-    unknown = sorted(set(body) - set(DRY_RUN_FIELDS))
-    if unknown:
-        raise ValidationError(
-            f"unknown field {unknown[0]!r} (expected one of: {', '.join(DRY_RUN_FIELDS)})", path=unknown[0]
-        )
+    body = object_with_fields(body, DRY_RUN_FIELDS)
     settings = request.app[keys.SETTINGS]
     if "document" in body:
         ruleset = compile_ruleset(body["document"], ruleset_id=ruleset_id, lateness_ms=settings.lateness_ms)

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from api import keys
-from api.bodies import read_body
+from api.bodies import object_with_fields, read_body
 from api.event_wire import check_identifier, check_json_value
 from api.middleware import requires
 from beacon.errors import ValidationError
@@ -47,13 +47,7 @@ async def patch_user(request: web.Request) -> web.Response:
     """Set or delete (null) attributes and add or remove tags, atomically."""
     user_id = _user_id(request)
     body = await read_body(request)
-    if not isinstance(body, dict):
-        raise ValidationError("body must be an object", path="body")
-    unknown = sorted(set(body) - set(PATCH_FIELDS))
-    if unknown:
-        raise ValidationError(
-            f"unknown field {unknown[0]!r} (expected one of: {', '.join(PATCH_FIELDS)})", path=unknown[0]
-        )
+    body = object_with_fields(body, PATCH_FIELDS)
     attrs = body.get("attrs", {})
     if not isinstance(attrs, dict):
         raise ValidationError("attrs must be an object", path="attrs")
