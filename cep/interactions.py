@@ -9,9 +9,8 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 
 from cep.events import ORIGIN_PRODUCER, Event
-from cep.user_state import user_key
+from cep.user_state import LAST_SEEN, user_key
 
-LAST_SEEN = "seen_at"  # family: b:{u:<user>}:seen_at, a one-member ZSET {"ts": newest event ts}
 _MEMBER = "ts"
 # Long enough to outlive the 48 h window from the newest event, short enough that idle users leave nothing.
 SEEN_TTL_MS = 72 * 3_600_000

@@ -33,6 +33,8 @@ FIRST = "first"  # HASH rule key -> ts of the first matching event
 WATERMARK = "wm"  # HASH rule key -> highest event ts seen by the rule
 PATTERN_INDEX = "pidx"  # HASH pattern state key -> rule key
 PROFILE = "prof"  # HASH attribute -> JSON value
+LAST_SEEN = "seen_at"  # ZSET {"ts": newest producer event ts}: the 48-hour WeChat window (cep.interactions)
+CAPS = "cap"  # prefix of ZSETs cap:<channel> action_id -> send time: frequency caps (connectors.caps)
 STEP_FAMILIES = (SEEN, RESULTS, FIRED, LEDGER, LEDGER_INDEX, LEDGER_STATUS, TAGS, FIRST, WATERMARK, PATTERN_INDEX)
 
 

@@ -7,10 +7,8 @@ from datetime import datetime, timedelta
 from redis.asyncio import Redis
 
 from cep.scripts import ScriptCall, run_scripts
-from cep.user_state import user_key
+from cep.user_state import CAPS, user_key
 from connectors.settings import FrequencyCap, QuietHours
-
-CAPS = "cap"  # family prefix: b:{u:<user>}:cap:<channel>, a ZSET action_id -> send time
 
 
 def cap_key(user_id: str, channel: str) -> str:
