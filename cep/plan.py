@@ -81,9 +81,12 @@ def pattern_op(
         return {"k": "first", "rk": rk, "f": fire}
     sid = state_id(ruleset.id, rule)
     if isinstance(when, Threshold):
+        window_corr = correlation_key(when.correlate, event.attrs)
+        if window_corr is None:
+            return None
         op: dict[str, Any] = {"k": "thr", "rk": rk, "late": late, "w": when.window_ms, "f": fire}
         op["ttl"] = _ttl(when.window_ms, late)
-        op["kt"] = plan.key_index(pattern_key(event.user_id, sid, "t", "_"))
+        op["kt"] = plan.key_index(pattern_key(event.user_id, sid, "t", window_corr))
         if when.sum_field is None:
             op["n"], op["v"] = int(when.at_least), "1"
         else:

@@ -92,12 +92,14 @@ class Absence:
 
 @dataclass(frozen=True, slots=True)
 class Threshold:
-    """Count (or sum of `sum_field`) of matching events in [ts - window, ts] reaches `at_least`."""
+    """Count (or sum of `sum_field`) of matching events in [ts - window, ts] reaches `at_least`;
+    with `correlate`, counted separately per value of those attributes (e.g. per product)."""
 
     match: Matcher
     window_ms: int
     at_least: float
     sum_field: str | None = None  # None: count events
+    correlate: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

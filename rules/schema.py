@@ -352,6 +352,7 @@ class _Parser:
             "sum": self.name,
             "at_least": self.number,
             "window": self.positive_duration,
+            "correlate": lambda item, where: self.names(item, where, MAX_CORRELATE),
         }
         parsed = self.fields(value, path, spec, ("match", "window"))
         if not isinstance(value, dict):
@@ -366,9 +367,12 @@ class _Parser:
             return self.reject(_key(path, "at_least"), 'is required with "sum"')
         if parsed is None or None in parsed.values():
             return None
+        correlate = tuple(parsed.get("correlate") or ())
         if "count" in parsed:
-            return model.Threshold(parsed["match"], parsed["window"], at_least=parsed["count"])
-        return model.Threshold(parsed["match"], parsed["window"], at_least=parsed["at_least"], sum_field=parsed["sum"])
+            return model.Threshold(parsed["match"], parsed["window"], at_least=parsed["count"], correlate=correlate)
+        return model.Threshold(
+            parsed["match"], parsed["window"], at_least=parsed["at_least"], sum_field=parsed["sum"], correlate=correlate
+        )
 
     def count(self, value: Any, path: str) -> int | None:
         if _is_int(value) and value > MAX_COUNT:

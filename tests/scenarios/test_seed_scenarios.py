@@ -201,3 +201,25 @@ async def test_live_state_shows_pending_absences(beacon: Beacon, redis_client: a
     pending = [s for s in state["sets"] if s["kind"] == "pending_absence"]
     assert pending and pending[0]["entries"][0]["ts"] == T0
     assert state["watermark"] == T0
+
+
+async def test_threshold_with_correlate_counts_per_product(beacon: Beacon, redis_client: aioredis.Redis) -> None:
+    ruleset = {
+        "id": "product-interest",
+        "rules": [
+            {
+                "id": "same-sku-3-views",
+                "when": {"threshold": {"match": {"event": "view"}, "count": 3, "window": "7d", "correlate": ["sku"]}},
+                "then": [
+                    {"action": "message", "channel": "sms", "template": "interest", "params": {"sku": "{{event.sku}}"}}
+                ],
+            }
+        ],
+    }
+    await beacon.put_ruleset(ruleset)
+    # Three views by day 2 but of two products: only per-product counting waits for A's third view.
+    mixed = [event("browser", "view", T0 + i * DAY, sku=sku) for i, sku in enumerate(["B", "C", "B", "A", "A", "A"])]
+    await beacon.post_events(mixed)
+    await settled(redis_client)
+    browser = await beacon.actions("browser")
+    assert [(a["params"]["params"], a["event_ts"]) for a in browser] == [({"sku": "A"}, T0 + 5 * DAY)]
