@@ -124,9 +124,9 @@ def decode_entries(
     return decoded, poison
 
 
-async def trim_acknowledged(redis: Redis, partition: int) -> None:
-    """Drop entries every consumer group has acknowledged: keeps the stream bounded by the backlog."""
-    key = events_key(partition)
+async def trim_acknowledged(redis: Redis, key: str) -> None:
+    """Drop the entries of stream `key` that every consumer group has read and acknowledged, so the
+    stream stays as long as its backlog (event streams and outboxes alike)."""
     groups = await redis.xinfo_groups(key)
     floor: tuple[int, int] | None = None
     for group in groups:

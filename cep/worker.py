@@ -113,7 +113,7 @@ class Worker:
                     await self.process_isolating(partition, entries)
                 elif time.monotonic() - last_trim > TRIM_EVERY_S:
                     last_trim = time.monotonic()
-                    await streams.trim_acknowledged(self._redis, partition)
+                    await streams.trim_acknowledged(self._redis, streams.events_key(partition))
                     await self._registry.refresh()
             except asyncio.CancelledError:
                 raise

@@ -19,7 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from beacon.clock import Clock
 from cep.outbox import OUTBOX_FIELD, outbox_key
-from cep.streams import ensure_group
+from cep.streams import ensure_group, trim_acknowledged
 from connectors import delivery_ledger as ledger
 from connectors.delivery import Deliverer
 from connectors.settings import ConnectorSettings
@@ -135,7 +135,7 @@ class OutboxConsumer:
                 self._spawn(self._from_outbox(partition, entry_id, fields))
             if time.monotonic() >= next_trim:
                 next_trim = time.monotonic() + TRIM_EVERY_S
-                await self._trim(partition)
+                await trim_acknowledged(self._redis, outbox_key(partition))
 
     async def _from_outbox(self, partition: int, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         try:
@@ -176,22 +176,3 @@ class OutboxConsumer:
         except Exception:
             # The wake-up stays leased in the due set and fires again when the lease ends.
             log.exception("due delivery of %s failed; it wakes again later", action_id)
-
-    async def _trim(self, partition: int) -> None:
-        """Drop outbox entries every group has read and acknowledged (the stream stays as long as the backlog)."""
-        key = outbox_key(partition)
-        floor: tuple[int, int] | None = None
-        for group in await self._redis.xinfo_groups(key):
-            candidate = _stream_id(group["last-delivered-id"])
-            pending = await self._redis.xpending(key, group["name"])
-            if pending and pending["pending"]:
-                candidate = min(candidate, _stream_id(pending["min"]))
-            floor = candidate if floor is None else min(floor, candidate)
-        if floor and floor != (0, 0):
-            await self._redis.xtrim(key, minid=f"{floor[0]}-{floor[1]}", approximate=True)
-
-
-def _stream_id(value: Any) -> tuple[int, int]:
-    raw = value.decode() if isinstance(value, bytes) else str(value)
-    ms, _, seq = raw.partition("-")
-    return int(ms), int(seq or 0)
