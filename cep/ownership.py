@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
+from cep.leases import lease_call, release
 from cep.scripts import ScriptCall, run_scripts
 
 MEMBERS_KEY = "b:{workers}:members"
@@ -30,26 +31,6 @@ redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 10)
 return redis.call('ZRANGE', KEYS[1], 0, -1)
-"""
-
-# KEYS[1] owner key; ARGV[1] owner, ARGV[2] lease ms, ARGV[3] 1 to acquire if free, 0 to only renew
-# Returns 1 if the caller holds the lease afterwards, else 0.
-LEASE_SCRIPT = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] or (holder == false and ARGV[3] == '1') then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# KEYS[1] owner key; ARGV[1] owner. Deletes the lease only if the caller holds it; returns 1 if so.
-RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
 """
 
 
@@ -75,7 +56,7 @@ class Ownership:
         renewals = sorted(self.owned)
         held = await run_scripts(
             self._redis,
-            [ScriptCall(LEASE_SCRIPT, [owner_key(p)], [self.owner, self.lease_ms, 0]) for p in renewals],
+            [lease_call(owner_key(p), self.owner, self.lease_ms, take=False) for p in renewals],
         )
         self.owned = {p for p, ok in zip(renewals, held, strict=True) if ok == 1}
         acquired: set[int] = set()
@@ -88,7 +69,7 @@ class Ownership:
             if partition in self.owned:
                 continue
             (got,) = await run_scripts(
-                self._redis, [ScriptCall(LEASE_SCRIPT, [owner_key(partition)], [self.owner, self.lease_ms, 1])]
+                self._redis, [lease_call(owner_key(partition), self.owner, self.lease_ms, take=True)]
             )
             if got == 1:
                 self.owned.add(partition)
@@ -100,7 +81,7 @@ class Ownership:
     async def release(self, partition: int) -> None:
         """Give up one partition (after its loop stopped) so another process takes it at once."""
         self.owned.discard(partition)
-        await run_scripts(self._redis, [ScriptCall(RELEASE_SCRIPT, [owner_key(partition)], [self.owner])])
+        await release(self._redis, [owner_key(partition)], self.owner)
 
     async def leave(self) -> None:
         """Release every partition and leave the member set (clean shutdown)."""

@@ -18,6 +18,7 @@ from redis.asyncio.client import Pipeline
 from beacon import metrics
 from beacon.clock import Clock
 from beacon.pause import pause
+from cep.leases import lease_call, release
 from cep.scripts import ScriptCall, run_scripts
 from cep.streams import TIMER_FIELD, events_key
 
@@ -48,16 +49,6 @@ for i = 1, #due, 2 do
   claimed[#claimed + 1] = due[i + 1]
 end
 return claimed
-"""
-
-# KEYS[1] lease; ARGV[1] owner, ARGV[2] lease ms. Returns 1 if the caller holds the lease now.
-LEASE_SCRIPT = """
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
 """
 
 
@@ -102,7 +93,7 @@ class Sweeper:
         """One pass over the partitions this process may sweep; returns how many timers it claimed."""
         leases = await run_scripts(
             self._redis,
-            [ScriptCall(LEASE_SCRIPT, [lease_key(p)], [self._owner, LEASE_MS]) for p in range(self._partitions)],
+            [lease_call(lease_key(p), self._owner, LEASE_MS, take=True) for p in range(self._partitions)],
         )
         owned = [p for p, held in enumerate(leases) if held == 1]
         now = self._clock.now_ms()
@@ -135,7 +126,4 @@ class Sweeper:
 
     async def release(self) -> None:
         """Give up this process's leases (on clean shutdown) so another process takes over at once."""
-        for partition in range(self._partitions):
-            key = lease_key(partition)
-            if await self._redis.get(key) == self._owner.encode():
-                await self._redis.delete(key)
+        await release(self._redis, [lease_key(p) for p in range(self._partitions)], self._owner)
