@@ -15,7 +15,7 @@ from beacon.clock import Clock
 from cep import outbox, streams, timers
 from cep.events import ORIGIN_ACTION, ORIGIN_TIMER, Event, partition_of
 from cep.firing import ACTION_DUE, firing_spec
-from cep.plan import ABSENCE_DUE, absence_due_op, action_due_op, completing_roles, pattern_op, state_id
+from cep.plan import ABSENCE_DUE, absence_due_op, action_due_op, completing_roles, pattern_op
 from cep.profiles import Profile, get_profiles
 from cep.scripts import run_scripts
 from cep.user_state import StepResult, UserPlan, decode_step_reply
@@ -71,10 +71,15 @@ class _Candidate:
     fire: dict[str, Any] | None = None
     needs_fire: bool = False
 
-
-def needs_profile(rule: Rule) -> bool:
-    """Whether firing the rule reads the profile (a condition, or a profile template in its actions)."""
-    return rule.condition is not None or "profile." in repr([action.params for action in rule.actions])
+    @property
+    def reads_profile(self) -> bool:
+        """Whether firing here needs the user's profile (only then is it fetched)."""
+        return (
+            self.needs_fire
+            and self.compiled is not None
+            and self.rule is not None
+            and self.rule.id in self.compiled.profile_rules
+        )
 
 
 class BatchEvaluator:
@@ -92,9 +97,7 @@ class BatchEvaluator:
         candidates = self._stage_one(events, rulesets)
         if not candidates:
             return outcome
-        users = sorted(
-            {events[c.event_index].user_id for c in candidates if c.needs_fire and c.rule and needs_profile(c.rule)}
-        )
+        users = sorted({events[c.event_index].user_id for c in candidates if c.reads_profile})
         profiles = await get_profiles(self._redis, users)
         now = self._clock.now_ms()
         self._stage_two(events, candidates, profiles, now)
@@ -162,7 +165,7 @@ class BatchEvaluator:
                     rule is not None
                     and isinstance(rule.when, Absence)
                     and compiled is not None
-                    and state_id(compiled.ruleset.id, rule) == event.timer.get("state")
+                    and compiled.state_ids[rule.id] == event.timer.get("state")
                 )
                 if live:
                     candidates.append(_Candidate(index, compiled, rule, frozenset({"due"}), needs_fire=True))
@@ -204,7 +207,10 @@ class BatchEvaluator:
         if "act" in candidate.roles or "cancel" in candidate.roles:
             return action_due_op(event, cancel="cancel" in candidate.roles)
         assert candidate.compiled is not None and candidate.rule is not None
-        return pattern_op(plan, candidate.compiled.ruleset, candidate.rule, event, candidate.roles, candidate.fire)
+        compiled, rule = candidate.compiled, candidate.rule
+        return pattern_op(
+            plan, compiled.ruleset, rule, compiled.state_ids[rule.id], event, candidate.roles, candidate.fire
+        )
 
     def _collect(self, outcome: BatchOutcome, event: Event, result: StepResult) -> None:
         outcome.results.append((event, result))

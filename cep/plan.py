@@ -28,24 +28,6 @@ def completing_roles(rule: Rule) -> frozenset[str]:
     return frozenset({"match"})
 
 
-def state_id(ruleset_id: str, rule: Rule) -> str:
-    """Names a rule's pattern state; changes when the pattern changes, so a new version starts afresh
-    on a changed pattern but keeps its state when only conditions or actions were edited."""
-    key = (ruleset_id, rule.id, rule.when, rule.lateness_ms)
-    cached = _STATE_IDS.get(key)
-    if cached is None:
-        # Computed once per pattern shape: the hash showed up at 7 % of a worker's time per event.
-        shape = json.dumps([ruleset_id, rule.id, repr(rule.when), rule.lateness_ms], sort_keys=True)
-        cached = _STATE_IDS[key] = hashlib.sha256(shape.encode()).hexdigest()[:12]
-        if len(_STATE_IDS) > 10_000:  # rulesets come and go; keep the cache bounded
-            _STATE_IDS.clear()
-            _STATE_IDS[key] = cached
-    return cached
-
-
-_STATE_IDS: dict[tuple[str, str, object, int], str] = {}
-
-
 def correlation_key(fields: tuple[str, ...], attrs: Mapping[str, Any]) -> str | None:
     """The correlation value of an event, or None when it lacks a field (it cannot correlate)."""
     if not fields:
@@ -69,6 +51,7 @@ def pattern_op(
     plan: UserPlan,
     ruleset: Ruleset,
     rule: Rule,
+    sid: str,
     event: Event,
     roles: frozenset[str],
     fire: dict[str, Any] | None,
@@ -79,7 +62,6 @@ def pattern_op(
         return {"k": "single", "f": fire}
     if isinstance(when, First):
         return {"k": "first", "rk": rk, "f": fire}
-    sid = state_id(ruleset.id, rule)
     if isinstance(when, Threshold):
         window_corr = correlation_key(when.correlate, event.attrs)
         if window_corr is None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +20,18 @@ from rules.store import RulesetStore
 log = logging.getLogger("beacon.rules")
 
 
+def pattern_state_id(ruleset_id: str, rule: Rule) -> str:
+    """Names a rule's pattern state; changes when the pattern changes, so a new version starts afresh
+    on a changed pattern but keeps its state when only conditions or actions were edited."""
+    shape = json.dumps([ruleset_id, rule.id, repr(rule.when), rule.lateness_ms], sort_keys=True)
+    return hashlib.sha256(shape.encode()).hexdigest()[:12]
+
+
+def reads_profile(rule: Rule) -> bool:
+    """Whether firing the rule reads the profile (a condition, or a profile template in its actions)."""
+    return rule.condition is not None or "profile." in repr([action.params for action in rule.actions])
+
+
 @dataclass(slots=True)
 class CompiledRuleset:
     """One ruleset version with its condition engine (one durable_rules ruleset per version)."""
@@ -25,6 +39,9 @@ class CompiledRuleset:
     ruleset: Ruleset
     engine: ConditionEngine
     rules: dict[str, Rule] = field(default_factory=dict)
+    # Per-rule facts the worker needs for every event, derived once here rather than per event.
+    state_ids: dict[str, str] = field(default_factory=dict)
+    profile_rules: frozenset[str] = frozenset()
     # Batches in flight that use the engine: a replaced version is freed only once this is 0,
     # because a batch awaits Redis between its two engine stages.
     users: int = 0
@@ -33,7 +50,13 @@ class CompiledRuleset:
     @classmethod
     def build(cls, ruleset: Ruleset) -> CompiledRuleset:
         """Compile a validated ruleset."""
-        return cls(ruleset=ruleset, engine=ConditionEngine(ruleset), rules={rule.id: rule for rule in ruleset.rules})
+        return cls(
+            ruleset=ruleset,
+            engine=ConditionEngine(ruleset),
+            rules={rule.id: rule for rule in ruleset.rules},
+            state_ids={rule.id: pattern_state_id(ruleset.id, rule) for rule in ruleset.rules},
+            profile_rules=frozenset(rule.id for rule in ruleset.rules if reads_profile(rule)),
+        )
 
     def close(self) -> None:
         """Free the engine's ruleset."""
