@@ -36,6 +36,18 @@ def server_binary() -> str:
     return str(get_binary_path())
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float = 10.0) -> None:
+    """SIGTERM a child and wait for it, SIGKILL if it hangs; a no-op when it is not running."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port() -> int:
     """A TCP port on loopback that was free a moment ago."""
     with socket.socket() as sock:
@@ -122,14 +134,7 @@ class EmbeddedRedis:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the server gracefully (SIGTERM flushes the AOF), killing it if it hangs."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_s)
 
     def kill(self) -> None:
         """Kill -9 the server (crash tests): what AOF fsynced is all that survives."""

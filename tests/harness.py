@@ -11,11 +11,15 @@ from typing import Any, TypeVar
 
 import aiohttp
 import msgpack
+import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
 from api.app import build_app
+from api.ingest_ws import HUB, IngestHub
 from beacon.clock import Clock
 from beacon.settings import Settings
+from cep import streams
+from cep.events import decode_event
 
 T = TypeVar("T")
 
@@ -82,6 +86,20 @@ class Beacon:
     async def wait_actions(self, user_id: str, count: int, timeout_s: float = 5.0) -> list[dict[str, Any]]:
         """Poll a user's actions until there are at least `count` (or the deadline passes)."""
         return await eventually(lambda: self.actions(user_id), lambda found: len(found) >= count, timeout_s)
+
+
+async def stream_event_ids(redis: aioredis.Redis, partitions: int) -> list[str]:
+    """Event ids in every partition's stream, in stream order per partition."""
+    ids: list[str] = []
+    for partition in range(partitions):
+        for _entry_id, fields in await redis.xrange(streams.events_key(partition)):
+            ids.append(decode_event(fields[streams.FIELD]).event_id)
+    return ids
+
+
+def ingest_hub(beacon: Beacon) -> IngestHub:
+    """The WebSocket ingest's bookkeeping (open sockets, frames in flight) of a running server."""
+    return beacon.server.app[HUB]  # type: ignore[index]  # TestServer.app is typed Optional
 
 
 @asynccontextmanager

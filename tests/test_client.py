@@ -14,11 +14,8 @@ from aiohttp import WSCloseCode
 from aiohttp.test_utils import TestServer
 
 from api.app import build_app
-from api.ingest_ws import HUB, IngestHub
 from beacon.client import BeaconProducer, EventsRejectedError, IngestRefusedError, RejectedEvent
-from cep import streams
-from cep.events import decode_event
-from tests.harness import Beacon, eventually, running_beacon, server_settings
+from tests.harness import Beacon, eventually, ingest_hub, running_beacon, server_settings, stream_event_ids
 
 TS = 1_700_000_000_000
 PARTITIONS = 2
@@ -26,19 +23,6 @@ PARTITIONS = 2
 
 def event(n: int, **extra: Any) -> dict[str, Any]:
     return {"user_id": f"user-{n % 97}", "type": "view", "ts": TS + n, "attrs": {"n": n}, **extra}
-
-
-async def stream_ids(redis: aioredis.Redis) -> list[str]:
-    """Event ids in every partition's stream."""
-    ids: list[str] = []
-    for partition in range(PARTITIONS):
-        for _entry_id, fields in await redis.xrange(streams.events_key(partition)):
-            ids.append(decode_event(fields[streams.FIELD]).event_id)
-    return ids
-
-
-def hub(beacon: Beacon) -> IngestHub:
-    return beacon.server.app[HUB]  # type: ignore[index]  # TestServer.app is typed Optional
 
 
 @pytest.fixture
@@ -55,10 +39,10 @@ async def test_batches_5000_events_exactly_once(beacon: Beacon, redis_client: ai
         assert producer.acked_events == 5000 and producer.errors == []
         assert producer.unacked_frames == 0
     assert len(set(sent)) == 5000
-    counts = Counter(await stream_ids(redis_client))
+    counts = Counter(await stream_event_ids(redis_client, PARTITIONS))
     assert set(counts) == set(sent)
     assert set(counts.values()) == {1}
-    assert hub(beacon).frames_read == 10  # 500 events a frame: batching by size
+    assert ingest_hub(beacon).frames_read == 10  # 500 events a frame: batching by size
 
 
 async def test_linger_sends_a_partial_batch_without_flush(beacon: Beacon, redis_client: aioredis.Redis) -> None:
@@ -67,13 +51,13 @@ async def test_linger_sends_a_partial_batch_without_flush(beacon: Beacon, redis_
         assert event_id == "given-id"
         acked = await eventually(lambda: asyncio.sleep(0, producer.acked_events), lambda n: n == 1)
         assert acked == 1
-    assert await stream_ids(redis_client) == ["given-id"]
+    assert await stream_event_ids(redis_client, PARTITIONS) == ["given-id"]
 
 
 async def test_close_flushes(beacon: Beacon, redis_client: aioredis.Redis) -> None:
     async with BeaconProducer(beacon.url("/v1/ingest"), linger_ms=60_000) as producer:
         sent = {await producer.send(event(n)) for n in range(7)}
-    assert set(await stream_ids(redis_client)) == sent
+    assert set(await stream_event_ids(redis_client, PARTITIONS)) == sent
 
 
 async def test_rejected_events_are_reported(beacon: Beacon, redis_client: aioredis.Redis) -> None:
@@ -86,7 +70,7 @@ async def test_rejected_events_are_reported(beacon: Beacon, redis_client: aiored
     assert producer.acked_events == 2
     assert [(r.event["event_id"], r.code, r.path) for r in producer.errors] == [(bad_id, "invalid", "events[1].type")]
     assert seen == producer.errors
-    assert len(await stream_ids(redis_client)) == 2
+    assert len(await stream_event_ids(redis_client, PARTITIONS)) == 2
 
 
 async def test_strict_flush_raises_on_rejections(beacon: Beacon) -> None:
@@ -106,7 +90,7 @@ async def test_frame_refused_by_the_server_rejects_its_events(redis_url: str, re
             await producer.send(event(n))
         await producer.flush()
     assert [r.code for r in producer.errors] == ["too_large"] * 5
-    assert await stream_ids(redis_client) == []
+    assert await stream_event_ids(redis_client, PARTITIONS) == []
 
 
 async def test_api_key(redis_url: str, redis_client: aioredis.Redis) -> None:
@@ -139,12 +123,12 @@ async def test_server_side_drops_lose_nothing(beacon: Beacon, redis_client: aior
         sending = asyncio.create_task(_send_all(producer, total))
         for threshold in (2_000, 8_000, 14_000):
             await eventually(lambda: asyncio.sleep(0, producer.acked_events), lambda n, t=threshold: n >= t, 10)
-            for ws in list(hub(beacon).sockets):
+            for ws in list(ingest_hub(beacon).sockets):
                 await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"test drop")
         sent = await sending
         await producer.flush()
         assert producer.connections >= 4
-    assert set(await stream_ids(redis_client)) == set(sent)
+    assert set(await stream_event_ids(redis_client, PARTITIONS)) == set(sent)
 
 
 async def test_server_restart_on_the_same_port_loses_nothing(
@@ -170,7 +154,7 @@ async def test_server_restart_on_the_same_port_loses_nothing(
     finally:
         await producer.close()
         await second.close()
-    ids = await stream_ids(redis_client)
+    ids = await stream_event_ids(redis_client, PARTITIONS)
     assert set(ids) == set(sent)  # complete; duplicates of resent frames are allowed
     assert any("reconnecting" in record.getMessage() for record in caplog.records)
 
@@ -184,7 +168,7 @@ async def test_idle_close_then_send_reconnects(redis_url: str, redis_client: aio
     async with running_beacon(settings) as beacon, BeaconProducer(beacon.url("/v1/ingest")) as producer:
         await producer.send(event(1))
         await producer.flush()
-        closed = await eventually(lambda: asyncio.sleep(0, len(hub(beacon).sockets)), lambda n: n == 0)
+        closed = await eventually(lambda: asyncio.sleep(0, len(ingest_hub(beacon).sockets)), lambda n: n == 0)
         assert closed == 0  # the server closed the idle socket (4408)
         await producer.send(event(2))
         await producer.flush()

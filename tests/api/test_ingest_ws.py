@@ -13,12 +13,9 @@ import msgpack
 import pytest
 import redis.asyncio as aioredis
 
-from api.ingest_ws import HUB, IngestHub
 from beacon.errors import ValidationError
 from beacon.settings import Settings
-from cep import streams
-from cep.events import decode_event
-from tests.harness import Beacon, eventually, running_beacon, server_settings
+from tests.harness import Beacon, eventually, ingest_hub, running_beacon, server_settings, stream_event_ids
 
 TS = 1_700_000_000_000
 PARTITIONS = 2
@@ -27,19 +24,6 @@ KEYS = {"k-events": frozenset({"events"}), "k-rules": frozenset({"rules"})}
 
 def event(n: int, **extra: Any) -> dict[str, Any]:
     return {"user_id": f"u{n % 7}", "type": "view", "ts": TS + n, "event_id": f"e{n}", **extra}
-
-
-async def stream_ids(redis: aioredis.Redis) -> list[str]:
-    """Event ids in every partition's stream, in stream order per partition."""
-    ids: list[str] = []
-    for partition in range(PARTITIONS):
-        for _entry_id, fields in await redis.xrange(streams.events_key(partition)):
-            ids.append(decode_event(fields[streams.FIELD]).event_id)
-    return ids
-
-
-def hub(beacon: Beacon) -> IngestHub:
-    return beacon.server.app[HUB]  # type: ignore[index]  # TestServer.app is typed Optional
 
 
 @pytest.fixture
@@ -75,7 +59,7 @@ async def test_ack_follows_the_append(beacon: Beacon, redis_client: aioredis.Red
     async with connect(beacon) as ws:
         reply = await roundtrip(ws, {"seq": 1, "events": [event(1), event(2), event(3)]}, binary)
         # Read once, no polling: the ack promises the events are already in the streams.
-        assert sorted(await stream_ids(redis_client)) == ["e1", "e2", "e3"]
+        assert sorted(await stream_event_ids(redis_client, PARTITIONS)) == ["e1", "e2", "e3"]
     assert reply == {"ack": 1, "accepted": ["e1", "e2", "e3"], "errors": []}
 
 
@@ -83,7 +67,7 @@ async def test_event_without_id_gets_one(beacon: Beacon, redis_client: aioredis.
     async with connect(beacon) as ws:
         reply = await roundtrip(ws, {"seq": 5, "events": [{"user_id": "u", "type": "pay"}]}, binary=True)
     assert reply["ack"] == 5 and len(reply["accepted"]) == 1
-    assert await stream_ids(redis_client) == reply["accepted"]
+    assert await stream_event_ids(redis_client, PARTITIONS) == reply["accepted"]
 
 
 async def test_per_item_errors(beacon: Beacon, redis_client: aioredis.Redis) -> None:
@@ -93,7 +77,7 @@ async def test_per_item_errors(beacon: Beacon, redis_client: aioredis.Redis) -> 
     assert reply["accepted"] == ["e1", "e3"]
     assert [(e["index"], e["code"], e["path"]) for e in reply["errors"]] == [(1, "invalid", "events[1].type")]
     assert reply["errors"][0]["message"]
-    assert sorted(await stream_ids(redis_client)) == ["e1", "e3"]
+    assert sorted(await stream_event_ids(redis_client, PARTITIONS)) == ["e1", "e3"]
 
 
 BAD_FRAMES = [
@@ -129,7 +113,7 @@ async def test_bad_frame_gets_an_error_and_the_socket_survives(
         assert reply["error"]["message"]
         good = await roundtrip(ws, {"seq": 8, "events": [event(8)]}, binary)
     assert good == {"ack": 8, "accepted": ["e8"], "errors": []}
-    assert await stream_ids(redis_client) == ["e8"]
+    assert await stream_event_ids(redis_client, PARTITIONS) == ["e8"]
 
 
 async def test_empty_events_is_a_no_op_ack(beacon: Beacon) -> None:
@@ -144,7 +128,7 @@ async def test_oversized_frame_closes_with_1009(beacon: Beacon, redis_client: ai
         msg = await ws.receive(timeout=5)
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         assert ws.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
-    assert await stream_ids(redis_client) == []
+    assert await stream_event_ids(redis_client, PARTITIONS) == []
     async with connect(beacon) as ws:  # the server itself is unaffected
         assert (await roundtrip(ws, {"seq": 2, "events": [event(2)]}))["accepted"] == ["e2"]
 
@@ -209,7 +193,7 @@ async def test_first_frame_auth_refused(
         closing = await ws.receive(timeout=5)
     assert reply["ack"] is None and reply["error"]["code"] == error_code and reply["error"]["message"]
     assert closing.type is aiohttp.WSMsgType.CLOSE and ws.close_code == close_code
-    assert await stream_ids(redis_client) == []
+    assert await stream_event_ids(redis_client, PARTITIONS) == []
 
 
 async def test_open_server_answers_an_auth_frame(beacon: Beacon) -> None:
@@ -227,12 +211,12 @@ async def test_backpressure_bounds_frames_in_flight(redis_url: str, redis_client
         try:
             for seq in range(1, frames + 1):
                 await ws.send_bytes(msgpack.packb({"seq": seq, "events": [event(seq)]}))
-            counters = hub(beacon)
+            counters = ingest_hub(beacon)
             await eventually(lambda: asyncio.sleep(0, counters.frames_read), lambda n: n >= limit)
             # A negative observation needs a wait: give the reader time it would use to read on.
             await asyncio.sleep(0.3)
             assert (counters.frames_read, counters.in_flight) == (limit, limit)
-            assert await stream_ids(redis_client) == []
+            assert await stream_event_ids(redis_client, PARTITIONS) == []
             with pytest.raises(asyncio.TimeoutError):  # and no ack ran ahead of its append
                 await ws.receive(timeout=0.05)
         finally:
@@ -240,7 +224,7 @@ async def test_backpressure_bounds_frames_in_flight(redis_url: str, redis_client
         acks = [msgpack.unpackb(await ws.receive_bytes(timeout=5), raw=False)["ack"] for _ in range(frames)]
         assert acks == list(range(1, frames + 1))  # answers leave in arrival order
         assert counters.peak_in_flight == limit and counters.in_flight == 0
-    assert sorted(await stream_ids(redis_client)) == sorted(f"e{n}" for n in range(1, frames + 1))
+    assert sorted(await stream_event_ids(redis_client, PARTITIONS)) == sorted(f"e{n}" for n in range(1, frames + 1))
 
 
 async def test_shutdown_closes_open_sockets(redis_url: str, redis_client: aioredis.Redis) -> None:
@@ -251,7 +235,7 @@ async def test_shutdown_closes_open_sockets(redis_url: str, redis_client: aiored
         msg = await ws.receive(timeout=5)
         # The close frame says 1001; the socket is gone before the client could echo it, hence data.
         assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == aiohttp.WSCloseCode.GOING_AWAY
-        assert not hub(beacon).sockets
+        assert not ingest_hub(beacon).sockets
 
 
 def test_ws_settings_from_env() -> None:

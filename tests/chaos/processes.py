@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import redis.asyncio as aioredis
 
+from beacon.redis_server import stop_process
 from cep import streams
 from cep.ownership import owner_key
 from cep.user_state import SEEN, user_key
@@ -100,14 +101,7 @@ class BeaconProcess:
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM and wait (a clean shutdown), SIGKILL if that hangs; a no-op when not running."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_s)
 
     def log_tail(self, chars: int = 3000) -> str:
         """The end of the process's output, for failure messages."""
