@@ -4,7 +4,8 @@ Run as `python -m bench.durable_engine INPUT.json` in a child process, because d
 the interpreter past its limits; prints one JSON object. durable_rules matches each event (type and
 `where`) as a fact asserted into the user's session (sid = user id) and retracted; the temporal
 logic lives in Python actions over the session state (`c.s`); absences use durable's own timers.
-Restrictions, all forced by durable_rules' limits, are listed in RESTRICTIONS.
+Restrictions, all forced by durable_rules' limits, are listed in RESTRICTIONS. durable_rules is no
+longer a runtime dependency: it comes with the `bench` extra (`pip install -e '.[bench]'`).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -25,8 +26,21 @@ from bench.timers import probe
 from bench.workload import Workload
 
 SECTION = "vs durable_rules"
+NOT_INSTALLED = "durable_rules not installed (pip install -e '.[bench]')"
+ROWS = ("events", "beacon_events", "events_ratio", "timer_p50", "beacon_timer_p50", "timer_p99_ratio", "restrictions")
 TIMER_AFTER_S = 2  # durable timers take whole seconds
 CHILD_TIMEOUT_S = 600
+
+
+def durable_installed() -> bool:
+    """Whether durable_rules (the `bench` extra) is installed; looked up without importing it here,
+    since only the child process may load it (it can crash the interpreter)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("durable", "durable_rules_engine"))
+
+
+def row_ids() -> list[str]:
+    """The ids of the rows `side_by_side` reports in this environment."""
+    return [f"durable.{name}" for name in ROWS] if durable_installed() else ["durable.skipped"]
 
 
 async def _run_child(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -83,6 +97,8 @@ def _ratio(beacon: float, durable: float) -> float | None:
 
 async def side_by_side(size: Size) -> list[Row]:
     """events/s and timer lateness on durable_rules and on Beacon, same events, and Beacon / durable."""
+    if not durable_installed():
+        return [skipped("durable.skipped", SECTION, "durable_rules comparison", NOT_INSTALLED)]
     workload = Workload(size.durable_users, prefix="d", seed=5)
     events = workload.events(size.durable_events)
     profiles = workload.profiles()

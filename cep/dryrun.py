@@ -103,7 +103,6 @@ async def dry_run(
             await step(namespaced)
         await fire_timers(until_ms if until_ms is not None else 2**62)
     finally:
-        compiled.close()
         async for key in redis.scan_iter(match=f"b:{{u:{prefix}*", count=1000):
             await redis.delete(key)
     pending = [

@@ -19,8 +19,8 @@ from cep.plan import ABSENCE_DUE, absence_due_op, action_due_op, completing_role
 from cep.profiles import Profile, get_profiles
 from cep.scripts import run_scripts
 from cep.user_state import StepResult, UserPlan, decode_step_reply
-from rules.engine import ConditionCheck
 from rules.model import Absence, Rule
+from rules.predicates import NO_ATTRS, NO_TAGS
 from rules.registry import CompiledRuleset
 
 log = logging.getLogger("beacon.worker")
@@ -141,13 +141,12 @@ class BatchEvaluator:
         by_id = {compiled.ruleset.id: compiled for compiled in rulesets}
         plain = [(i, event) for i, event in enumerate(events) if event.origin != ORIGIN_TIMER]
         candidates: list[_Candidate] = []
-        pairs = [(event.type, event.attrs) for _, event in plain]
         for compiled in rulesets:
-            matches = compiled.engine.match_events(pairs) if pairs else []
-            for (index, _), roles in zip(plain, matches, strict=True):
+            for index, event in plain:
                 by_rule: dict[str, set[str]] = defaultdict(set)
-                for rule_id, role in roles:
-                    by_rule[rule_id].add(role)
+                for match in compiled.matchers.get(event.type, ()):
+                    if match.where(event.attrs, NO_ATTRS, NO_TAGS):  # `where` sees the event alone
+                        by_rule[match.rule.id].add(match.role)
                 for rule_id, rule_roles in by_rule.items():
                     rule = compiled.rules.get(rule_id)
                     if rule is not None:
@@ -182,24 +181,15 @@ class BatchEvaluator:
         self, events: Sequence[Event], candidates: list[_Candidate], profiles: dict[str, Profile], now: int
     ) -> None:
         """Check `if` conditions for candidates that may complete, and pre-render their firings."""
-        by_ruleset: dict[int, list[_Candidate]] = defaultdict(list)
         for candidate in candidates:
-            if candidate.needs_fire:
-                by_ruleset[id(candidate.compiled)].append(candidate)
-        for group in by_ruleset.values():
-            compiled = group[0].compiled
-            assert compiled is not None  # needs_fire is only set on live rules
-            checks = []
-            for candidate in group:
-                assert candidate.rule is not None
-                event = events[candidate.event_index]
-                profile = profiles.get(event.user_id, EMPTY_PROFILE)
-                checks.append(ConditionCheck(candidate.rule.id, event.attrs, profile.attrs, profile.tags))
-            for candidate, passed in zip(group, compiled.engine.check_conditions(checks), strict=True):
-                if passed and candidate.rule is not None:
-                    event = events[candidate.event_index]
-                    profile = profiles.get(event.user_id, EMPTY_PROFILE)
-                    candidate.fire = firing_spec(compiled.ruleset, candidate.rule, event, profile.attrs, now)
+            if not candidate.needs_fire:
+                continue
+            compiled, rule = candidate.compiled, candidate.rule
+            assert compiled is not None and rule is not None  # needs_fire is only set on live rules
+            event = events[candidate.event_index]
+            profile = profiles.get(event.user_id, EMPTY_PROFILE)
+            if compiled.conditions[rule.id](event.attrs, profile.attrs, profile.tags):
+                candidate.fire = firing_spec(compiled.ruleset, rule, event, profile.attrs, now)
 
     def _op(self, plan: UserPlan, event: Event, candidate: _Candidate) -> dict[str, Any] | None:
         if "due" in candidate.roles:

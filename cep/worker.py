@@ -157,8 +157,7 @@ class Worker:
         decoded, poison = streams.decode_entries(entries)
         events = [event for _, event in decoded]
         await self._registry.refresh()
-        with self._registry.borrow() as rulesets:
-            outcome = await self._evaluator.evaluate(events, rulesets)
+        outcome = await self._evaluator.evaluate(events, self._registry.current())
         await self._evaluator.emit(outcome, replay=reclaimed)
         await streams.ack(self._redis, partition, [entry_id for entry_id, _ in decoded] + poison)
         for origin in {event.origin for event in events}:

@@ -1,1 +1,1 @@
-"""Rulesets: the JSON language's schema, validation, compilation to the condition engine, storage."""
+"""Rulesets: the JSON language's schema, validation, compilation to Python closures, storage."""

@@ -1,6 +1,6 @@
 """Validate a ruleset document (decoded JSON) into `rules.model` dataclasses, naming every problem's path.
 
-Predicate operators, the values they take, and what they mean (the compiler and engine honour this):
+Predicate operators, the values they take, and what they mean (`rules/predicates.py` implements them):
 
 - `==`, `!=`: a scalar (string, finite number or boolean; never null). Equality of JSON values with no
   coercion: `"5" == 5` is false, `true == 1` is false, `1 == 1.0` is true.

@@ -96,7 +96,7 @@ def compare(attrs: Mapping[str, Any], name: str, op: str, operand: Any) -> bool:
     "Wrongly typed" is read as: not of the operand's type class (string, number, boolean). So `amount != "2"`
     is false for `amount: 3`, and `not_in` needs an attribute of the class of at least one listed value.
     (docs/semantics.md does not define the term; this is the reading rules/schema.py's `"5" == 5` example,
-    the "as SQL's NULL never compares" remark and rules/facts.py's typed slots share.)
+    the "as SQL's NULL never compares" remark and rules/predicates.py's type classes share.)
     """
     if name not in attrs:
         return False

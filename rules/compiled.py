@@ -1,0 +1,81 @@
+"""A ruleset version ready to evaluate: its matchers by event type and its `if` conditions as closures.
+
+Stage 1 (which rule roles does an event match) walks `matchers[event.type]` and calls each `where`;
+stage 2 (does a rule's `if` hold for the completing event, the profile and tags) calls
+`conditions[rule.id]`. Both are plain Python closures from `rules.predicates`, so a compiled ruleset
+owns no outside resource: a replaced version is dropped like any object, even mid-batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from rules.model import Absence, First, Matcher, Rule, Ruleset, Single, Threshold, When
+from rules.model import Sequence as SequenceWhen
+from rules.predicates import Check, compile_predicate
+
+
+@dataclass(frozen=True, slots=True)
+class RoleMatch:
+    """One role a rule's matcher gives events of its type, and the `where` their attrs must pass."""
+
+    rule: Rule
+    role: str  # "match" (single, first, threshold); "first" and "then" / "missing" (sequence / absence)
+    where: Check
+
+
+def roles_of(when: When) -> tuple[tuple[str, Matcher], ...]:
+    """(role, matcher) for each matcher of a `when`, named as the step plan names them."""
+    if isinstance(when, SequenceWhen):
+        return (("first", when.first), ("then", when.then))
+    if isinstance(when, Absence):
+        return (("first", when.first), ("missing", when.missing))
+    assert isinstance(when, Single | Threshold | First)
+    return (("match", when.match),)
+
+
+def pattern_state_id(ruleset_id: str, rule: Rule) -> str:
+    """Names a rule's pattern state; changes when the pattern changes, so a new version starts afresh
+    on a changed pattern but keeps its state when only conditions or actions were edited."""
+    shape = json.dumps([ruleset_id, rule.id, repr(rule.when), rule.lateness_ms], sort_keys=True)
+    return hashlib.sha256(shape.encode()).hexdigest()[:12]
+
+
+def reads_profile(rule: Rule) -> bool:
+    """Whether firing the rule reads the profile (a condition, or a profile template in its actions)."""
+    return rule.condition is not None or "profile." in repr([action.params for action in rule.actions])
+
+
+# eq=False: identity equality and hashing; comparing two versions field by field (closures included)
+# would mean nothing.
+@dataclass(frozen=True, slots=True, eq=False)
+class CompiledRuleset:
+    """One ruleset version with everything the worker derives from it once, not per event."""
+
+    ruleset: Ruleset
+    rules: dict[str, Rule]
+    state_ids: dict[str, str]
+    profile_rules: frozenset[str]
+    # event type -> its roles, by rule priority (highest first), then the rules' order in the document.
+    matchers: dict[str, tuple[RoleMatch, ...]]
+    # rule id -> its `if` (`predicates.always` for a rule without one).
+    conditions: dict[str, Check]
+
+    @classmethod
+    def build(cls, ruleset: Ruleset) -> CompiledRuleset:
+        """Compile a validated ruleset."""
+        by_type: dict[str, list[RoleMatch]] = {}
+        # sorted() is stable: equal priorities keep the document's order.
+        for rule in sorted(ruleset.rules, key=lambda rule: -rule.priority):
+            for role, matcher in roles_of(rule.when):
+                by_type.setdefault(matcher.event, []).append(RoleMatch(rule, role, compile_predicate(matcher.where)))
+        return cls(
+            ruleset=ruleset,
+            rules={rule.id: rule for rule in ruleset.rules},
+            state_ids={rule.id: pattern_state_id(ruleset.id, rule) for rule in ruleset.rules},
+            profile_rules=frozenset(rule.id for rule in ruleset.rules if reads_profile(rule)),
+            matchers={event_type: tuple(roles) for event_type, roles in by_type.items()},
+            conditions={rule.id: compile_predicate(rule.condition) for rule in ruleset.rules},
+        )
