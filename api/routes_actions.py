@@ -23,11 +23,12 @@ async def list_actions(request: web.Request) -> web.Response:
     rule = request.query.get("rule") or None
     user_id = request.query.get("user_id")
     redis = keys.redis(request)
+    partitions = request.app[keys.SETTINGS].partitions
     if user_id is not None:
         check_identifier(user_id, "user_id", "user_id")
-        actions = await user_actions(redis, user_id, rule, limit)
+        actions = await user_actions(redis, partitions, user_id, rule, limit)
     else:
-        actions = await recent_actions(redis, rule, limit)
+        actions = await recent_actions(redis, partitions, rule, limit)
     return web.json_response({"actions": actions})
 
 

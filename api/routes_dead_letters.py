@@ -27,7 +27,9 @@ def _limit(text: str, path: str) -> int:
 async def list_letters(request: web.Request) -> web.Response:
     """`GET /v1/dead-letters?connector=&limit=`: newest first, each with its ledger record."""
     limit = _limit(request.query.get("limit", "100"), "limit")
-    rows = await list_dead_letters(keys.redis(request), limit, request.query.get("connector") or None)
+    rows = await list_dead_letters(
+        keys.redis(request), request.app[keys.SETTINGS].partitions, limit, request.query.get("connector") or None
+    )
     return web.json_response({"dead_letters": rows})
 
 
@@ -55,7 +57,9 @@ async def replay_letters(request: web.Request) -> web.Response:
         connector = body.get("connector")
         if connector is not None and not isinstance(connector, str):
             raise ValidationError("must be a string", path="connector")
-        rows = await list_dead_letters(redis, _limit(str(body.get("limit", MAX_REPLAY)), "limit"), connector)
+        rows = await list_dead_letters(
+            redis, request.app[keys.SETTINGS].partitions, _limit(str(body.get("limit", MAX_REPLAY)), "limit"), connector
+        )
         unknown = []
     else:
         raise ValidationError('give "ids": [...] or "all": true', path="body")

@@ -13,7 +13,6 @@ from api.middleware import requires
 from api.routes_rulesets import ruleset_id_of
 from beacon.errors import TooLargeError, ValidationError
 from cep.dryrun import dry_run
-from cep.evaluate import StateLimits
 from rules.registry import compile_ruleset
 
 DRY_RUN_FIELDS = ("events", "profiles", "until", "document")
@@ -61,8 +60,7 @@ async def post_dry_run(request: web.Request) -> web.Response:
     until = body.get("until")
     if until is not None and (isinstance(until, bool) or not isinstance(until, int)):
         raise ValidationError("until must be an integer (ms since the epoch)", path="until")
-    limits = StateLimits(settings.dedupe_horizon_ms, settings.ledger_retention_ms)
-    report = await dry_run(keys.redis(request), ruleset, events, _profiles(body.get("profiles")), limits, until)
+    report = dry_run(ruleset, events, _profiles(body.get("profiles")), settings.dedupe_horizon_ms, until)
     return web.json_response({"ruleset_id": ruleset.id, "version": ruleset.version, **report})
 
 

@@ -11,8 +11,14 @@ from api.bodies import object_with_fields, read_body
 from api.event_wire import check_identifier, check_json_value
 from api.middleware import requires
 from beacon.errors import ValidationError
+from cep.events import ProfilePatch
 from cep.live_state import live_state
-from cep.profiles import Profile, get_profile, patch_profile
+from cep.profiles import Profile, patch_profile
+from cep.rule_index import RuleIndex
+from cep.user_state import read_state
+
+# How long PATCH waits for the partition owner to apply the change before answering 202.
+PATCH_WAIT_S = 5.0
 
 PATCH_FIELDS = ("attrs", "add_tags", "remove_tags")
 
@@ -36,15 +42,18 @@ def _tag_list(body: dict[str, Any], name: str) -> list[str]:
 async def get_user(request: web.Request) -> web.Response:
     """A user's profile (empty for an unknown user) and live rule state: the "why didn't it fire?" view."""
     user_id = _user_id(request)
-    redis = keys.redis(request)
-    body = _profile_json(user_id, await get_profile(redis, user_id))
-    body["rules"] = await live_state(redis, user_id)
+    state = await read_state(keys.redis(request), request.app[keys.SETTINGS].partitions, user_id)
+    body = _profile_json(user_id, Profile(state.profile, frozenset(state.tags)))
+    body["rules"] = live_state(state, RuleIndex(await keys.registry(request).refresh()))
     return web.json_response(body)
 
 
 @requires("events")
 async def patch_user(request: web.Request) -> web.Response:
-    """Set or delete (null) attributes and add or remove tags, atomically."""
+    """Set or delete (null) attributes and add or remove tags, atomically and in order with the user's events.
+
+    200 with the profile once the partition owner applied it; 202 if it is queued but not yet applied.
+    """
     user_id = _user_id(request)
     body = await read_body(request)
     body = object_with_fields(body, PATCH_FIELDS)
@@ -56,8 +65,12 @@ async def patch_user(request: web.Request) -> web.Response:
             raise ValidationError("attribute names must be non-empty", path="attrs")
         check_json_value(value, f"attrs.{name}")
     add_tags, remove_tags = _tag_list(body, "add_tags"), _tag_list(body, "remove_tags")
-    profile = await patch_profile(keys.redis(request), user_id, attrs, add_tags, remove_tags)
-    return web.json_response(_profile_json(user_id, profile))
+    redis, partitions = keys.redis(request), request.app[keys.SETTINGS].partitions
+    patch = ProfilePatch(user_id, dict(attrs), tuple(add_tags), tuple(remove_tags))
+    if not await patch_profile(redis, partitions, patch, PATCH_WAIT_S):
+        return web.json_response({"user_id": user_id, "status": "queued"}, status=202)
+    state = await read_state(redis, partitions, user_id)
+    return web.json_response(_profile_json(user_id, Profile(state.profile, frozenset(state.tags))))
 
 
 def add_routes(app: web.Application) -> None:

@@ -30,6 +30,17 @@ EVENTS_QUARANTINED = Counter(
     "Stream entries that failed on their own and were moved to the quarantine stream",
     registry=REGISTRY,
 )
+HOP_LIMITED = Counter(
+    "beacon_events_hop_limited_total",
+    "Events caused by actions (tag_added ...) dropped because their chain reached the hop limit",
+    registry=REGISTRY,
+)
+REDIS_ERRORS = Counter(
+    "beacon_redis_errors_total",
+    "Redis calls that failed (connection, OOM, MISCONF ...) and were retried",
+    ["component"],
+    registry=REGISTRY,
+)
 RULE_MATCHES = Counter(
     "beacon_rule_matches_total", "Rule firings admitted by re-entry policy", ["ruleset", "rule"], registry=REGISTRY
 )
@@ -96,6 +107,16 @@ def on_duplicate_event() -> None:
 def on_event_quarantined() -> None:
     """An entry that failed alone was moved aside."""
     EVENTS_QUARANTINED.inc()
+
+
+def on_hop_limit(count: int) -> None:
+    """Events caused by actions were dropped at the hop limit (a rule loop?)."""
+    HOP_LIMITED.inc(count)
+
+
+def on_redis_error(component: str) -> None:
+    """A Redis call failed and will be retried."""
+    REDIS_ERRORS.labels(component).inc()
 
 
 def on_late_event(ruleset_id: str, rule_id: str) -> None:

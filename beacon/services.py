@@ -15,9 +15,9 @@ from beacon.clock import Clock
 from beacon.pause import pause
 from beacon.settings import Settings
 from cep import streams
-from cep.evaluate import BatchEvaluator, StateLimits
-from cep.timers import Sweeper
-from cep.worker import Worker, consumer_name
+from cep.layout import check_layout
+from cep.partition_owner import OwnerLimits
+from cep.worker import Worker
 from connectors.runtime import run_connectors
 from rules.registry import RulesetRegistry
 from rules.store import RulesetStore
@@ -36,9 +36,7 @@ class Services:
     redis: Redis
     store: RulesetStore
     registry: RulesetRegistry
-    evaluator: BatchEvaluator
     worker: Worker | None = None
-    sweeper: Sweeper | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # Loops check this between iterations: stopping them this way never cancels a Redis call midway.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -84,35 +82,35 @@ async def open_services(
     clock: Clock,
     *,
     workers: bool,
-    timers: bool | None = None,
     connectors: bool | None = None,
 ) -> AsyncIterator[Services]:
     """Connect, compile the active rulesets, start background loops; undo it all on exit."""
     redis = connect(settings)
     try:
         await redis.ping()
-        await streams.ensure_groups(redis, settings.partitions)
+        await check_layout(redis, settings.partitions)
         store = RulesetStore(redis)
         registry = RulesetRegistry(store, settings.lateness_ms)
         await registry.refresh()
-        limits = StateLimits(settings.dedupe_horizon_ms, settings.ledger_retention_ms)
-        evaluator = BatchEvaluator(redis, clock, settings.partitions, limits)
-        services = Services(settings, clock, redis, store, registry, evaluator)
+        services = Services(settings, clock, redis, store, registry)
         if workers:
+            limits = OwnerLimits(
+                batch_size=settings.worker_batch,
+                block_ms=settings.worker_block_ms,
+                cache_users=max(settings.state_cache_users // settings.partitions, 1_000),
+                dedupe_horizon_ms=settings.dedupe_horizon_ms,
+                ledger_retention_ms=settings.ledger_retention_ms,
+            )
             services.worker = Worker(
                 redis,
                 registry,
-                evaluator,
+                clock,
+                limits,
                 partitions=settings.partitions,
-                batch_size=settings.worker_batch,
-                block_ms=settings.worker_block_ms,
                 lease_ms=settings.partition_lease_ms,
                 stopping=services.stopping,
             )
             services.tasks.append(asyncio.create_task(services.worker.run(), name="worker"))
-        if settings.run_timers if timers is None else timers:
-            services.sweeper = Sweeper(redis, clock, settings.partitions, consumer_name(), stopping=services.stopping)
-            services.tasks.append(asyncio.create_task(services.sweeper.run(), name="timers"))
         if settings.run_connectors if connectors is None else connectors:
             delivery = run_connectors(
                 redis, settings.connectors, settings.partitions, clock, stopping=services.stopping
@@ -125,9 +123,6 @@ async def open_services(
             yield services
         finally:
             await stop_tasks(services.tasks, services.stopping)
-            if services.sweeper is not None:
-                with contextlib.suppress(Exception):
-                    await services.sweeper.release()
             registry.close()
     finally:
         await redis.aclose()

@@ -57,10 +57,11 @@ class Settings:
     # A partition's consumer holds a lease this long (renewed every third of it): a dead worker's
     # partitions are taken over, and its unacknowledged entries replayed, after at most this long.
     partition_lease_ms: int = 10_000
+    # Users whose state a worker keeps in memory, over all the partitions it owns (LRU beyond that).
+    state_cache_users: int = 200_000
     connectors: ConnectorSettings = field(default_factory=ConnectorSettings)
     run_connectors: bool = True
     run_workers: bool = True
-    run_timers: bool = True
     run_api: bool = True
     log_level: str = "INFO"
 
@@ -110,9 +111,9 @@ class Settings:
             ws_receive_timeout_ms=integer("WS_RECEIVE_TIMEOUT_MS", base.ws_receive_timeout_ms),
             ws_max_in_flight=integer("WS_MAX_IN_FLIGHT", base.ws_max_in_flight, 1),
             partition_lease_ms=integer("PARTITION_LEASE_MS", base.partition_lease_ms, 300),
+            state_cache_users=integer("STATE_CACHE_USERS", base.state_cache_users, 1),
             connectors=ConnectorSettings.from_env(env),
             run_connectors=flag("RUN_CONNECTORS", base.run_connectors),
             run_workers=flag("RUN_WORKERS", base.run_workers),
-            run_timers=flag("RUN_TIMERS", base.run_timers),
             log_level=get("LOG_LEVEL") or base.log_level,
         )

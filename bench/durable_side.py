@@ -121,7 +121,7 @@ async def side_by_side(size: Size) -> list[Row]:
     async with beacon_stack() as stack:
         redis = stack.client()
         try:
-            await load_profiles(redis, workload)
+            await load_profiles(redis, workload, stack.partitions)
             result = await load.blast_http(stack.base_url, events)
             drained = await load.wait_drained(redis, stack.partitions, size.drain_timeout_s)
             if drained is None:

@@ -13,6 +13,7 @@ from bench.harness import BeaconStack, beacon_stack
 from bench.report import Row
 from bench.sizes import Size
 from bench.workload import Workload
+from cep.events import ProfilePatch
 from cep.profiles import patch_profile
 
 log = logging.getLogger("bench.ingest")
@@ -25,13 +26,14 @@ TRANSPORTS = {
 }
 
 
-async def load_profiles(redis: Redis, workload: Workload) -> int:
-    """Store the workload's profiles (attributes and tags) so `if` conditions have something to read."""
+async def load_profiles(redis: Redis, workload: Workload, partitions: int) -> int:
+    """Queue the workload's profiles (attributes and tags) so `if` conditions have something to read;
+    the workers apply them in order before the events that follow."""
     profiles = list(workload.profiles().items())
     for start in range(0, len(profiles), 50):  # redis-py 8 raises past 100 pooled connections
         await asyncio.gather(
             *(
-                patch_profile(redis, user_id, profile["attrs"], profile["tags"])
+                patch_profile(redis, partitions, ProfilePatch(user_id, profile["attrs"], tuple(profile["tags"])), 0)
                 for user_id, profile in profiles[start : start + 50]
             )
         )
@@ -151,7 +153,7 @@ async def throughput(size: Size) -> list[Row]:
             redis = stack.client()
             try:
                 workload = Workload(size.users, prefix="t")
-                await load_profiles(redis, workload)
+                await load_profiles(redis, workload, stack.partitions)
                 await warm_up(stack, redis, workload, min(1_000, size.burst_events), size.drain_timeout_s)
                 burst = await _burst(stack, redis, transport, workload.events(size.burst_events), size)
                 rows += burst
@@ -168,7 +170,7 @@ async def latency(stack: BeaconStack, size: Size) -> list[Row]:
     rows: list[Row] = []
     try:
         workload = Workload(size.users, prefix="l", seed=11)
-        await load_profiles(redis, workload)
+        await load_profiles(redis, workload, stack.partitions)
         await warm_up(stack, redis, workload, min(1_000, size.burst_events), size.drain_timeout_s)
         for index, rate in enumerate(size.latency_rates):
             await load.wait_drained(redis, stack.partitions, size.drain_timeout_s)

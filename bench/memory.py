@@ -12,10 +12,10 @@ from bench import load
 from bench.harness import BeaconStack
 from bench.report import Row
 from bench.sizes import Size
-from cep.outbox import RECENT_KEY, outbox_key
+from cep.outbox import outbox_key, recent_key
 from cep.streams import events_key
 from cep.timers import timers_key
-from cep.user_state import user_key
+from cep.user_state import read_state
 
 SECTION = "redis memory"
 SETTLE_S = 0.5
@@ -34,7 +34,8 @@ async def state_bytes(redis: Redis, partitions: int) -> int:
     and on whether connectors run, not on the state kept per user or timer)."""
     await asyncio.sleep(SETTLE_S)
     used = int((await redis.info("memory"))["used_memory"])
-    streams = [events_key(p) for p in range(partitions)] + [outbox_key(p) for p in range(partitions)] + [RECENT_KEY]
+    streams = [events_key(p) for p in range(partitions)] + [outbox_key(p) for p in range(partitions)]
+    streams += [recent_key(p) for p in range(partitions)]
     return used - await key_bytes(redis, streams)
 
 
@@ -61,9 +62,9 @@ def _window_events(users: int, prefix: str, now_ms: int) -> list[dict[str, Any]]
     return events
 
 
-async def live_pattern_keys(redis: Redis, user_id: str) -> int:
-    """How many pattern-state keys (windows, pending sets) one user holds."""
-    return len([key async for key in redis.scan_iter(match=user_key(user_id, "p:*"), count=1000)])
+async def live_pattern_keys(redis: Redis, partitions: int, user_id: str) -> int:
+    """How many pattern states (windows, pending sets) one user's record holds."""
+    return len((await read_state(redis, partitions, user_id)).patterns)
 
 
 async def user_rows(stack: BeaconStack, redis: Redis, size: Size) -> list[Row]:
@@ -75,12 +76,13 @@ async def user_rows(stack: BeaconStack, redis: Redis, size: Size) -> list[Row]:
         await load.blast_http(stack.base_url, events[start : start + 50_000])
     drained = await load.wait_drained(redis, stack.partitions, size.drain_timeout_s)
     after = await state_bytes(redis, stack.partitions)
-    windows = await live_pattern_keys(redis, f"{prefix}0")
+    windows = await live_pattern_keys(redis, stack.partitions, f"{prefix}0")
     per_user = (after - before) / size.memory_users
     note = "" if drained else "; backlog not drained"
     detail = (
-        f"{size.memory_users:,} users x 2 views -> {windows} pattern keys each (7d view threshold, view->cart and "
-        f"search->view sequences) plus dedupe and watermarks; INFO used_memory delta minus streams{note}"
+        f"{size.memory_users:,} users x 2 views -> {windows} pattern states each (7d view threshold, view->cart and "
+        f"search->view sequences) plus dedupe ids, in one packed record per user; "
+        f"INFO used_memory delta minus streams{note}"
     )
     return [
         Row(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +14,7 @@ EVENT_CODEC_VERSION = 1
 # Origins of events that did not come from a producer.
 ORIGIN_PRODUCER = ""
 ORIGIN_ACTION = "action"  # tag_added / tag_removed emitted by a tag action
-ORIGIN_TIMER = "timer"  # a due timer turned into an event
+ORIGIN_TIMER = "timer"  # the trigger of a timer (an absence deadline)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +29,6 @@ class Event:
     # Server clock when the event was accepted: the start of the ingest -> outbox latency.
     received_ms: int = 0
     origin: str = ORIGIN_PRODUCER
-    # Timer events only: what fell due ({"kind": "absence" | "action", ...}).
-    timer: dict[str, Any] | None = field(default=None, hash=False)
 
 
 def encode_event(event: Event) -> bytes:
@@ -50,21 +47,57 @@ def decode_event(raw: bytes) -> Event:
         raise DecodeError(f"unreadable event entry: {exc}") from exc
 
 
-def encode_timer_event(event: Event) -> str:
-    """A timer event as JSON text: timer set members must be text inside the step script's JSON."""
-    return json.dumps(_to_fields(event), separators=(",", ":"), ensure_ascii=False)
+def encode_batch(events: list[Event]) -> bytes:
+    """Serialise the events of one stream entry (one ingest request's events of one partition)."""
+    return msgpack.packb([_to_fields(event) for event in events], use_bin_type=True)
 
 
-def decode_timer_event(raw: bytes | str, due_ms: int) -> Event:
-    """Inverse of encode_timer_event; `received_ms` becomes the due time (the timer-lag origin)."""
+def decode_batch(raw: bytes) -> list[Event]:
+    """Inverse of encode_batch; raises DecodeError on anything it cannot read."""
     try:
-        data = json.loads(raw)
-        data["r"] = due_ms
-        return _from_fields(data)
+        return [_from_fields(fields) for fields in msgpack.unpackb(raw, raw=False)]
     except DecodeError:
         raise
     except Exception as exc:
-        raise DecodeError(f"unreadable timer entry: {exc}") from exc
+        raise DecodeError(f"unreadable event batch: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ProfilePatch:
+    """A change to a user's profile (`PATCH /v1/users/{id}`), applied by the partition owner in stream order.
+
+    `attrs` values of None delete the attribute.
+    """
+
+    user_id: str
+    attrs: dict[str, Any]
+    add_tags: tuple[str, ...] = ()
+    remove_tags: tuple[str, ...] = ()
+
+
+def encode_patch(patch: ProfilePatch) -> bytes:
+    """Serialise a profile patch for a stream entry."""
+    fields = {
+        "v": EVENT_CODEC_VERSION,
+        "u": patch.user_id,
+        "a": patch.attrs,
+        "+": patch.add_tags,
+        "-": patch.remove_tags,
+    }
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def decode_patch(raw: bytes) -> ProfilePatch:
+    """Inverse of encode_patch; raises DecodeError."""
+    try:
+        data = msgpack.unpackb(raw, raw=False)
+        if data.get("v") != EVENT_CODEC_VERSION:
+            raise DecodeError(f"unknown patch codec version {data.get('v')!r}")
+        return ProfilePatch(data["u"], dict(data["a"]), tuple(data["+"]), tuple(data["-"]))
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"unreadable profile patch: {exc}") from exc
 
 
 def _to_fields(event: Event) -> dict[str, Any]:
@@ -77,7 +110,6 @@ def _to_fields(event: Event) -> dict[str, Any]:
         "a": event.attrs,
         "r": event.received_ms,
         "o": event.origin,
-        "tm": event.timer,
     }
 
 
@@ -92,7 +124,6 @@ def _from_fields(data: dict[str, Any]) -> Event:
         attrs=dict(data.get("a") or {}),
         received_ms=int(data.get("r") or 0),
         origin=data.get("o") or ORIGIN_PRODUCER,
-        timer=data.get("tm"),
     )
 
 

@@ -1,7 +1,6 @@
-"""Turning a rule that may complete into the firing spec the step script admits (pure, no I/O).
+"""The actions of an admitted firing: ids, rendered params, records (pure, no I/O).
 
-Records are rendered before the step script runs because templates and ids are Python's business;
-the script only decides (re-entry) and writes. What it does not admit is simply dropped.
+Rendered only once the firing is admitted (its `if` held and re-entry let it through).
 """
 
 from __future__ import annotations
@@ -9,21 +8,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from cep.events import ORIGIN_TIMER, Event, encode_timer_event
+from cep.events import Event
 from rules.model import Rule, Ruleset
 from rules.templates import render_value
 
 STATUS_PENDING = "pending"
 STATUS_SCHEDULED = "scheduled"
 STATUS_DELIVERED = "delivered"
-ACTION_DUE = "action"  # timer kind: a delayed action falls due
-
-
-def rule_key(ruleset_id: str, rule_id: str) -> str:
-    """Re-entry is tracked per ruleset and rule, not per version: a replaced ruleset keeps its history."""
-    return f"{ruleset_id}/{rule_id}"
 
 
 def action_id(ruleset: Ruleset, rule_id: str, user_id: str, trigger_id: str, index: int) -> str:
@@ -43,20 +37,36 @@ def template_context(ruleset: Ruleset, rule: Rule, event: Event, profile_attrs: 
     }
 
 
-def firing_spec(
-    ruleset: Ruleset, rule: Rule, event: Event, profile_attrs: Mapping[str, Any], now_ms: int
-) -> dict[str, Any]:
-    """The step script's `f` for `rule` completing on `event` (the trigger), every record pre-rendered."""
-    context = template_context(ruleset, rule, event, profile_attrs)
-    actions = []
+@dataclass(frozen=True, slots=True)
+class CreatedAction:
+    """An action created by an admitted firing: its record (and JSON text), status and release time."""
+
+    action_id: str
+    record: dict[str, Any]
+    text: str  # the record as stored in the ledger and the outbox, encoded once
+    status: str
+    timer_due: int | None  # set when the action waits in the timer set (status scheduled)
+
+
+def build_actions(
+    ruleset: Ruleset, rule: Rule, trigger: Event, profile_attrs: Mapping[str, Any], now_ms: int
+) -> tuple[CreatedAction, ...]:
+    """The rule's actions rendered for an admitted firing on `trigger`.
+
+    A delay runs in event time, like absences: due = trigger ts + delay, and a due time already past
+    releases the action at once, so live processing and a backtest agree.
+    """
+    context = template_context(ruleset, rule, trigger, profile_attrs)
+    created = []
     for index, action in enumerate(rule.actions):
-        identifier = action_id(ruleset, rule.id, event.user_id, event.event_id, index)
+        identifier = action_id(ruleset, rule.id, trigger.user_id, trigger.event_id, index)
         params = render_value(action.params, context)
-        due = now_ms + action.delay_ms
+        due = trigger.ts + action.delay_ms
+        timer_due: int | None = None
         if action.type == "tag":
             status = STATUS_DELIVERED
-        elif action.delay_ms > 0:
-            status = STATUS_SCHEDULED
+        elif action.delay_ms > 0 and due > now_ms:
+            status, timer_due = STATUS_SCHEDULED, due
         else:
             status = STATUS_PENDING
         record = {
@@ -65,41 +75,15 @@ def firing_spec(
             "ruleset_id": ruleset.id,
             "ruleset_version": ruleset.version,
             "rule_id": rule.id,
-            "user_id": event.user_id,
+            "user_id": trigger.user_id,
             "type": action.type,
             "params": params,
             "created_at": now_ms,
-            "due_at": due,
-            "trigger_id": event.event_id,
-            "event_ts": event.ts,
-            "received_ms": event.received_ms,
+            "due_at": max(due, now_ms) if action.delay_ms > 0 else now_ms,
+            "trigger_id": trigger.event_id,
+            "event_ts": trigger.ts,
+            "received_ms": trigger.received_ms,
         }
-        spec: dict[str, Any] = {
-            "id": identifier,
-            "rec": json.dumps(record, separators=(",", ":"), ensure_ascii=False),
-            "st": status,
-            "add": list(params.get("add") or ()) if action.type == "tag" else [],
-            "remove": list(params.get("remove") or ()) if action.type == "tag" else [],
-        }
-        if status == STATUS_SCHEDULED:
-            spec["timer"] = [str(due), action_due_member(ruleset.id, event, identifier, due)]
-        actions.append(spec)
-    return {
-        "rk": rule_key(ruleset.id, rule.id),
-        "policy": rule.reentry.policy,
-        "period": rule.reentry.period_ms,
-        "acts": actions,
-    }
-
-
-def action_due_member(ruleset_id: str, cause: Event, identifier: str, due_ms: int) -> str:
-    """The timer-set member that releases a delayed action when due."""
-    timer_event = Event(
-        event_id=f"act:{identifier}",
-        user_id=cause.user_id,
-        type="action_due",
-        ts=cause.ts,
-        origin=ORIGIN_TIMER,
-        timer={"kind": ACTION_DUE, "action_id": identifier, "ruleset_id": ruleset_id, "due": due_ms},
-    )
-    return encode_timer_event(timer_event)
+        text = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+        created.append(CreatedAction(identifier, record, text, status, timer_due))
+    return tuple(created)

@@ -7,8 +7,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from cep.outbox import RECENT_KEY
-from cep.user_state import LEDGER, LEDGER_INDEX, LEDGER_STATUS, user_key
+from cep.outbox import recent_key
+from cep.user_state import LEDGER, LEDGER_INDEX, LEDGER_STATUS, user_key_for
 
 
 def merge_status(record_raw: bytes | str, status_raw: bytes | str | None) -> dict[str, Any]:
@@ -18,38 +18,53 @@ def merge_status(record_raw: bytes | str, status_raw: bytes | str | None) -> dic
     return action
 
 
-async def _load(redis: Redis, wanted: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+async def _load(redis: Redis, partitions: int, wanted: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
     async with redis.pipeline(transaction=False) as pipe:
         for user_id, action_id in wanted:
-            pipe.hget(user_key(user_id, LEDGER), action_id)
-            pipe.hget(user_key(user_id, LEDGER_STATUS), action_id)
+            pipe.hget(user_key_for(partitions, user_id, LEDGER), action_id)
+            pipe.hget(user_key_for(partitions, user_id, LEDGER_STATUS), action_id)
         replies = await pipe.execute()
     return [merge_status(replies[i], replies[i + 1]) for i in range(0, len(replies), 2) if replies[i]]
 
 
 async def user_actions(
-    redis: Redis, user_id: str, rule_id: str | None = None, limit: int = 100
+    redis: Redis, partitions: int, user_id: str, rule_id: str | None = None, limit: int = 100
 ) -> list[dict[str, Any]]:
     """A user's actions, newest first, optionally only one rule's."""
     # Over-fetch when filtering by rule so the page is still full in the common case.
-    ids = await redis.zrevrange(user_key(user_id, LEDGER_INDEX), 0, (limit * 10 if rule_id else limit) - 1)
-    actions = await _load(redis, [(user_id, action_id) for action_id in ids])
+    index = user_key_for(partitions, user_id, LEDGER_INDEX)
+    ids = await redis.zrevrange(index, 0, (limit * 10 if rule_id else limit) - 1)
+    actions = await _load(redis, partitions, [(user_id, action_id) for action_id in ids])
     if rule_id is not None:
         actions = [action for action in actions if action.get("rule_id") == rule_id]
     return actions[:limit]
 
 
-async def recent_actions(redis: Redis, rule_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """The newest actions across users (from the capped recent list), with their current status."""
-    entries = await redis.xrevrange(RECENT_KEY, count=limit * (10 if rule_id else 2))
+async def recent_actions(
+    redis: Redis, partitions: int, rule_id: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The newest actions across users (merged from the partitions' recent lists), with their status."""
+    count = limit * (10 if rule_id else 2)
+    async with redis.pipeline(transaction=False) as pipe:
+        for partition in range(partitions):
+            pipe.xrevrange(recent_key(partition), count=count)
+        replies = await pipe.execute()
+    entries = sorted(
+        (entry for reply in replies for entry in reply), key=lambda entry: _stream_id(entry[0]), reverse=True
+    )
     seen: set[bytes] = set()
     wanted: list[tuple[str, bytes]] = []
-    for _, fields in entries:
+    for _, fields in entries[:count]:
         action_id = fields[b"a"]
         if action_id not in seen:
             seen.add(action_id)
             wanted.append((fields[b"u"].decode(), action_id))
-    actions = await _load(redis, wanted)
+    actions = await _load(redis, partitions, wanted)
     if rule_id is not None:
         actions = [action for action in actions if action.get("rule_id") == rule_id]
     return actions[:limit]
+
+
+def _stream_id(raw: bytes) -> tuple[int, int]:
+    ms, _, seq = raw.decode().partition("-")
+    return int(ms), int(seq or 0)

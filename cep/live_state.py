@@ -1,49 +1,40 @@
-"""The "why didn't it fire?" view: a user's live pattern state, read from the pattern index."""
+"""The "why didn't it fire?" view: a user's live pattern state, read from the user's packed record."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from redis.asyncio import Redis
+from cep.rule_index import RuleIndex
+from cep.user_record import UserState
 
-from cep.user_state import FIRED, FIRST, PATTERN_INDEX, WATERMARK, user_key
-
-ROLE_NAMES = {"a": "first_seen", "b": "then_or_missing_seen", "pending": "pending_absence", "t": "window"}
+PART_NAMES = {"a": "first_seen", "b": "then_or_missing_seen", "p": "pending_absence", "t": "window"}
 
 
-async def live_state(redis: Redis, user_id: str) -> dict[str, Any]:
-    """Per rule key: its watermark, last firing, first-seen marker and live pattern sets with entries."""
-    index = await redis.hgetall(user_key(user_id, PATTERN_INDEX))
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(user_key(user_id, WATERMARK))
-        pipe.hgetall(user_key(user_id, FIRED))
-        pipe.hgetall(user_key(user_id, FIRST))
-        keys = list(index)
-        for key in keys:
-            pipe.zrange(key, 0, 99, withscores=True)
-        replies = await pipe.execute()
-    watermarks, fired, first, sets = replies[0], replies[1], replies[2], replies[3:]
+def live_state(state: UserState, index: RuleIndex) -> dict[str, Any]:
+    """Per rule key: its watermark, last firing, first-seen marker and live pattern lists with entries."""
     rules: dict[str, dict[str, Any]] = {}
 
-    def rule(rk: bytes) -> dict[str, Any]:
-        return rules.setdefault(rk.decode(), {"sets": []})
+    def rule(rk: str) -> dict[str, Any]:
+        return rules.setdefault(rk, {"sets": []})
 
-    for rk, ts in watermarks.items():
-        rule(rk)["watermark"] = int(float(ts))
-    for rk, ts in fired.items():
-        rule(rk)["last_fired_ts"] = int(float(ts))
-    for rk, ts in first.items():
-        rule(rk)["first_seen_ts"] = int(float(ts))
-    for key, entries in zip(keys, sets, strict=True):
-        if not entries:
-            continue  # expired or emptied since the index was written
-        role = key.decode().rsplit(":", 2)[-2]
-        rule(index[key])["sets"].append(
-            {
-                "kind": ROLE_NAMES.get(role, role),
-                "entries": [
-                    {"event_id": member.decode().split("|", 1)[0], "ts": int(score)} for member, score in entries
-                ],
-            }
-        )
+    for state_id, pattern in state.patterns.items():
+        entry = index.by_state.get(state_id)
+        view = rule(entry.key if entry else f"(retired pattern {state_id})")
+        view["watermark"] = pattern.watermark
+        for key, items in pattern.parts.items():
+            view["sets"].append(
+                {"kind": PART_NAMES.get(key[0], key[0]), "entries": [_entry(key[0], item) for item in items]}
+            )
+    for rk, (ts, _) in state.fired.items():
+        rule(rk)["last_fired_ts"] = ts
+    for rk, ts in state.first.items():
+        rule(rk)["first_seen_ts"] = ts
     return rules
+
+
+def _entry(kind: str, item: Any) -> dict[str, Any]:
+    if kind == "p":
+        return {"event_id": item[1], "ts": item[0]}
+    if isinstance(item, list):
+        return {"ts": item[0], "value": item[1]}
+    return {"ts": item}

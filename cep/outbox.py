@@ -1,14 +1,11 @@
-"""The outbox: partitioned streams (`b:{p:<n>}:outbox`) of action records waiting for delivery."""
+"""The outbox: partitioned streams (`b:{p:<n>}:outbox`) of action records waiting for delivery, and the
+capped per-partition list of recent actions that `GET /v1/actions` reads without a user."""
 
 from __future__ import annotations
-
-import json
-from typing import Any
 
 from redis.asyncio.client import Pipeline
 
 OUTBOX_FIELD = b"a"
-RECENT_KEY = "b:{recent}:actions"  # capped stream of (user, action id), newest actions across users
 RECENT_MAXLEN = 10_000
 
 
@@ -17,11 +14,16 @@ def outbox_key(partition: int) -> str:
     return f"b:{{p:{partition}}}:outbox"
 
 
-def queue_action(pipe: Pipeline, partition: int, record: dict[str, Any]) -> None:
-    """Append an action record to its partition's outbox (on the caller's pipeline)."""
-    pipe.xadd(outbox_key(partition), {OUTBOX_FIELD: json.dumps(record, separators=(",", ":"))})
+def recent_key(partition: int) -> str:
+    """Capped stream of (user, action id): the partition's newest actions across its users."""
+    return f"b:{{p:{partition}}}:recent"
 
 
-def note_recent(pipe: Pipeline, user_id: str, action_id: str) -> None:
-    """Remember an action in the capped cross-user list that `GET /v1/actions` reads without a user."""
-    pipe.xadd(RECENT_KEY, {b"u": user_id, b"a": action_id}, maxlen=RECENT_MAXLEN, approximate=True)
+def queue_action(pipe: Pipeline, partition: int, text: str) -> None:
+    """Append an action record (JSON text) to its partition's outbox (on the caller's pipeline)."""
+    pipe.xadd(outbox_key(partition), {OUTBOX_FIELD: text})
+
+
+def note_recent(pipe: Pipeline, partition: int, user_id: str, action_id: str) -> None:
+    """Remember an action in the partition's capped recent list (on the caller's pipeline)."""
+    pipe.xadd(recent_key(partition), {b"u": user_id, b"a": action_id}, maxlen=RECENT_MAXLEN, approximate=True)

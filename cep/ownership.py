@@ -7,13 +7,17 @@ newer ones. So a process consumes a partition only while it holds the partition'
 unacknowledged. Processes announce themselves in `b:{workers}:members` (scored by lease expiry); with
 L live processes sorted by name, the i-th one's share is P // L, plus one for the first P % L of them,
 so the shares add up to P exactly and a newcomer always gets partitions released to it.
+
+Taking a lease increments the partition's epoch (`b:{p:<n>}:epoch`), and every commit checks it
+(`cep.commit`): a process whose lease lapsed — a long pause, a lost connection — cannot write after
+another process took the partition over, even if it has not noticed yet.
 """
 
 from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from cep.leases import lease_call, release
+from cep.leases import release
 from cep.scripts import ScriptCall, run_scripts
 
 MEMBERS_KEY = "b:{workers}:members"
@@ -22,6 +26,35 @@ MEMBERS_KEY = "b:{workers}:members"
 def owner_key(partition: int) -> str:
     """Who consumes a partition now (value: the owner's name; expires unless renewed)."""
     return f"b:{{p:{partition}}}:owner"
+
+
+def epoch_key(partition: int) -> str:
+    """The partition's lease epoch: incremented by every take-over, checked by every commit; never expires."""
+    return f"b:{{p:{partition}}}:epoch"
+
+
+# KEYS[1] owner lease, KEYS[2] epoch; ARGV[1] owner, ARGV[2] lease ms, ARGV[3] 1 to take the lease if free
+# Returns the epoch the caller holds afterwards (a renewal keeps it, a take-over increments it), or 0.
+PARTITION_LEASE_SCRIPT = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  local epoch = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if epoch > 0 then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+  return epoch
+end
+if holder == false and ARGV[3] == '1' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return redis.call('INCR', KEYS[2])
+end
+return 0
+"""
+
+
+def partition_lease_call(partition: int, owner: str, lease_ms: int, *, take: bool) -> ScriptCall:
+    """Renew (and take, if free and `take`) one partition's lease; replies with the epoch held, or 0."""
+    return ScriptCall(
+        PARTITION_LEASE_SCRIPT, [owner_key(partition), epoch_key(partition)], [owner, lease_ms, int(take)]
+    )
 
 
 # KEYS[1] members ZSET owner -> lease expiry ms; ARGV[1] owner, ARGV[2] now ms, ARGV[3] lease ms
@@ -42,7 +75,7 @@ class Ownership:
         self._partitions = partitions
         self.owner = owner
         self.lease_ms = lease_ms
-        self.owned: set[int] = set()
+        self.owned: dict[int, int] = {}  # partition -> the epoch this process holds it under
 
     async def heartbeat(self, now_ms: int) -> tuple[set[int], set[int]]:
         """Renew held leases and take free ones up to the fair share: returns (acquired, to_release)."""
@@ -55,10 +88,9 @@ class Ownership:
         share = self._partitions // count + (1 if rank < self._partitions % count else 0)
         renewals = sorted(self.owned)
         held = await run_scripts(
-            self._redis,
-            [lease_call(owner_key(p), self.owner, self.lease_ms, take=False) for p in renewals],
+            self._redis, [partition_lease_call(p, self.owner, self.lease_ms, take=False) for p in renewals]
         )
-        self.owned = {p for p, ok in zip(renewals, held, strict=True) if ok == 1}
+        self.owned = {p: int(epoch) for p, epoch in zip(renewals, held, strict=True) if int(epoch) > 0}
         acquired: set[int] = set()
         # Start at a partition that depends on the owner so that newcomers do not all race for partition 0.
         offset = hash(self.owner) % self._partitions
@@ -69,10 +101,10 @@ class Ownership:
             if partition in self.owned:
                 continue
             (got,) = await run_scripts(
-                self._redis, [lease_call(owner_key(partition), self.owner, self.lease_ms, take=True)]
+                self._redis, [partition_lease_call(partition, self.owner, self.lease_ms, take=True)]
             )
-            if got == 1:
-                self.owned.add(partition)
+            if int(got) > 0:
+                self.owned[partition] = int(got)
                 acquired.add(partition)
         extra = len(self.owned) - share
         to_release = set(sorted(self.owned)[-extra:]) if extra > 0 else set()
@@ -80,7 +112,7 @@ class Ownership:
 
     async def release(self, partition: int) -> None:
         """Give up one partition (after its loop stopped) so another process takes it at once."""
-        self.owned.discard(partition)
+        self.owned.pop(partition, None)
         await release(self._redis, [owner_key(partition)], self.owner)
 
     async def leave(self) -> None:

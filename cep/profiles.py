@@ -1,15 +1,23 @@
-"""User profiles: attributes (JSON values) and tags, stored under the user's `{u:<user>}` keys."""
+"""User profiles: attributes (JSON values) and tags, part of the user's packed record.
+
+Only the partition owner writes a record, so a profile change is a stream entry (`ProfilePatch`)
+applied in order with the user's events: every later event, even of the same batch, sees it.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping, Sequence
+import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 
-from cep.user_state import PROFILE, TAGS, user_key
+from cep import streams
+from cep.events import ProfilePatch
+from cep.user_state import read_state
+
+POLL_S = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,55 +28,25 @@ class Profile:
     tags: frozenset[str]
 
 
-def _decode_attrs(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
-    return {key.decode(): json.loads(value) for key, value in raw.items()}
+async def get_profile(redis: Redis, partitions: int, user_id: str) -> Profile:
+    """One user's committed profile (empty when the user is unknown)."""
+    state = await read_state(redis, partitions, user_id)
+    return Profile(state.profile, frozenset(state.tags))
 
 
-async def get_profiles(redis: Redis, user_ids: Sequence[str]) -> dict[str, Profile]:
-    """Profiles of many users in one pipelined round trip."""
-    if not user_ids:
-        return {}
-    async with redis.pipeline(transaction=False) as pipe:
-        for user_id in user_ids:
-            pipe.hgetall(user_key(user_id, PROFILE))
-            pipe.smembers(user_key(user_id, TAGS))
-        replies = await pipe.execute()
-    return {
-        user_id: Profile(
-            attrs=_decode_attrs(replies[2 * i]),
-            tags=frozenset(tag.decode() for tag in replies[2 * i + 1]),
-        )
-        for i, user_id in enumerate(user_ids)
-    }
+async def patch_profile(redis: Redis, partitions: int, patch: ProfilePatch, wait_s: float) -> bool:
+    """Queue a profile change in the user's stream; True once it is committed (waits up to `wait_s`)."""
+    partition, entry_id = await streams.append_patch(redis, patch, partitions)
+    deadline = time.monotonic() + wait_s
+    while True:
+        committed, _ = await streams.progress(redis, partition)
+        if _stream_id(committed) >= _stream_id(entry_id):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(POLL_S)
 
 
-async def get_profile(redis: Redis, user_id: str) -> Profile:
-    """One user's profile (empty when the user is unknown)."""
-    return (await get_profiles(redis, [user_id]))[user_id]
-
-
-async def patch_profile(
-    redis: Redis,
-    user_id: str,
-    attrs: Mapping[str, Any],
-    add_tags: Iterable[str] = (),
-    remove_tags: Iterable[str] = (),
-) -> Profile:
-    """Set attributes (None deletes one) and change tags in one MULTI/EXEC; returns the new profile."""
-    profile_key, tags_key = user_key(user_id, PROFILE), user_key(user_id, TAGS)
-    to_set = {name: json.dumps(value, ensure_ascii=False) for name, value in attrs.items() if value is not None}
-    to_delete = [name for name, value in attrs.items() if value is None]
-    add, remove = list(add_tags), list(remove_tags)
-    async with redis.pipeline(transaction=True) as pipe:
-        if to_set:
-            pipe.hset(profile_key, mapping=to_set)
-        if to_delete:
-            pipe.hdel(profile_key, *to_delete)
-        if add:
-            pipe.sadd(tags_key, *add)
-        if remove:
-            pipe.srem(tags_key, *remove)
-        pipe.hgetall(profile_key)
-        pipe.smembers(tags_key)
-        replies = await pipe.execute()
-    return Profile(attrs=_decode_attrs(replies[-2]), tags=frozenset(tag.decode() for tag in replies[-1]))
+def _stream_id(raw: bytes) -> tuple[int, int]:
+    ms, _, seq = raw.decode().partition("-")
+    return int(ms), int(seq or 0)

@@ -1,4 +1,11 @@
-"""Partitioned event streams (`b:{p:<n>}:events`): append, consumer-group reads, acks, reclaim, trim."""
+"""Partition streams (`b:{p:<n>}:events`): appends, reads after the committed position, backlog, trim.
+
+One stream entry holds one ingest request's events of one partition (field `b`), or one profile
+patch (field `p`), and how many items it holds (field `n`). There is no consumer group: the
+partition's owner reads after the position its last commit stored in `b:{p:<n>}:progress`
+(`cep.commit` writes it atomically with the batch's effects), so a new owner resumes exactly there
+and nothing is acknowledged separately.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +16,140 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from cep.events import Event, decode_event, decode_timer_event, encode_event, partition_of
+from beacon.errors import DecodeError
+from cep.events import Event, ProfilePatch, decode_batch, decode_patch, encode_batch, encode_patch, partition_of
 from cep.interactions import note_interactions
+from cep.scripts import ScriptCall, run_scripts
 
 log = logging.getLogger("beacon.streams")
 
-GROUP = "beacon-workers"
-FIELD = b"e"  # a producer or tag event, msgpack
-TIMER_FIELD = "t"  # a timer event moved here by the sweeper, JSON (with its due time in "due")
+BATCH_FIELD = b"b"  # events, msgpack list
+PATCH_FIELD = b"p"  # a profile patch, msgpack
+PROGRESS_ID = "id"  # progress HASH field: the last stream id whose effects are committed
+PROGRESS_COUNT = "n"  # progress HASH field: items (events, patches) committed so far
+PROGRESS_ADDED = "added"  # progress HASH field: items appended so far (backlog = added - n)
+COUNT_FIELD = b"n"
+
+# KEYS[1] the partition's event stream, KEYS[2] its progress HASH
+# ARGV[1] payload field, ARGV[2] payload, ARGV[3] how many items it holds
+# Appends the entry and counts its items in one step, so the backlog in items is exact. Returns the id.
+APPEND_SCRIPT = """
+local id = redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2], 'n', ARGV[3])
+redis.call('HINCRBY', KEYS[2], 'added', ARGV[3])
+return id
+"""
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+Item = Event | ProfilePatch
 
 
 def events_key(partition: int) -> str:
     """The event stream of one partition."""
     return f"b:{{p:{partition}}}:events"
+
+
+def progress_key(partition: int) -> str:
+    """HASH {id, n}: how far the partition's committed processing has got."""
+    return f"b:{{p:{partition}}}:progress"
+
+
+def quarantine_key(partition: int) -> str:
+    """Entries that failed on their own (capped): kept for inspection, out of the owner's way."""
+    return f"b:{{p:{partition}}}:quarantine"
+
+
+QUARANTINE_MAXLEN = 10_000
+
+
+async def append_events(redis: Redis, events: Sequence[Event], partitions: int) -> None:
+    """XADD the events, one entry per partition, in one pipeline.
+
+    Returns only after Redis has acknowledged every append, which is what an ingest ack promises.
+    """
+    if not events:
+        return
+    by_partition: dict[int, list[Event]] = {}
+    for event in events:
+        by_partition.setdefault(partition_of(event.user_id, partitions), []).append(event)
+    calls = [
+        _append_call(partition, BATCH_FIELD, encode_batch(batch), len(batch))
+        for partition, batch in by_partition.items()
+    ]
+    await run_scripts(redis, calls)
+    # The 48-hour customer-service window of WeChat counts from the user's last interaction.
+    await note_interactions(redis, events, partitions)
+
+
+async def append_patch(redis: Redis, patch: ProfilePatch, partitions: int) -> tuple[int, bytes]:
+    """XADD a profile patch to the user's partition; returns (partition, entry id)."""
+    partition = partition_of(patch.user_id, partitions)
+    (entry_id,) = await run_scripts(redis, [_append_call(partition, PATCH_FIELD, encode_patch(patch), 1)])
+    return partition, entry_id if isinstance(entry_id, bytes) else str(entry_id).encode()
+
+
+def _append_call(partition: int, field: bytes, payload: bytes, count: int) -> ScriptCall:
+    return ScriptCall(APPEND_SCRIPT, [events_key(partition), progress_key(partition)], [field, payload, count])
+
+
+def entry_count(fields: dict[bytes, bytes]) -> int:
+    """How many items an entry holds (1 when it does not say: it is counted once either way)."""
+    try:
+        return max(int(fields.get(COUNT_FIELD, b"1")), 1)
+    except ValueError:
+        return 1
+
+
+async def read_after(redis: Redis, partition: int, after: bytes, count: int, block_ms: int | None) -> list[Entry]:
+    """Entries after stream id `after`, waiting up to `block_ms` for one (None: do not wait)."""
+    reply = await redis.xread({events_key(partition): after}, count=count, block=block_ms)
+    if not reply:
+        return []
+    return list(reply[0][1])
+
+
+def decode_entry(fields: dict[bytes, bytes]) -> list[Item]:
+    """The events or the patch of one entry; raises DecodeError (the entry is then quarantined)."""
+    if BATCH_FIELD in fields:
+        return list(decode_batch(fields[BATCH_FIELD]))
+    if PATCH_FIELD in fields:
+        return [decode_patch(fields[PATCH_FIELD])]
+    raise DecodeError(f"stream entry without a known field: {sorted(fields)!r}")
+
+
+async def progress(redis: Redis, partition: int) -> tuple[bytes, int]:
+    """(last committed stream id, items committed) of a partition; ("0-0", 0) before the first commit."""
+    raw = await redis.hmget(progress_key(partition), [PROGRESS_ID, PROGRESS_COUNT])
+    return (raw[0] or b"0-0"), int(raw[1] or 0)
+
+
+async def backlog(redis: Redis, partitions: int) -> int:
+    """Items (events, patches) appended but not yet committed, over all partitions (the processing lag)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for partition in range(partitions):
+            pipe.hmget(progress_key(partition), [PROGRESS_ADDED, PROGRESS_COUNT])
+        replies = await pipe.execute()
+    return sum(max(int(added or 0) - int(done or 0), 0) for added, done in replies)
+
+
+async def trim_committed(redis: Redis, partition: int) -> None:
+    """Drop entries whose effects are committed, so the stream is as long as its backlog."""
+    last, _ = await progress(redis, partition)
+    if last != b"0-0":
+        await redis.xtrim(events_key(partition), minid=last.decode(), approximate=True)
+
+
+def quarantined_fields(entry: Entry, error: str) -> dict[bytes, bytes]:
+    """What a quarantined entry keeps: its fields, its id and why it failed."""
+    entry_id, fields = entry
+    return {**fields, b"entry_id": entry_id, b"error": error[:2000].encode()}
+
+
+def entry_ids(entries: Iterable[Entry]) -> list[bytes]:
+    """The ids of entries, in order."""
+    return [entry_id for entry_id, _ in entries]
+
+
+# -- consumer groups (the connectors read the outboxes through one) -----------------------------------
 
 
 async def ensure_group(redis: Redis, key: str, group: str) -> None:
@@ -33,100 +161,8 @@ async def ensure_group(redis: Redis, key: str, group: str) -> None:
             raise
 
 
-async def ensure_groups(redis: Redis, partitions: int) -> None:
-    """Create every partition's event stream and the workers' consumer group if missing."""
-    for partition in range(partitions):
-        await ensure_group(redis, events_key(partition), GROUP)
-
-
-async def append_events(redis: Redis, events: Sequence[Event], partitions: int) -> list[bytes]:
-    """XADD each event to its user's partition in one pipeline; returns the entry ids.
-
-    Returns only after Redis has acknowledged every append, which is what an ingest ack promises.
-    """
-    if not events:
-        return []
-    async with redis.pipeline(transaction=False) as pipe:
-        for event in events:
-            pipe.xadd(events_key(partition_of(event.user_id, partitions)), {FIELD: encode_event(event)})
-        # The 48-hour customer-service window of WeChat counts from the user's last interaction.
-        await note_interactions(pipe, events)
-        return list(await pipe.execute())[: len(events)]
-
-
-async def read_new(
-    redis: Redis, partition: int, consumer: str, count: int, block_ms: int
-) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    """Entries never delivered to any consumer of the group, blocking up to `block_ms`."""
-    reply = await redis.xreadgroup(GROUP, consumer, {events_key(partition): ">"}, count=count, block=block_ms)
-    if not reply:
-        return []
-    return list(reply[0][1])
-
-
-def quarantine_key(partition: int) -> str:
-    """Entries that failed on their own (capped): kept for inspection, out of the workers' way."""
-    return f"b:{{p:{partition}}}:quarantine"
-
-
-QUARANTINE_MAXLEN = 10_000
-
-
-async def quarantine(redis: Redis, partition: int, entry: tuple[bytes, dict[bytes, bytes]], error: str) -> None:
-    """Move one entry to the partition's quarantine stream with the error, and acknowledge it."""
-    entry_id, fields = entry
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.xadd(
-            quarantine_key(partition),
-            {**fields, b"entry_id": entry_id, b"error": error[:2000]},
-            maxlen=QUARANTINE_MAXLEN,
-            approximate=True,
-        )
-        pipe.xack(events_key(partition), GROUP, entry_id)
-        await pipe.execute()
-
-
-async def claim_pending(
-    redis: Redis, partition: int, consumer: str, count: int
-) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    """The oldest entries read but never acknowledged, by any consumer, now claimed by `consumer`.
-
-    Only the partition's owner calls this, so the previous readers are dead or have handed over.
-    """
-    reply: Any = await redis.xautoclaim(events_key(partition), GROUP, consumer, 0, "0-0", count=count)
-    # XAUTOCLAIM returns [next-id, entries, deleted-ids]; deleted entries come back as None.
-    return [entry for entry in reply[1] if entry and entry[1]]
-
-
-async def ack(redis: Redis, partition: int, entry_ids: Iterable[bytes]) -> None:
-    """Acknowledge processed entries."""
-    ids = list(entry_ids)
-    if ids:
-        await redis.xack(events_key(partition), GROUP, *ids)
-
-
-def decode_entries(
-    entries: Sequence[tuple[bytes, dict[bytes, bytes]]],
-) -> tuple[list[tuple[bytes, Event]], list[bytes]]:
-    """Split stream entries into decoded events and ids of entries that cannot be read (poison)."""
-    decoded: list[tuple[bytes, Event]] = []
-    poison: list[bytes] = []
-    for entry_id, fields in entries:
-        try:
-            if FIELD in fields:
-                decoded.append((entry_id, decode_event(fields[FIELD])))
-            else:
-                due = int(float(fields[b"due"]))
-                decoded.append((entry_id, decode_timer_event(fields[TIMER_FIELD.encode()], due)))
-        except Exception:
-            log.exception("dropping unreadable stream entry %s", entry_id)
-            poison.append(entry_id)
-    return decoded, poison
-
-
 async def trim_acknowledged(redis: Redis, key: str) -> None:
-    """Drop the entries of stream `key` that every consumer group has read and acknowledged, so the
-    stream stays as long as its backlog (event streams and outboxes alike)."""
+    """Drop the entries of stream `key` that every consumer group has read and acknowledged."""
     groups = await redis.xinfo_groups(key)
     floor: tuple[int, int] | None = None
     for group in groups:
@@ -137,19 +173,6 @@ async def trim_acknowledged(redis: Redis, key: str) -> None:
         floor = candidate if floor is None else min(floor, candidate)
     if floor and floor != (0, 0):
         await redis.xtrim(key, minid=f"{floor[0]}-{floor[1]}", approximate=True)
-
-
-async def backlog(redis: Redis, partitions: int) -> int:
-    """Entries not yet delivered to the group, over all partitions (the stream lag)."""
-    total = 0
-    for partition in range(partitions):
-        try:
-            for group in await redis.xinfo_groups(events_key(partition)):
-                if group["name"] in (GROUP, GROUP.encode()):
-                    total += int(group.get("lag") or 0) + int(group.get("pending") or 0)
-        except ResponseError:
-            continue
-    return total
 
 
 def _stream_id(value: Any) -> tuple[int, int]:

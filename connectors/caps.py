@@ -7,13 +7,13 @@ from datetime import datetime, timedelta
 from redis.asyncio import Redis
 
 from cep.scripts import ScriptCall, run_scripts
-from cep.user_state import CAPS, user_key
 from connectors.settings import FrequencyCap, QuietHours
 
 
 def cap_key(user_id: str, channel: str) -> str:
     """The ZSET of one user's recent sends on one channel."""
-    return user_key(user_id, f"{CAPS}:{channel}")
+    # Caps are the connectors' own: the user's hash tag is enough (no batch commit touches them).
+    return f"b:{{u:{user_id}}}:cap:{channel}"
 
 
 # KEYS[1] = the user's cap ZSET for one channel (member = action id, score = when it was counted).

@@ -36,7 +36,9 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def list_dead_letters(redis: Redis, limit: int, connector: str | None = None) -> list[dict[str, Any]]:
+async def list_dead_letters(
+    redis: Redis, partitions: int, limit: int, connector: str | None = None
+) -> list[dict[str, Any]]:
     """The newest dead actions (one row per action), each with its current ledger record."""
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -55,7 +57,7 @@ async def list_dead_letters(redis: Redis, limit: int, connector: str | None = No
                 continue
             seen.add(row["a"])
             candidates.append((_text(entry_id), row))
-        found = await ledger.read_actions(redis, [(row["u"], row["a"]) for _, row in candidates])
+        found = await ledger.read_actions(redis, partitions, [(row["u"], row["a"]) for _, row in candidates])
         for (entry_id, row), stored in zip(candidates, found, strict=True):
             # A replayed or since-delivered action keeps its old entry until trimmed: list only the dead.
             if stored is not None and stored.status.get("status") == ledger.DEAD:
@@ -79,7 +81,7 @@ async def replay(redis: Redis, clock: Clock, partitions: int, rows: Sequence[dic
     refused: list[dict[str, str]] = []
     for row in rows:
         user_id, action_id = row["user_id"], row["action_id"]
-        stored = await ledger.read_action(redis, user_id, action_id)
+        stored = await ledger.read_action(redis, partitions, user_id, action_id)
         if stored is None or stored.status.get("status") != ledger.DEAD:
             refused.append({"action_id": action_id, "reason": "not_dead"})
             continue
@@ -90,7 +92,7 @@ async def replay(redis: Redis, clock: Clock, partitions: int, rows: Sequence[dic
             stored.status, now, ledger.PENDING, attempts=0, reason="replayed",
             replays=int(stored.status.get("replays") or 0) + 1, next_attempt_at=None, dead_at=None, reply=None,
         )  # fmt: skip
-        if await ledger.swap_status(redis, stored, fresh) is None:
+        if await ledger.swap_status(redis, partitions, stored, fresh) is None:
             refused.append({"action_id": action_id, "reason": "changed"})
             continue
         await ledger.set_hint(redis, partition, user_id, action_id, now, earlier_only=True)

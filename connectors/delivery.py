@@ -60,7 +60,7 @@ class Deliverer:
         `owns_hint` says the caller took this action's wake-up from the due set, so it may postpone it.
         """
         partition = partition_of(user_id, self._partitions)
-        stored = await ledger.read_action(self._redis, user_id, action_id)
+        stored = await ledger.read_action(self._redis, self._partitions, user_id, action_id)
         now = self._clock.now_ms()
         if stored is None:
             log.warning("action %s of user %s is not in the ledger (expired?); not delivered", action_id, user_id)
@@ -77,6 +77,7 @@ class Deliverer:
         lease = now + self._settings.lease_ms
         claimed = await ledger.swap_status(
             self._redis,
+            self._partitions,
             stored,
             ledger.transition(stored.status, now, ledger.DELIVERING, lease_until=lease, connector=name),
         )
@@ -99,7 +100,7 @@ class Deliverer:
             error = connector_error("unsupported", f"no connector for {name!r}")
             return await self._dead(partition, claimed, name, error, int(status.get("attempts") or 0), release=False)
         if name == "wechat_cs":
-            seen = await last_interaction(self._redis, user_id)
+            seen = await last_interaction(self._redis, self._partitions, user_id)
             if seen is None or now - seen > settings.cs_window_ms:
                 return await self._skip(partition, claimed, name, "outside_48h_window", release=False)
         if settings.quiet_hours is not None and name in settings.quiet_channels:
@@ -118,7 +119,7 @@ class Deliverer:
                 booked_at = at if grant.granted else None
                 return await self._defer(partition, claimed, name, at, "rate_limited", booked_at)
         attempt = int(status.get("attempts") or 0) + 1
-        profile = (await get_profile(self._redis, user_id)).attrs if connector.needs_profile else {}
+        profile = (await get_profile(self._redis, self._partitions, user_id)).attrs if connector.needs_profile else {}
         try:
             reply = await connector.send(record, profile)
         except ConnectorError as error:
@@ -155,7 +156,7 @@ class Deliverer:
             claimed.status, now, ledger.FAILED, attempts=attempt, reason=error.reason, reply=error.message[:500],
             next_attempt_at=at, rate_booked_at=None,
         )  # fmt: skip
-        await ledger.swap_status(self._redis, claimed, failed)
+        await ledger.swap_status(self._redis, self._partitions, claimed, failed)
         metrics.on_delivery(name, ledger.FAILED)
         return ledger.FAILED
 
@@ -204,7 +205,7 @@ class Deliverer:
             claimed.status, self._clock.now_ms(), ledger.PENDING, next_attempt_at=at, reason=reason,
             rate_booked_at=booked,
         )  # fmt: skip
-        await ledger.swap_status(self._redis, claimed, deferred)
+        await ledger.swap_status(self._redis, self._partitions, claimed, deferred)
         metrics.on_delivery(name, DEFERRED)
         return DEFERRED
 
@@ -213,7 +214,7 @@ class Deliverer:
     ) -> None:
         # `release`: a frequency-cap count was taken for a send that never happened; give it back.
         user_id, action_id = claimed.record["user_id"], claimed.record["action_id"]
-        if await ledger.swap_status(self._redis, claimed, final) is None:
+        if await ledger.swap_status(self._redis, self._partitions, claimed, final) is None:
             # Our lease lapsed and someone else took over: their outcome stands (the key kept it idempotent).
             log.warning("action %s changed while we delivered it; leaving it to its new owner", action_id)
             return

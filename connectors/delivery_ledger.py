@@ -20,7 +20,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from cep.scripts import ScriptCall, run_scripts
-from cep.user_state import LEDGER, LEDGER_STATUS, user_key
+from cep.user_state import LEDGER, LEDGER_STATUS, user_key_for
 
 PENDING = "pending"
 DELIVERING = "delivering"
@@ -53,12 +53,12 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def read_actions(redis: Redis, pairs: list[tuple[str, str]]) -> list[Stored | None]:
+async def read_actions(redis: Redis, partitions: int, pairs: list[tuple[str, str]]) -> list[Stored | None]:
     """Many actions (by (user, action id)) in one pipelined round trip; None where one is gone."""
     async with redis.pipeline(transaction=False) as pipe:
         for user_id, action_id in pairs:
-            pipe.hget(user_key(user_id, LEDGER), action_id)
-            pipe.hget(user_key(user_id, LEDGER_STATUS), action_id)
+            pipe.hget(user_key_for(partitions, user_id, LEDGER), action_id)
+            pipe.hget(user_key_for(partitions, user_id, LEDGER_STATUS), action_id)
         replies = await pipe.execute()
     found: list[Stored | None] = []
     for record_raw, status_raw in zip(replies[::2], replies[1::2], strict=True):
@@ -69,17 +69,18 @@ async def read_actions(redis: Redis, pairs: list[tuple[str, str]]) -> list[Store
     return found
 
 
-async def read_action(redis: Redis, user_id: str, action_id: str) -> Stored | None:
+async def read_action(redis: Redis, partitions: int, user_id: str, action_id: str) -> Stored | None:
     """One action's record and status, or None when the ledger no longer has it."""
-    (stored,) = await read_actions(redis, [(user_id, action_id)])
+    (stored,) = await read_actions(redis, partitions, [(user_id, action_id)])
     return stored
 
 
-async def swap_status(redis: Redis, expected: Stored, status: dict[str, Any]) -> Stored | None:
+async def swap_status(redis: Redis, partitions: int, expected: Stored, status: dict[str, Any]) -> Stored | None:
     """Replace the action's status if it is still `expected`'s; the new Stored, or None when it had changed."""
     text = json.dumps(status, separators=(",", ":"), ensure_ascii=False)
     user_id, action_id = expected.record["user_id"], expected.record["action_id"]
-    call = ScriptCall(SWAP_SCRIPT, [user_key(user_id, LEDGER_STATUS)], [action_id, expected.raw_status, text])
+    key = user_key_for(partitions, user_id, LEDGER_STATUS)
+    call = ScriptCall(SWAP_SCRIPT, [key], [action_id, expected.raw_status, text])
     (swapped,) = await run_scripts(redis, [call])
     return Stored(expected.record, status, text) if swapped else None
 

@@ -19,7 +19,7 @@ from api.ingest_ws import HUB, IngestHub
 from beacon.clock import Clock
 from beacon.settings import Settings
 from cep import streams
-from cep.events import decode_event
+from cep.events import decode_batch
 
 T = TypeVar("T")
 
@@ -93,7 +93,7 @@ async def stream_event_ids(redis: aioredis.Redis, partitions: int) -> list[str]:
     ids: list[str] = []
     for partition in range(partitions):
         for _entry_id, fields in await redis.xrange(streams.events_key(partition)):
-            ids.append(decode_event(fields[streams.FIELD]).event_id)
+            ids.extend(event.event_id for event in decode_batch(fields[streams.BATCH_FIELD]))
     return ids
 
 

@@ -1,15 +1,25 @@
-"""Partitions are shared out between processes, and a dead reader's entries go first, in order."""
+"""Partitions are shared out between processes; a process that lost its lease is fenced off."""
 
 from __future__ import annotations
 
+import pytest
 import redis.asyncio as aioredis
 
+from beacon.clock import ManualClock
 from cep import streams
-from cep.ownership import owner_key
+from cep.commit import FencedError
+from cep.ownership import epoch_key, owner_key, partition_lease_call
+from cep.partition_owner import OwnerLimits, PartitionOwner
+from cep.rule_index import RuleIndex
+from cep.scripts import run_scripts
+from cep.user_state import STATE, user_key
+from rules.registry import RulesetRegistry
+from rules.store import RulesetStore
 from tests.api.test_end_to_end import settled
 from tests.harness import eventually, running_beacon, server_settings
 
 T0 = 1_767_225_600_000
+DAY = 86_400_000
 TWO_VIEWS = {
     "id": "two-views",
     "rules": [
@@ -46,18 +56,33 @@ async def test_two_processes_split_the_partitions(redis_url: str, redis_client: 
             assert [a["trigger_id"] for a in await first.actions(f"u{i}")] == [f"v{i}-1"]
 
 
-async def test_entries_a_dead_reader_left_are_processed_before_newer_ones(
-    redis_url: str, redis_client: aioredis.Redis
-) -> None:
-    """Regression: a reclaimed first view used to arrive after the second and be dropped as late."""
-    settings = server_settings(redis_url, partitions=1, partition_lease_ms=600)
+async def test_a_stale_owner_is_fenced_and_writes_nothing(redis_url: str, redis_client: aioredis.Redis) -> None:
+    """An owner whose lease epoch was superseded (a long pause, a lost connection) cannot commit."""
     async with running_beacon(server_settings(redis_url, partitions=1, run_workers=False)) as api:
         await api.put_ruleset(TWO_VIEWS)
-        await api.post_events([{"user_id": "alice", "type": "view", "ts": T0, "event_id": "v1"}])
-        # A reader that dies holding v1: read, never acknowledged.
-        await streams.ensure_groups(redis_client, 1)
-        assert len(await streams.read_new(redis_client, 0, "dead-reader", 10, 10)) == 1
-        await api.post_events([{"user_id": "alice", "type": "view", "ts": T0 + 10_000, "event_id": "v2"}])
-    async with running_beacon(settings) as beacon:
-        await settled(redis_client)
-        assert [a["trigger_id"] for a in await beacon.wait_actions("alice", 1)] == ["v2"]
+        await api.post_events([{"user_id": "alice", "type": "view", "ts": T0 + k, "event_id": f"v{k}"} for k in (0, 1)])
+    assert await redis_client.get(epoch_key(0)) is None  # nobody owned the partition yet
+    taken = await run_scripts(redis_client, [partition_lease_call(0, "first", 60_000, take=True)])
+    assert taken == [1]
+    registry = RulesetRegistry(RulesetStore(redis_client), 2_000)
+    limits = OwnerLimits(batch_size=10, block_ms=10, cache_users=100, dedupe_horizon_ms=DAY, ledger_retention_ms=DAY)
+
+    async def index() -> RuleIndex:
+        return RuleIndex(await registry.refresh())
+
+    owner = PartitionOwner(redis_client, 0, 1, ManualClock(T0), limits, index)
+    # Another process takes over: the lease lapsed and its take-over moved the epoch on.
+    await redis_client.delete(owner_key(0))
+    assert await run_scripts(redis_client, [partition_lease_call(0, "second", 60_000, take=True)]) == [2]
+    entries = await streams.read_after(redis_client, 0, b"0-0", 10, None)
+    with pytest.raises(FencedError):
+        await owner.process(await index(), entries, [])
+    assert await streams.progress(redis_client, 0) == (b"0-0", 0)
+    assert await streams.backlog(redis_client, 1) == 2
+    assert await redis_client.exists(user_key(0, "alice", STATE)) == 0
+    # The current owner processes the same entries: the pair fires exactly once.
+    current = PartitionOwner(redis_client, 0, 2, ManualClock(T0), limits, index)
+    await current.process(await index(), entries, [])
+    assert await streams.backlog(redis_client, 1) == 0
+    async with running_beacon(server_settings(redis_url, partitions=1, run_workers=False)) as api:
+        assert [a["trigger_id"] for a in await api.actions("alice")] == ["v1"]

@@ -16,7 +16,8 @@ from beacon.clock import Clock
 from beacon.metrics import REGISTRY
 from cep import outbox
 from cep.events import partition_of
-from cep.user_state import LEDGER, LEDGER_INDEX, LEDGER_STATUS, user_key
+from cep.user_record import UserState, encode_user_state
+from cep.user_state import LEDGER, LEDGER_INDEX, LEDGER_STATUS, STATE, user_key_for
 from connectors.policy import RetryPolicy
 from connectors.runtime import run_connectors
 from connectors.settings import ConnectorSettings, HttpEndpoint, WeChatApp, WeComApp
@@ -84,20 +85,30 @@ async def put_actions(redis: aioredis.Redis, records: list[dict[str, Any]], copi
     async with redis.pipeline(transaction=False) as pipe:
         for rec in records:
             text = json.dumps(rec, separators=(",", ":"))
-            pipe.hset(user_key(rec["user_id"], LEDGER), rec["action_id"], text)
+            pipe.hset(user_key_for(PARTITIONS, rec["user_id"], LEDGER), rec["action_id"], text)
             initial = {"status": "delivered" if rec["type"] == "tag" else "pending", "updated_at": rec["created_at"]}
-            pipe.hset(user_key(rec["user_id"], LEDGER_STATUS), rec["action_id"], json.dumps({**initial, "attempts": 0}))
-            pipe.zadd(user_key(rec["user_id"], LEDGER_INDEX), {rec["action_id"]: rec["created_at"]})
-            outbox.note_recent(pipe, rec["user_id"], rec["action_id"])
+            pipe.hset(
+                user_key_for(PARTITIONS, rec["user_id"], LEDGER_STATUS),
+                rec["action_id"],
+                json.dumps({**initial, "attempts": 0}),
+            )
+            pipe.zadd(user_key_for(PARTITIONS, rec["user_id"], LEDGER_INDEX), {rec["action_id"]: rec["created_at"]})
+            outbox.note_recent(pipe, partition_of(rec["user_id"], PARTITIONS), rec["user_id"], rec["action_id"])
         for _ in range(copies):
             for rec in records:
-                outbox.queue_action(pipe, partition_of(rec["user_id"], PARTITIONS), rec)
+                outbox.queue_action(pipe, partition_of(rec["user_id"], PARTITIONS), json.dumps(rec))
         await pipe.execute()
+
+
+async def seed_profile(redis: aioredis.Redis, user_id: str, attrs: dict[str, Any]) -> None:
+    """Give a user a profile as a partition owner would have stored it (these tests run no workers)."""
+    record = encode_user_state(UserState(profile=dict(attrs)))
+    await redis.set(user_key_for(PARTITIONS, user_id, STATE), record)
 
 
 async def stored(redis: aioredis.Redis, rec: dict[str, Any]) -> dict[str, Any]:
     """The current delivery status of an action (what GET /v1/actions lays over its record)."""
-    raw = await redis.hget(user_key(rec["user_id"], LEDGER_STATUS), rec["action_id"])
+    raw = await redis.hget(user_key_for(PARTITIONS, rec["user_id"], LEDGER_STATUS), rec["action_id"])
     assert raw is not None
     return dict(json.loads(raw))
 

@@ -9,7 +9,15 @@ import redis.asyncio as aioredis
 from beacon.clock import SystemClock
 from connectors.dead_letters import list_dead_letters
 from connectors.policy import RetryPolicy
-from tests.connectors.kit import deliveries, fast_settings, put_actions, record, running_connectors, wait_all
+from tests.connectors.kit import (
+    PARTITIONS,
+    deliveries,
+    fast_settings,
+    put_actions,
+    record,
+    running_connectors,
+    wait_all,
+)
 from tests.connectors.providers import FakeMerchant
 
 ACTIONS = 200
@@ -60,7 +68,7 @@ async def test_flaky_provider_gets_each_effect_at_most_once_and_the_books_agree(
         assert all(mode != "ok" for mode in by_key[key][:-1])
 
     # Dead letters list exactly the dead actions.
-    letters = await list_dead_letters(redis_client, 1000)
+    letters = await list_dead_letters(redis_client, PARTITIONS, 1000)
     assert {row["action_id"] for row in letters} == dead
 
     # Metrics agree with the provider: one delivery per ok reply, one failure or death per failed request.

@@ -114,7 +114,7 @@ async def test_client_errors_are_not_retried_and_dead_letters_replay(
         assert dead["reason"] == "http_4xx" and dead["attempts"] == 1
         assert len(merchant.requests) == 1
         assert deliveries("coupon", "dead") == before + 1
-        letters = await list_dead_letters(redis_client, 10)
+        letters = await list_dead_letters(redis_client, PARTITIONS, 10)
         assert [(row["action_id"], row["reason"]) for row in letters] == [(coupon["action_id"], "http_4xx")]
         assert letters[0]["action"]["params"] == {"coupon_id": "C-1"}
 
@@ -122,7 +122,7 @@ async def test_client_errors_are_not_retried_and_dead_letters_replay(
         assert result == {"replayed": [coupon["action_id"]], "refused": []}
         status = await wait_status(redis_client, coupon, {"delivered"})
         assert status["replays"] == 1 and status["attempts"] == 1
-        assert await list_dead_letters(redis_client, 10) == []
+        assert await list_dead_letters(redis_client, PARTITIONS, 10) == []
         # A second replay of a delivered action changes nothing.
         again = await replay(redis_client, clock, PARTITIONS, letters)
         assert again["replayed"] == [] and again["refused"] == [
@@ -153,12 +153,12 @@ async def test_an_abandoned_claim_is_taken_over_after_its_lease(
     coupon = record("gus", "coupon", {"coupon_id": "C-1"}, clock.now_ms())
     await put_actions(redis_client, [coupon])
     settings = fast_settings(merchant)
-    stored_action = await delivery_ledger.read_action(redis_client, "gus", coupon["action_id"])
+    stored_action = await delivery_ledger.read_action(redis_client, PARTITIONS, "gus", coupon["action_id"])
     assert stored_action is not None
     # A consumer claimed it and died: its lease runs for another second.
     lease_until = clock.now_ms() + 1_000
     claimed = delivery_ledger.transition(stored_action.status, clock.now_ms(), "delivering", lease_until=lease_until)
-    assert await delivery_ledger.swap_status(redis_client, stored_action, claimed) is not None
+    assert await delivery_ledger.swap_status(redis_client, PARTITIONS, stored_action, claimed) is not None
     async with running_connectors(redis_client, settings, clock):
         # The outbox entry finds it busy and leaves a wake-up for the lease's end.
         due_key = delivery_ledger.due_key(partition_of("gus", PARTITIONS))

@@ -8,10 +8,9 @@ import hmac
 import redis.asyncio as aioredis
 
 from beacon.clock import ManualClock
-from cep.profiles import patch_profile
 from connectors.http_sinks import sign
 from connectors.settings import HttpEndpoint
-from tests.connectors.kit import fast_settings, put_actions, record, running_connectors, wait_status
+from tests.connectors.kit import fast_settings, put_actions, record, running_connectors, seed_profile, wait_status
 from tests.connectors.providers import FakeMerchant
 
 
@@ -68,7 +67,7 @@ async def test_webhook_hosts_can_be_restricted(
 async def test_sms_goes_to_the_profile_phone(
     redis_client: aioredis.Redis, merchant: FakeMerchant, clock: ManualClock
 ) -> None:
-    await patch_profile(redis_client, "s1", {"phone": "+8613700000000"})
+    await seed_profile(redis_client, "s1", {"phone": "+8613700000000"})
     message = record("s1", "message", {"channel": "sms", "template": "cart", "params": {"sku": "A1"}}, clock.now_ms())
     no_phone = record("s2", "message", {"channel": "sms", "template": "cart"}, clock.now_ms())
     async with running_connectors(redis_client, fast_settings(merchant), clock):

@@ -11,7 +11,6 @@ import redis.asyncio as aioredis
 from beacon.clock import ManualClock
 from cep.events import Event, partition_of
 from cep.interactions import note_interactions
-from cep.profiles import patch_profile
 from connectors import delivery_ledger
 from connectors.settings import FrequencyCap, QuietHours, RateLimit
 from tests.connectors.kit import (
@@ -20,6 +19,7 @@ from tests.connectors.kit import (
     put_actions,
     record,
     running_connectors,
+    seed_profile,
     stored,
     wait_all,
     wait_status,
@@ -38,8 +38,8 @@ def sms(user_id: str, now_ms: int) -> dict[str, Any]:
 async def test_frequency_cap_skips_the_third_message_in_a_day(
     redis_client: aioredis.Redis, merchant: FakeMerchant, clock: ManualClock
 ) -> None:
-    await patch_profile(redis_client, "cap-user", {"phone": "+8613800000000"})
-    await patch_profile(redis_client, "other-user", {"phone": "+8613800000001"})
+    await seed_profile(redis_client, "cap-user", {"phone": "+8613800000000"})
+    await seed_profile(redis_client, "other-user", {"phone": "+8613800000001"})
     settings = fast_settings(merchant, frequency_caps={"sms": FrequencyCap(2, DAY_MS)})
     merchant.script.append("500")
     first, second, third = (sms("cap-user", clock.now_ms()) for _ in range(3))
@@ -72,7 +72,7 @@ async def test_quiet_hours_defer_messages_to_the_end_of_the_night(
 ) -> None:
     clock = ManualClock(int(datetime(2024, 3, 1, 23, 30, tzinfo=SHANGHAI).timestamp() * 1000))
     morning = int(datetime(2024, 3, 2, 8, 0, tzinfo=SHANGHAI).timestamp() * 1000)
-    await patch_profile(redis_client, "night-owl", {"phone": "+8613900000000"})
+    await seed_profile(redis_client, "night-owl", {"phone": "+8613900000000"})
     settings = fast_settings(merchant, quiet_hours=QuietHours(time(22, 0), time(8, 0), "Asia/Shanghai"))
     message = sms("night-owl", clock.now_ms())
     coupon = record("night-owl", "coupon", {"coupon_id": "C-1"}, clock.now_ms())
@@ -99,7 +99,7 @@ async def test_customer_service_messages_need_an_interaction_within_48_hours(
     now = clock.now_ms()
     hour = 3_600_000
     for user in ("recent", "stale", "never"):
-        await patch_profile(redis_client, user, {"openid": f"o-{user}"})
+        await seed_profile(redis_client, user, {"openid": f"o-{user}"})
     await note_interactions(
         redis_client,
         [
@@ -108,6 +108,7 @@ async def test_customer_service_messages_need_an_interaction_within_48_hours(
             Event("e3", "stale", "view", now - 49 * hour),
             Event("e4", "never", "tag_added", now - hour, origin="action"),  # not the user's own doing
         ],
+        PARTITIONS,
     )
     params = {"channel": "wechat_cs", "template": "hello", "params": {"content": "Still thinking about it?"}}
     actions = {user: record(user, "message", params, now) for user in ("recent", "stale", "never")}

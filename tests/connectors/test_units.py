@@ -148,10 +148,10 @@ async def test_token_bucket_books_slots_at_its_rate(redis_client: aioredis.Redis
 
 async def test_note_interactions_keeps_the_newest_producer_event(redis_client: aioredis.Redis) -> None:
     async with redis_client.pipeline(transaction=False) as pipe:
-        await note_interactions(pipe, [Event("a", "u1", "view", 2_000), Event("b", "u1", "view", 1_000)])
+        await note_interactions(pipe, [Event("a", "u1", "view", 2_000), Event("b", "u1", "view", 1_000)], 4)
         await pipe.execute()
     await note_interactions(
-        redis_client, [Event("c", "u1", "view", 1_500), Event("d", "u2", "tag_added", 9, origin="action")]
+        redis_client, [Event("c", "u1", "view", 1_500), Event("d", "u2", "tag_added", 9, origin="action")], 4
     )
-    assert await last_interaction(redis_client, "u1") == 2_000
-    assert await last_interaction(redis_client, "u2") is None
+    assert await last_interaction(redis_client, 4, "u1") == 2_000
+    assert await last_interaction(redis_client, 4, "u2") is None

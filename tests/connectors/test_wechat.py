@@ -8,8 +8,15 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from beacon.clock import ManualClock
-from cep.profiles import patch_profile
-from tests.connectors.kit import fast_settings, put_actions, record, running_connectors, wait_all, wait_status
+from tests.connectors.kit import (
+    fast_settings,
+    put_actions,
+    record,
+    running_connectors,
+    seed_profile,
+    wait_all,
+    wait_status,
+)
 from tests.connectors.providers import FakeWeChat
 
 TEMPLATE = "/cgi-bin/message/template/send"
@@ -23,7 +30,7 @@ def template_message(user_id: str, now_ms: int, **extra: Any) -> dict[str, Any]:
 async def test_template_messages_share_one_cached_token(
     redis_client: aioredis.Redis, wechat: FakeWeChat, clock: ManualClock
 ) -> None:
-    await patch_profile(redis_client, "w1", {"openid": "o-w1"})
+    await seed_profile(redis_client, "w1", {"openid": "o-w1"})
     miniprogram = {"appid": "wx-mini", "pagepath": "pages/cart"}
     messages = [
         template_message("w1", clock.now_ms(), url="https://shop.example/cart", miniprogram=miniprogram)
@@ -55,7 +62,7 @@ async def test_template_messages_share_one_cached_token(
 async def test_a_rejected_token_is_refreshed_once(
     redis_client: aioredis.Redis, wechat: FakeWeChat, clock: ManualClock
 ) -> None:
-    await patch_profile(redis_client, "w2", {"openid": "o-w2"})
+    await seed_profile(redis_client, "w2", {"openid": "o-w2"})
     first, second = template_message("w2", clock.now_ms()), template_message("w2", clock.now_ms())
     async with running_connectors(redis_client, fast_settings(wechat=wechat), clock):
         await put_actions(redis_client, [first])
@@ -70,7 +77,7 @@ async def test_a_rejected_token_is_refreshed_once(
 async def test_wrong_credentials_dead_letter_without_retrying(
     redis_client: aioredis.Redis, wechat: FakeWeChat, clock: ManualClock
 ) -> None:
-    await patch_profile(redis_client, "w3", {"openid": "o-w3"})
+    await seed_profile(redis_client, "w3", {"openid": "o-w3"})
     settings = fast_settings(wechat=wechat)
     settings = dataclasses.replace(settings, wechat=dataclasses.replace(settings.wechat, secret="wrong"))
     message = template_message("w3", clock.now_ms())
@@ -82,7 +89,7 @@ async def test_wrong_credentials_dead_letter_without_retrying(
 
 
 async def test_errcodes_map_to_outcomes(redis_client: aioredis.Redis, wechat: FakeWeChat, clock: ManualClock) -> None:
-    await patch_profile(redis_client, "w4", {"openid": "o-w4"})
+    await seed_profile(redis_client, "w4", {"openid": "o-w4"})
     settings = fast_settings(wechat=wechat)
     cases = [
         (45009, "dead", "quota_exhausted"),
@@ -110,7 +117,7 @@ async def test_errcodes_map_to_outcomes(redis_client: aioredis.Redis, wechat: Fa
 
 
 async def test_subscribe_message_format(redis_client: aioredis.Redis, wechat: FakeWeChat, clock: ManualClock) -> None:
-    await patch_profile(redis_client, "m1", {"mp_openid": "mp-m1"})
+    await seed_profile(redis_client, "m1", {"mp_openid": "mp-m1"})
     params = {
         "channel": "miniprogram_subscribe",
         "template": "TPL-9",
@@ -136,8 +143,8 @@ async def test_subscribe_message_format(redis_client: aioredis.Redis, wechat: Fa
 async def test_wecom_messages_and_staff_notifications(
     redis_client: aioredis.Redis, wechat: FakeWeChat, clock: ManualClock
 ) -> None:
-    await patch_profile(redis_client, "c1", {"wecom_userid": "zhangsan", "owner": "lisi", "owner_superior": "wangwu"})
-    await patch_profile(redis_client, "c2", {"owner": "lisi", "owner_superior": "wangwu"})
+    await seed_profile(redis_client, "c1", {"wecom_userid": "zhangsan", "owner": "lisi", "owner_superior": "wangwu"})
+    await seed_profile(redis_client, "c2", {"owner": "lisi", "owner_superior": "wangwu"})
     to_user = record(
         "c1", "message", {"channel": "wecom", "template": "t", "params": {"content": "Hi"}}, clock.now_ms()
     )

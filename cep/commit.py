@@ -1,0 +1,211 @@
+"""The partition owner's commit: one batch's effects written in ONE atomic call on the partition's slot.
+
+Changed user records, new ledger entries, outbox appends, released or cancelled delayed actions,
+timer adds and removes, quarantined entries and the new stream position all go in one script call,
+which first checks the partition's lease epoch (`cep.ownership`): a process that lost the lease —
+paused, partitioned, or just slow — can no longer write anything (fencing, as Kafka's producer
+epochs). Either the whole batch is committed with its position, or nothing is and the next owner
+(or this one, after dropping its cache) processes the same entries again from the same state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from cep.outbox import RECENT_MAXLEN, outbox_key, recent_key
+from cep.ownership import epoch_key
+from cep.scripts import ScriptCall, run_scripts
+from cep.streams import PROGRESS_COUNT, PROGRESS_ID, QUARANTINE_MAXLEN, progress_key, quarantine_key
+from cep.timers import timers_key
+from cep.user_state import LEDGER, LEDGER_INDEX, LEDGER_STATUS, STATE, user_key
+
+FENCED = "FENCED"
+
+# KEYS[1] epoch STRING: the partition's lease epoch    KEYS[2] progress HASH {id, n}
+# KEYS[3] timers ZSET member -> due                    KEYS[4] outbox STREAM (field `a`: record JSON)
+# KEYS[5] recent STREAM (capped: u, a)                 KEYS[6] quarantine STREAM (capped)
+# KEYS[7..] per-user keys (state records, ledgers), addressed by index from the plan
+# ARGV[1] the epoch the caller holds
+# ARGV[2] msgpack plan {now, retention, recent_max, quarantine_max, id?, n,
+#   n: items committed (added to progress.n), put: [ki, record, ttl_ms, ...] (ttl 0: no expiry), del: [ki, ...],
+#   acts: [[acts ki, actx ki, astat ki, action id, record JSON, status JSON, queue now?, user], ...],
+#   rel: [[acts ki, astat ki, action id, cancel?], ...]   (delayed actions falling due)
+#   tadd: [due, member, ...], trem: [member, ...], quar: [[field, value, ...], ...]}
+# Returns 1; an error reply starting with FENCED when the epoch moved (then nothing was written).
+COMMIT_SCRIPT = r"""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('FENCED the partition lease moved to another owner')
+end
+local plan = cmsgpack.unpack(ARGV[2])
+local now = tonumber(plan.now)
+local retention = tonumber(plan.retention)
+
+-- unpack() is limited by Lua's C stack: apply a long argument list in slices.
+local function sliced(command, key, items, width)
+  local step = 1000 * width
+  for first = 1, #items, step do
+    redis.call(command, key, unpack(items, first, math.min(first + step - 1, #items)))
+  end
+end
+
+for i = 1, #plan.put, 3 do
+  local ttl = tonumber(plan.put[i + 2])
+  if ttl > 0 then
+    redis.call('SET', KEYS[plan.put[i]], plan.put[i + 1], 'PX', ttl)
+  else
+    redis.call('SET', KEYS[plan.put[i]], plan.put[i + 1])
+  end
+end
+for _, ki in ipairs(plan.del) do redis.call('DEL', KEYS[ki]) end
+
+local trimmed = {}
+for _, act in ipairs(plan.acts) do
+  local acts, actx, astat = KEYS[act[1]], KEYS[act[2]], KEYS[act[3]]
+  if redis.call('HSETNX', acts, act[4], act[5]) == 1 then
+    redis.call('ZADD', actx, now, act[4])
+    redis.call('HSET', astat, act[4], act[6])
+    if act[7] then redis.call('XADD', KEYS[4], '*', 'a', act[5]) end
+    redis.call('XADD', KEYS[5], 'MAXLEN', '~', plan.recent_max, '*', 'u', act[8], 'a', act[4])
+  end
+  if not trimmed[act[2]] then
+    trimmed[act[2]] = true
+    -- Ledger retention: this user's oldest entries go as new ones arrive; idle ledgers expire whole.
+    local old = redis.call('ZRANGEBYSCORE', actx, '-inf', now - retention, 'LIMIT', 0, 256)
+    if #old > 0 then
+      redis.call('ZREM', actx, unpack(old))
+      redis.call('HDEL', acts, unpack(old))
+      redis.call('HDEL', astat, unpack(old))
+    end
+    redis.call('PEXPIRE', acts, retention)
+    redis.call('PEXPIRE', actx, retention)
+    redis.call('PEXPIRE', astat, retention)
+  end
+end
+
+for _, rel in ipairs(plan.rel) do
+  local raw = redis.call('HGET', KEYS[rel[2]], rel[3])
+  if raw then
+    local status = cjson.decode(raw)
+    if status.status == 'scheduled' then
+      status.updated_at = now
+      if rel[4] then
+        status.status = 'cancelled'
+        status.reason = 'ruleset_deleted'
+      else
+        status.status = 'pending'
+        redis.call('XADD', KEYS[4], '*', 'a', redis.call('HGET', KEYS[rel[1]], rel[3]))
+      end
+      redis.call('HSET', KEYS[rel[2]], rel[3], cjson.encode(status))
+    end
+  end
+end
+
+if #plan.tadd > 0 then sliced('ZADD', KEYS[3], plan.tadd, 2) end
+if #plan.trem > 0 then sliced('ZREM', KEYS[3], plan.trem, 1) end
+for _, fields in ipairs(plan.quar) do
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', plan.quarantine_max, '*', unpack(fields))
+end
+if plan.id then redis.call('HSET', KEYS[2], 'id', plan.id) end
+if plan.n > 0 then redis.call('HINCRBY', KEYS[2], 'n', plan.n) end
+return 1
+"""
+
+assert PROGRESS_ID == "id" and PROGRESS_COUNT == "n"  # the script spells both
+
+
+class FencedError(Exception):
+    """The partition's lease epoch moved: this process no longer owns the partition."""
+
+
+@dataclass(slots=True)
+class CommitPlan:
+    """What one batch of one partition writes; built by the owner, applied by `commit`."""
+
+    partition: int
+    now_ms: int
+    retention_ms: int
+    keys: list[str] = field(default_factory=list)
+    puts: list[Any] = field(default_factory=list)
+    deletes: list[int] = field(default_factory=list)
+    actions: list[list[Any]] = field(default_factory=list)
+    releases: list[list[Any]] = field(default_factory=list)
+    timers_added: list[Any] = field(default_factory=list)
+    timers_removed: list[str] = field(default_factory=list)
+    quarantined: list[list[bytes]] = field(default_factory=list)
+    last_id: bytes | None = None
+    entries: int = 0
+    _index: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        p = self.partition
+        for key in (epoch_key(p), progress_key(p), timers_key(p), outbox_key(p), recent_key(p), quarantine_key(p)):
+            self._key(key)
+
+    def _key(self, key: str) -> int:
+        index = self._index.get(key)
+        if index is None:
+            self.keys.append(key)
+            index = self._index[key] = len(self.keys)
+        return index
+
+    def put_state(self, user_id: str, record: bytes, ttl_ms: int) -> None:
+        """Store a user's packed record (ttl 0: no expiry)."""
+        self.puts.extend((self._key(user_key(self.partition, user_id, STATE)), record, ttl_ms))
+
+    def delete_state(self, user_id: str) -> None:
+        """A user's record holds nothing any more."""
+        self.deletes.append(self._key(user_key(self.partition, user_id, STATE)))
+
+    def add_action(self, user_id: str, action_id: str, text: str, status: str, *, queue: bool) -> None:
+        """A new ledger entry (written once: HSETNX), appended to the outbox when `queue`."""
+        status_text = f'{{"status":"{status}","updated_at":{self.now_ms},"attempts":0}}'
+        self.actions.append(
+            [*self._ledger(user_id, LEDGER, LEDGER_INDEX, LEDGER_STATUS), action_id, text, status_text, queue, user_id]
+        )
+
+    def release(self, user_id: str, action_id: str, *, cancel: bool) -> None:
+        """A delayed action fell due: to the outbox if still scheduled (or cancelled)."""
+        self.releases.append([*self._ledger(user_id, LEDGER, LEDGER_STATUS), action_id, cancel])
+
+    def quarantine(self, fields: dict[bytes, bytes]) -> None:
+        """Move an entry that fails on its own out of the way, in the same commit that skips it."""
+        self.quarantined.append([item for pair in fields.items() for item in pair])
+
+    def _ledger(self, user_id: str, *families: str) -> list[int]:
+        return [self._key(user_key(self.partition, user_id, family)) for family in families]
+
+    def call(self, epoch: int) -> ScriptCall:
+        """The script call for this plan."""
+        plan: dict[str, Any] = {
+            "now": self.now_ms,
+            "retention": self.retention_ms,
+            "recent_max": RECENT_MAXLEN,
+            "quarantine_max": QUARANTINE_MAXLEN,
+            "n": self.entries,
+            "put": self.puts,
+            "del": self.deletes,
+            "acts": self.actions,
+            "rel": self.releases,
+            "tadd": self.timers_added,
+            "trem": self.timers_removed,
+            "quar": self.quarantined,
+        }
+        if self.last_id is not None:
+            plan["id"] = self.last_id
+        # msgpack str (not bin) for bytes: cmsgpack hands both to Lua as strings, and old servers know str only.
+        return ScriptCall(COMMIT_SCRIPT, self.keys, [epoch, msgpack.packb(plan, use_bin_type=False)])
+
+
+async def commit(redis: Redis, plan: CommitPlan, epoch: int) -> None:
+    """Apply the plan atomically; FencedError when the partition's epoch is no longer `epoch`."""
+    try:
+        await run_scripts(redis, [plan.call(epoch)])
+    except ResponseError as exc:
+        if str(exc).startswith(FENCED):
+            raise FencedError(str(exc)) from exc
+        raise

@@ -1,0 +1,391 @@
+"""The one evaluator: a user's state, an event or a due timer, and `now` in; state changes and effects out.
+
+Pure Python, no I/O: the partition owner (live), dry-runs and backtests all call it, so they agree by
+construction. It implements docs/semantics.md — matching, correlation, lateness and watermarks,
+sequence / absence / threshold / first, `if`, re-entry and actions — over `cep.user_record` state,
+and runs events caused by actions (`tag_added` / `tag_removed`) at once, depth first, so the next
+event of the same batch sees the tag and the chained rule sees the cause's time (never "late").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cep.events import ORIGIN_ACTION, ORIGIN_TIMER, Event, ProfilePatch
+from cep.firing import CreatedAction, build_actions
+from cep.rule_index import RuleEntry, RuleIndex
+from cep.user_record import NEVER, PatternState, UserState, event_id_hash
+from rules.model import Absence, First, Sequence, Single, Threshold
+from rules.predicates import NO_ATTRS, NO_TAGS
+
+# State outlives its window by this much wall time, so a slow consumer does not lose it to expiry.
+TTL_MARGIN_MS = 60_000
+# Events caused by actions caused by events ...: a chain stops here (two rules flipping tags would loop).
+MAX_HOPS = 8
+TIMER_SEPARATOR = "\x1f"  # never inside ids (the edge refuses control characters)
+ABSENCE_TIMER = "a"
+ACTION_TIMER = "d"
+
+
+@dataclass(frozen=True, slots=True)
+class Firing:
+    """An admitted firing: which rule, on which trigger, and the actions it created."""
+
+    entry: RuleEntry
+    user_id: str
+    trigger: Event
+    actions: tuple[CreatedAction, ...]
+
+
+@dataclass(slots=True)
+class Effects:
+    """What evaluation produced beyond user state: the commit writes it, metrics and dry-runs read it."""
+
+    firings: list[Firing] = field(default_factory=list)
+    timers_added: list[tuple[int, str]] = field(default_factory=list)  # (due ms, member)
+    timers_removed: list[str] = field(default_factory=list)  # members consumed or cancelled
+    releases: list[tuple[str, str, bool]] = field(default_factory=list)  # (user, action id, cancel)
+    late: list[tuple[RuleEntry, Event]] = field(default_factory=list)
+    duplicates: int = 0
+    hop_limited: int = 0
+    chained: list[Event] = field(default_factory=list)  # events emitted by actions and evaluated
+
+
+def correlation_key(fields: tuple[str, ...], attrs: Mapping[str, Any]) -> str | None:
+    """The correlation value of an event, or None when it lacks a field (it cannot correlate)."""
+    if not fields:
+        return "_"
+    values = []
+    for name in fields:
+        value = attrs.get(name)
+        if value is None:
+            return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # 3 and 3.0 are the same SKU
+        values.append(value)
+    return hashlib.blake2b(json.dumps(values, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+def absence_timer(user_id: str, state_id: str, correlation: str, a_event_id: str) -> str:
+    """The timer-set member of an absence deadline."""
+    return TIMER_SEPARATOR.join((ABSENCE_TIMER, user_id, state_id, correlation, a_event_id))
+
+
+def action_timer(user_id: str, action_id: str, ruleset_id: str) -> str:
+    """The timer-set member releasing a delayed action."""
+    return TIMER_SEPARATOR.join((ACTION_TIMER, user_id, action_id, ruleset_id))
+
+
+def timer_user(member: str) -> str:
+    """The user a timer member belongs to."""
+    return member.split(TIMER_SEPARATOR, 2)[1]
+
+
+class Evaluator:
+    """Evaluates events and timers against one RuleIndex; holds no user state itself."""
+
+    def __init__(self, index: RuleIndex) -> None:
+        self.index = index
+
+    # -- entry points ------------------------------------------------------------------------------
+
+    def on_event(self, state: UserState, event: Event, now_ms: int, effects: Effects, hops: int = 0) -> None:
+        """One event of the user's stream, then every event its actions cause (bounded by MAX_HOPS)."""
+        queue = [(event, hops)]
+        while queue:
+            current, hops = queue.pop(0)
+            caused = self._event(state, current, now_ms, effects)
+            if not caused:
+                continue
+            if hops + 1 > MAX_HOPS:
+                effects.hop_limited += len(caused)
+                continue
+            effects.chained.extend(caused)
+            # Depth first, in order: the chain completes before the next stream event.
+            queue[0:0] = [(item, hops + 1) for item in caused]
+
+    def on_timer(self, state: UserState, member: str, due_ms: int, now_ms: int, effects: Effects) -> None:
+        """A due timer of this user: an absence deadline or a delayed action."""
+        effects.timers_removed.append(member)
+        kind, user_id, *rest = member.split(TIMER_SEPARATOR)
+        if kind == ACTION_TIMER:
+            action_id, ruleset_id = rest
+            effects.releases.append((user_id, action_id, ruleset_id not in self.index.rulesets))
+            return
+        state_id, correlation, a_event_id = rest
+        pattern = state.patterns.get(state_id)
+        pending = pattern.parts.get("p" + correlation) if pattern else None
+        if not pending:
+            return
+        found = next((item for item in pending if item[1] == a_event_id), None)
+        if found is None:
+            return  # cancelled by a B meanwhile
+        pending.remove(found)
+        a_ts, _, a_attrs = found
+        entry = self.index.by_state.get(state_id)
+        if entry is None or not isinstance(entry.rule.when, Absence):
+            return  # the rule is gone or changed shape: the pending A is simply dropped
+        when = entry.rule.when
+        trigger = Event(
+            event_id=f"due:{state_id}:{a_event_id}",
+            user_id=user_id,
+            type=when.first.event,
+            ts=a_ts + when.within_ms,
+            attrs=a_attrs,
+            received_ms=due_ms,
+            origin=ORIGIN_TIMER,
+        )
+        for event in self._fire(state, entry, trigger, now_ms, effects):
+            effects.chained.append(event)
+            self.on_event(state, event, now_ms, effects, hops=1)
+
+    # -- one event ---------------------------------------------------------------------------------
+
+    def _event(self, state: UserState, event: Event, now_ms: int, effects: Effects) -> list[Event]:
+        """Dedupe, match and step every rule the event takes part in; returns the events actions caused."""
+        digest = event_id_hash(event.event_id)
+        if digest in state.seen:
+            effects.duplicates += 1
+            return []
+        state.seen[digest] = now_ms
+        roles: dict[RuleEntry, set[str]] = {}
+        attrs = event.attrs
+        for candidate in self.index.by_type.get(event.type, ()):
+            if candidate.where(attrs, NO_ATTRS, NO_TAGS):
+                found = roles.get(candidate.entry)
+                if found is None:
+                    roles[candidate.entry] = {candidate.role}
+                else:
+                    found.add(candidate.role)
+        caused: list[Event] = []
+        for entry, entry_roles in roles.items():
+            if self._step(state, entry, event, entry_roles, now_ms, effects):
+                caused.extend(self._fire(state, entry, event, now_ms, effects))
+        return caused
+
+    def _step(
+        self, state: UserState, entry: RuleEntry, event: Event, roles: set[str], now_ms: int, effects: Effects
+    ) -> bool:
+        """Advance the rule's pattern with the event; True when the pattern completes on it."""
+        when = entry.rule.when
+        if isinstance(when, Single):
+            return True
+        if isinstance(when, First):
+            if entry.key in state.first:
+                return False
+            state.first[entry.key] = event.ts
+            return True
+        if isinstance(when, Threshold):
+            correlation = correlation_key(when.correlate, event.attrs)
+            if correlation is None:
+                return False
+            value: float = 1
+            if when.sum_field is not None:
+                raw = event.attrs.get(when.sum_field)
+                if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+                    return False  # nothing to add up
+                value = raw
+            pattern = self._on_time(state, entry, when.window_ms, event, now_ms, effects)
+            return pattern is not None and _threshold(pattern, when, entry.rule.lateness_ms, correlation, event, value)
+        correlation = correlation_key(when.correlate, event.attrs)
+        if correlation is None:
+            return False
+        pattern = self._on_time(state, entry, when.within_ms, event, now_ms, effects)
+        if pattern is None:
+            return False
+        if isinstance(when, Sequence):
+            return _sequence(pattern, when, entry.rule.lateness_ms, correlation, event, roles)
+        member = _absence(pattern, when, entry.rule.lateness_ms, correlation, event, roles)
+        if member is not None:
+            cancelled, pending_a = member
+            for a_event_id in cancelled:
+                effects.timers_removed.append(absence_timer(event.user_id, entry.state_id, correlation, a_event_id))
+            if pending_a:
+                due = event.ts + when.within_ms + entry.rule.lateness_ms
+                effects.timers_added.append(
+                    (due, absence_timer(event.user_id, entry.state_id, correlation, event.event_id))
+                )
+        return False  # an absence completes on its timer
+
+    def _on_time(
+        self, state: UserState, entry: RuleEntry, window_ms: int, event: Event, now_ms: int, effects: Effects
+    ) -> PatternState | None:
+        """The rule's pattern state if the event is on time for it (moving the watermark), else None."""
+        lateness = entry.rule.lateness_ms
+        pattern = state.patterns.get(entry.state_id)
+        if pattern is None:
+            pattern = state.patterns[entry.state_id] = PatternState(event.ts, 0)
+        elif event.ts < pattern.watermark - lateness:
+            effects.late.append((entry, event))
+            return None
+        elif event.ts > pattern.watermark:
+            pattern.watermark = event.ts
+        pattern.expires_ms = now_ms + window_ms + lateness + TTL_MARGIN_MS
+        return pattern
+
+    # -- firing ------------------------------------------------------------------------------------
+
+    def _fire(self, state: UserState, entry: RuleEntry, trigger: Event, now_ms: int, effects: Effects) -> list[Event]:
+        """A completed pattern: `if`, then re-entry, then the actions; returns the events tag actions cause."""
+        if not entry.condition(trigger.attrs, state.profile, state.tags):
+            return []
+        rule = entry.rule
+        policy = rule.reentry.policy
+        last = state.fired.get(entry.key)
+        if last is not None:
+            if policy == "once":
+                return []
+            if policy == "once_per" and trigger.ts < last[0] + rule.reentry.period_ms:
+                return []
+        if policy == "once":
+            state.fired[entry.key] = [trigger.ts, NEVER]
+        elif policy == "once_per":
+            state.fired[entry.key] = [trigger.ts, now_ms + rule.reentry.period_ms + TTL_MARGIN_MS]
+        actions = build_actions(entry.compiled.ruleset, rule, trigger, state.profile, now_ms)
+        effects.firings.append(Firing(entry, trigger.user_id, trigger, actions))
+        caused: list[Event] = []
+        for action in actions:
+            if action.timer_due is not None:
+                member = action_timer(trigger.user_id, action.action_id, entry.compiled.ruleset.id)
+                effects.timers_added.append((action.timer_due, member))
+            if action.record["type"] != "tag":
+                continue
+            params = action.record["params"]
+            for tag in params.get("add") or ():
+                if tag not in state.tags:
+                    state.tags.add(tag)
+                    caused.append(_tag_event(trigger, "tag_added", tag))
+            for tag in params.get("remove") or ():
+                if tag in state.tags:
+                    state.tags.discard(tag)
+                    caused.append(_tag_event(trigger, "tag_removed", tag))
+        return caused
+
+
+def apply_patch(state: UserState, patch: ProfilePatch) -> None:
+    """A profile change from `PATCH /v1/users/{id}`, in stream order with the user's events."""
+    for name, value in patch.attrs.items():
+        if value is None:
+            state.profile.pop(name, None)
+        else:
+            state.profile[name] = value
+    state.tags.update(patch.add_tags)
+    state.tags.difference_update(patch.remove_tags)
+
+
+# -- pattern kinds (pure functions over one PatternState) ----------------------------------------------
+
+
+def _sequence(
+    pattern: PatternState, when: Sequence, lateness: int, correlation: str, event: Event, roles: set[str]
+) -> bool:
+    """A then B: completes when B finds an A in [ts - w, ts], or A finds an earlier-processed B in [ts, ts + w]."""
+    firsts = pattern.parts.setdefault("a" + correlation, [])
+    thens = pattern.parts.setdefault("b" + correlation, [])
+    ts, within = event.ts, when.within_ms
+    # Both checks look at what was there before this event: an event playing both roles never pairs with itself.
+    done = "then" in roles and any(ts - within <= a <= ts for a in firsts)
+    if "first" in roles and not done:
+        done = any(ts <= b <= ts + within for b in thens)
+    if "then" in roles:
+        thens.append(ts)
+    if "first" in roles:
+        firsts.append(ts)
+    # Any future on-time event has ts >= cutoff: an A can still pair while ts_A + w >= cutoff, a B (for an
+    # out-of-order A) while ts_B >= cutoff. Everything older can only matter to a late event.
+    cutoff = pattern.watermark - lateness
+    _prune(pattern, "a", cutoff - within)
+    _prune(pattern, "b", cutoff)
+    return done
+
+
+def _absence(
+    pattern: PatternState, when: Absence, lateness: int, correlation: str, event: Event, roles: set[str]
+) -> tuple[list[str], bool] | None:
+    """B cancels pending As whose window holds it; A becomes pending unless an earlier-processed B covers it.
+
+    Returns (cancelled A event ids, whether this event became a pending A), or None when nothing changed.
+    """
+    pending = pattern.parts.setdefault("p" + correlation, [])
+    missing = pattern.parts.setdefault("b" + correlation, [])
+    ts, within = event.ts, when.within_ms
+    cancelled: list[str] = []
+    if "missing" in roles:
+        kept = []
+        for item in pending:
+            if item[0] <= ts <= item[0] + within:
+                cancelled.append(item[1])
+            else:
+                kept.append(item)
+        pending[:] = kept
+    became_pending = "first" in roles and not any(ts <= b <= ts + within for b in missing)
+    if became_pending:
+        pending.append([ts, event.event_id, event.attrs])
+    if "missing" in roles:
+        missing.append(ts)
+    _prune(pattern, "b", pattern.watermark - lateness)
+    if not pending:
+        pattern.parts.pop("p" + correlation, None)
+    return (cancelled, became_pending) if cancelled or became_pending else None
+
+
+def _threshold(
+    pattern: PatternState, when: Threshold, lateness: int, correlation: str, event: Event, value: float
+) -> bool:
+    """Some window [t - w, t] ending at a kept event t with ts <= t <= ts + w reaches the target."""
+    members = pattern.parts.setdefault("t" + correlation, [])
+    counting = when.sum_field is None
+    ts, window = event.ts, when.window_ms
+    members.append(ts if counting else [ts, value])
+    stamps = members if counting else [member[0] for member in members]
+    done = False
+    for end in stamps:
+        if not ts <= end <= ts + window:
+            continue
+        start = end - window
+        if counting:
+            total: float = sum(1 for stamp in stamps if start <= stamp <= end)
+        else:
+            total = sum(member[1] for member in members if start <= member[0] <= end)
+        if total >= when.at_least:
+            done = True
+            break
+    cutoff = pattern.watermark - lateness
+    kept = [member for member in members if (member if counting else member[0]) >= cutoff - window]
+    if counting:
+        # Below the cutoff only the n - 1 newest can still share a window with an on-time event.
+        kept.sort()
+        older = sum(1 for stamp in kept if stamp < cutoff)
+        keep_older = max(int(when.at_least) - 1, 0)
+        if older > keep_older:
+            kept = kept[older - keep_older :]
+    members[:] = kept
+    return done
+
+
+def _prune(pattern: PatternState, role: str, keep_from: int) -> None:
+    """Drop timestamps below `keep_from` from every correlation's list of one role; drop emptied lists."""
+    for key in [key for key in pattern.parts if key[0] == role]:
+        kept = [stamp for stamp in pattern.parts[key] if stamp >= keep_from]
+        if kept:
+            pattern.parts[key] = kept
+        else:
+            del pattern.parts[key]
+
+
+def _tag_event(cause: Event, event_type: str, tag: str) -> Event:
+    # Deterministic id: a batch processed again after a crash emits the same event, which dedupe absorbs.
+    return Event(
+        event_id=f"{event_type}:{tag}:{cause.event_id}",
+        user_id=cause.user_id,
+        type=event_type,
+        ts=cause.ts,
+        attrs={"tag": tag, "cause_event_id": cause.event_id},
+        received_ms=cause.received_ms,
+        origin=ORIGIN_ACTION,
+    )

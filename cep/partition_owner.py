@@ -1,0 +1,281 @@
+"""One owned partition: read a batch (stream entries after the committed position, plus due timers),
+evaluate it in Python against cached user state, commit its effects in one atomic call.
+
+Redis is the source of truth and the owner a cache: a batch is evaluated on the cached states, and if
+its commit fails for any reason the whole cache is dropped and the batch read again from the last
+committed position — so the cache never holds anything Redis does not. A FENCED commit means another
+process owns the partition now: the loop ends and the worker forgets the partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from beacon import metrics
+from beacon.clock import Clock
+from beacon.pause import pause
+from cep import streams, timers
+from cep.commit import CommitPlan, FencedError, commit
+from cep.evaluator import Effects, Evaluator, apply_patch, timer_user
+from cep.events import Event, ProfilePatch
+from cep.rule_index import RuleIndex
+from cep.user_record import UserState, decode_user_state, encode_user_state
+from cep.user_state import load_states
+
+log = logging.getLogger("beacon.worker")
+
+TRIM_EVERY_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerLimits:
+    """Batch size, blocking read time, cache bound and retention, from settings."""
+
+    batch_size: int
+    block_ms: int
+    cache_users: int
+    dedupe_horizon_ms: int
+    ledger_retention_ms: int
+
+
+class PartitionOwner:
+    """Processes one partition while this process holds its lease under `epoch`."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        partition: int,
+        epoch: int,
+        clock: Clock,
+        limits: OwnerLimits,
+        rule_index: Callable[[], Awaitable[RuleIndex]],
+    ) -> None:
+        self._redis = redis
+        self.partition = partition
+        self.epoch = epoch
+        self._clock = clock
+        self._limits = limits
+        self._rule_index = rule_index
+        self._cache: OrderedDict[str, UserState] = OrderedDict()
+        self._position = b"0-0"
+        self.processed = 0
+
+    async def run(self, halt: asyncio.Event, stopping: asyncio.Event) -> None:
+        """Process batches until halted, stopped or fenced; Redis trouble is retried with backoff."""
+        self._position, _ = await streams.progress(self._redis, self.partition)
+        last_trim, backoff = time.monotonic(), 0.1
+        while not (halt.is_set() or stopping.is_set()):
+            try:
+                now = self._clock.now_ms()
+                due, next_due = await timers.due(self._redis, self.partition, now, self._limits.batch_size)
+                wait: int | None = None
+                if not due:
+                    wait = self._limits.block_ms
+                    if next_due is not None:
+                        wait = max(min(wait, next_due - now), 1)
+                entries = await streams.read_after(
+                    self._redis, self.partition, self._position, self._limits.batch_size, wait
+                )
+                if entries or due:
+                    # The rules as of now, not as of before the blocking read: a ruleset stored while
+                    # we waited applies to the events that arrived after it.
+                    await self.process(await self._rule_index(), entries, due)
+                elif time.monotonic() - last_trim > TRIM_EVERY_S:
+                    last_trim = time.monotonic()
+                    await streams.trim_committed(self._redis, self.partition)
+                backoff = 0.1
+            except FencedError:
+                log.warning("partition %d: lease epoch %d was superseded; letting it go", self.partition, self.epoch)
+                return
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                # OOM, MISCONF (disk full), connection loss...: nothing was committed, so start over from
+                # what Redis holds, after a pause that grows while the trouble lasts.
+                log.warning("partition %d: redis error (%s); retrying in %.1fs", self.partition, exc, backoff)
+                metrics.on_redis_error("worker")
+                await self._reset()
+                await pause(stopping, backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                # A bug outside evaluation (evaluation failures are isolated and quarantined): same recovery.
+                log.exception("partition %d: batch failed; retrying from the committed position", self.partition)
+                await self._reset()
+                await pause(stopping, backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _reset(self) -> None:
+        """Forget the cache and go back to the committed position."""
+        self._cache.clear()
+        with contextlib.suppress(RedisError, OSError):  # the next attempt reads it again
+            self._position, _ = await streams.progress(self._redis, self.partition)
+
+    async def process(self, index: RuleIndex, entries: list[streams.Entry], due: list[tuple[str, int]]) -> None:
+        """Evaluate and commit one batch; an entry that fails evaluation alone is quarantined."""
+        started = time.perf_counter()
+        decoded: list[tuple[streams.Entry, list[streams.Item] | None]] = []
+        for entry in entries:
+            try:
+                decoded.append((entry, streams.decode_entry(entry[1])))
+            except Exception:
+                log.exception("partition %d: unreadable stream entry %s", self.partition, entry[0])
+                decoded.append((entry, None))
+        users = {timer_user(member) for member, _ in due}
+        users.update(item.user_id for _, items in decoded if items for item in items)
+        await self._load(users)
+        now = self._clock.now_ms()
+        try:
+            plan, effects = self._evaluate(index, decoded, due, now, isolate=False)
+        except Exception:
+            log.exception(
+                "partition %d: batch of %d entries failed; isolating the culprit", self.partition, len(entries)
+            )
+            self._cache.clear()
+            await self._load(users)
+            plan, effects = self._evaluate(index, decoded, due, now, isolate=True)
+        try:
+            await commit(self._redis, plan, self.epoch)
+        except BaseException:
+            self._cache.clear()  # it may hold state that was never committed
+            raise
+        if entries:
+            self._position = entries[-1][0]
+        self._trim_cache()
+        self._report(effects, decoded, due, now, time.perf_counter() - started)
+
+    async def _load(self, users: set[str]) -> None:
+        missing = [user_id for user_id in users if user_id not in self._cache]
+        for user_id, state in zip(missing, await load_states(self._redis, self.partition, missing), strict=True):
+            self._cache[user_id] = state
+
+    def _evaluate(
+        self,
+        index: RuleIndex,
+        decoded: list[tuple[streams.Entry, list[streams.Item] | None]],
+        due: list[tuple[str, int]],
+        now: int,
+        *,
+        isolate: bool,
+    ) -> tuple[CommitPlan, Effects]:
+        evaluator = Evaluator(index)
+        effects = Effects()
+        touched: set[str] = set()
+        plan = CommitPlan(self.partition, now, self._limits.ledger_retention_ms)
+        for member, due_ms in due:
+            user_id = timer_user(member)
+            evaluator.on_timer(self._cache[user_id], member, due_ms, now, effects)
+            touched.add(user_id)
+            metrics.on_timer_fired((now - due_ms) / 1000)
+        for entry, items in decoded:
+            if items is None:
+                plan.quarantine(streams.quarantined_fields(entry, "unreadable entry"))
+                continue
+            if not isolate:
+                self._apply(evaluator, items, now, effects, touched)
+                continue
+            # One entry at a time, each on copies, so a failing entry leaves no half-applied state.
+            snapshot = {item.user_id: _copy(self._cache[item.user_id]) for item in items}
+            trial = Effects()
+            try:
+                self._apply(evaluator, items, now, trial, touched)
+            except Exception as exc:
+                log.exception("partition %d: quarantining entry %s", self.partition, entry[0])
+                self._cache.update(snapshot)
+                plan.quarantine(streams.quarantined_fields(entry, repr(exc)))
+                metrics.on_event_quarantined()
+                continue
+            _merge(effects, trial)
+        horizon = self._limits.dedupe_horizon_ms
+        for user_id in touched:
+            state = self._cache[user_id]
+            self._cache.move_to_end(user_id)
+            state.prune(now, horizon)
+            if state.is_empty():
+                plan.delete_state(user_id)
+            else:
+                plan.put_state(user_id, encode_user_state(state), state.ttl_ms(now, horizon))
+        for firing in effects.firings:
+            for action in firing.actions:
+                plan.add_action(
+                    firing.user_id, action.action_id, action.text, action.status, queue=action.status == "pending"
+                )
+        for user_id, action_id, cancel in effects.releases:
+            plan.release(user_id, action_id, cancel=cancel)
+        for due_ms, member in effects.timers_added:
+            plan.timers_added.extend((due_ms, member))
+        plan.timers_removed.extend(effects.timers_removed)
+        if decoded:
+            plan.last_id = decoded[-1][0][0]
+            plan.entries = sum(streams.entry_count(entry[1]) for entry, _ in decoded)
+        return plan, effects
+
+    def _apply(
+        self, evaluator: Evaluator, items: list[streams.Item], now: int, effects: Effects, touched: set[str]
+    ) -> None:
+        for item in items:
+            state = self._cache[item.user_id]
+            touched.add(item.user_id)
+            if isinstance(item, ProfilePatch):
+                apply_patch(state, item)
+            else:
+                evaluator.on_event(state, item, now, effects)
+
+    def _trim_cache(self) -> None:
+        while len(self._cache) > self._limits.cache_users:
+            self._cache.popitem(last=False)
+
+    def _report(
+        self,
+        effects: Effects,
+        decoded: list[tuple[streams.Entry, list[streams.Item] | None]],
+        due: list[tuple[str, int]],
+        now: int,
+        seconds: float,
+    ) -> None:
+        by_origin: dict[str, int] = {}
+        for _, items in decoded:
+            for item in items or ():
+                if isinstance(item, Event):
+                    by_origin[item.origin] = by_origin.get(item.origin, 0) + 1
+        for event in effects.chained:
+            by_origin[event.origin] = by_origin.get(event.origin, 0) + 1
+        for origin, count in by_origin.items():
+            metrics.on_events_processed(origin, count)
+            self.processed += count
+        for firing in effects.firings:
+            metrics.on_rule_fired(firing.entry.compiled.ruleset.id, firing.entry.rule.id)
+            for action in firing.actions:
+                received = action.record.get("received_ms") or 0
+                latency = (now - received) / 1000 if received and action.status == "pending" else None
+                metrics.on_action_emitted(action.record["type"], latency)
+        for entry, _ in effects.late:
+            metrics.on_late_event(entry.compiled.ruleset.id, entry.rule.id)
+        for _ in range(effects.duplicates):
+            metrics.on_duplicate_event()
+        if effects.hop_limited:
+            metrics.on_hop_limit(effects.hop_limited)
+        metrics.on_batch(seconds)
+
+
+def _copy(state: UserState) -> UserState:
+    return decode_user_state(encode_user_state(state))
+
+
+def _merge(into: Effects, other: Effects) -> None:
+    into.firings.extend(other.firings)
+    into.timers_added.extend(other.timers_added)
+    into.timers_removed.extend(other.timers_removed)
+    into.releases.extend(other.releases)
+    into.late.extend(other.late)
+    into.duplicates += other.duplicates
+    into.hop_limited += other.hop_limited
+    into.chained.extend(other.chained)
