@@ -120,6 +120,7 @@ class _Connection:
         self._redis = redis
         self._settings = settings
         self._clock = request.app[keys.CLOCK]
+        self._fsync_ms = keys.services(request).ack_fsync_ms
         self._hub = request.app[HUB]
         self._slots = asyncio.Semaphore(settings.ws_max_in_flight)
         # Unbounded as a queue, bounded by the slots: it never holds more than ws_max_in_flight answers.
@@ -239,7 +240,7 @@ class _Connection:
             # One pipeline for all frames read so far keeps the socket's order in the streams and
             # costs one round trip; each ack still follows Redis confirming its own events.
             events = [event for queued in batch for event in queued.events]
-            await streams.append_events(self._redis, events, self._settings.partitions)
+            await streams.append_events(self._redis, events, self._settings.partitions, self._fsync_ms)
             for queued in batch:
                 if queued.events:
                     metrics.on_events_accepted(TRANSPORT, len(queued.events))

@@ -61,7 +61,7 @@ async def post_events(request: web.Request) -> web.Response:
         message = f"no event in the batch was valid; first: {first['path']}: {first['message']}"
         body = {"error": {"code": "invalid", "message": message, "path": "events"}, "accepted": [], "errors": errors}
         return web.json_response(body, status=422)
-    await streams.append_events(keys.redis(request), events, settings.partitions)
+    await streams.append_events(keys.redis(request), events, settings.partitions, keys.services(request).ack_fsync_ms)
     metrics.on_events_accepted("http", len(events))
     return web.json_response({"accepted": [event.event_id for event in events], "errors": errors})
 

@@ -37,6 +37,8 @@ class Services:
     store: RulesetStore
     registry: RulesetRegistry
     worker: Worker | None = None
+    # Ingest appends end with WAITAOF for this long (0: acks mean "written by Redis", not "fsynced").
+    ack_fsync_ms: int = 0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # Loops check this between iterations: stopping them this way never cancels a Redis call midway.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -93,6 +95,7 @@ async def open_services(
         registry = RulesetRegistry(store, settings.lateness_ms)
         await registry.refresh()
         services = Services(settings, clock, redis, store, registry)
+        services.ack_fsync_ms = await _ack_fsync_ms(redis, settings)
         if workers:
             limits = OwnerLimits(
                 batch_size=settings.worker_batch,
@@ -126,6 +129,26 @@ async def open_services(
             registry.close()
     finally:
         await redis.aclose()
+
+
+async def _ack_fsync_ms(redis: Redis, settings: Settings) -> int:
+    """Whether ingest acks wait for the AOF fsync: on request, or ("auto") when the server has AOF on."""
+    if settings.ack_fsync == "off":
+        return 0
+    if is_cluster(settings):
+        # WAITAOF covers one connection's writes; a cluster pipeline spreads them over several nodes.
+        log.warning("BEACON_ACK_FSYNC: acks on a Redis Cluster mean written, not fsynced (WAITAOF is per node)")
+        return 0
+    try:
+        appendonly = (await redis.config_get("appendonly")).get("appendonly")
+    except Exception:  # CONFIG may be disabled on managed servers
+        appendonly = None
+    if appendonly in ("yes", b"yes"):
+        return settings.ack_fsync_timeout_ms
+    if settings.ack_fsync == "on":
+        raise ValueError("BEACON_ACK_FSYNC=on needs a Redis with appendonly yes (or CONFIG readable)")
+    log.warning("Redis has no append-only file: an ingest ack means written to memory only")
+    return 0
 
 
 async def stop_tasks(tasks: list[asyncio.Task[None]], stopping: asyncio.Event, grace_s: float = 5.0) -> None:

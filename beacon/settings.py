@@ -57,6 +57,9 @@ class Settings:
     # A partition's consumer holds a lease this long (renewed every third of it): a dead worker's
     # partitions are taken over, and its unacknowledged entries replayed, after at most this long.
     partition_lease_ms: int = 10_000
+    # Ingest acks wait for the AOF fsync (WAITAOF): "auto" does when the server has appendonly on.
+    ack_fsync: str = "auto"
+    ack_fsync_timeout_ms: int = 5_000
     # Users whose state a worker keeps in memory, over all the partitions it owns (LRU beyond that).
     state_cache_users: int = 200_000
     connectors: ConnectorSettings = field(default_factory=ConnectorSettings)
@@ -90,6 +93,14 @@ class Settings:
             raw = get(name)
             return default if raw is None else raw.lower() in {"1", "true", "yes", "on"}
 
+        def choice(name: str, default: str, options: tuple[str, ...]) -> str:
+            raw = get(name)
+            if raw is None:
+                return default
+            if raw not in options:
+                raise ValidationError(f"{raw!r} is not one of {', '.join(options)}", path=f"BEACON_{name}")
+            return raw
+
         base = cls()
         return replace(
             base,
@@ -111,6 +122,8 @@ class Settings:
             ws_receive_timeout_ms=integer("WS_RECEIVE_TIMEOUT_MS", base.ws_receive_timeout_ms),
             ws_max_in_flight=integer("WS_MAX_IN_FLIGHT", base.ws_max_in_flight, 1),
             partition_lease_ms=integer("PARTITION_LEASE_MS", base.partition_lease_ms, 300),
+            ack_fsync=choice("ACK_FSYNC", base.ack_fsync, ("auto", "on", "off")),
+            ack_fsync_timeout_ms=integer("ACK_FSYNC_TIMEOUT_MS", base.ack_fsync_timeout_ms, 1),
             state_cache_users=integer("STATE_CACHE_USERS", base.state_cache_users, 1),
             connectors=ConnectorSettings.from_env(env),
             run_connectors=flag("RUN_CONNECTORS", base.run_connectors),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,18 +58,31 @@ class Effects:
 
 
 def correlation_key(fields: tuple[str, ...], attrs: Mapping[str, Any]) -> str | None:
-    """The correlation value of an event, or None when it lacks a field (it cannot correlate)."""
+    """The correlation value of an event, or None when it lacks a field (it cannot correlate).
+
+    A single short printable string or an integral number is kept as it is (readable in the user view,
+    no hashing); anything else is hashed. The prefixes keep "3" and 3 apart; 3 and 3.0 meet.
+    """
     if not fields:
         return "_"
+    if len(fields) == 1:
+        value = attrs.get(fields[0])
+        if value is None:
+            return None
+        kind = type(value)
+        if kind is str and len(value) <= 32 and value.isprintable():
+            return "s" + value
+        if kind is int or (kind is float and value.is_integer()):
+            return "i" + str(int(value))
     values = []
     for name in fields:
         value = attrs.get(name)
         if value is None:
             return None
         if isinstance(value, float) and value.is_integer():
-            value = int(value)  # 3 and 3.0 are the same SKU
+            value = int(value)
         values.append(value)
-    return hashlib.blake2b(json.dumps(values, sort_keys=True).encode(), digest_size=8).hexdigest()
+    return "h" + hashlib.blake2b(json.dumps(values, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
 def absence_timer(user_id: str, state_id: str, correlation: str, a_event_id: str) -> str:
@@ -119,7 +133,7 @@ class Evaluator:
             return
         state_id, correlation, a_event_id = rest
         pattern = state.patterns.get(state_id)
-        pending = pattern.parts.get("p" + correlation) if pattern else None
+        pending = pattern.parts.get("p", {}).get(correlation) if pattern else None
         if not pending:
             return
         found = next((item for item in pending if item[1] == a_event_id), None)
@@ -176,9 +190,9 @@ class Evaluator:
         if isinstance(when, Single):
             return True
         if isinstance(when, First):
-            if entry.key in state.first:
+            if entry.short_key in state.first:
                 return False
-            state.first[entry.key] = event.ts
+            state.first[entry.short_key] = event.ts
             return True
         if isinstance(when, Threshold):
             correlation = correlation_key(when.correlate, event.attrs)
@@ -200,7 +214,7 @@ class Evaluator:
             return False
         if isinstance(when, Sequence):
             return _sequence(pattern, when, entry.rule.lateness_ms, correlation, event, roles)
-        member = _absence(pattern, when, entry.rule.lateness_ms, correlation, event, roles)
+        member = _absence(pattern, when, entry, correlation, event, roles)
         if member is not None:
             cancelled, pending_a = member
             for a_event_id in cancelled:
@@ -236,17 +250,17 @@ class Evaluator:
             return []
         rule = entry.rule
         policy = rule.reentry.policy
-        last = state.fired.get(entry.key)
+        last = state.fired.get(entry.short_key)
         if last is not None:
             if policy == "once":
                 return []
             if policy == "once_per" and trigger.ts < last[0] + rule.reentry.period_ms:
                 return []
         if policy == "once":
-            state.fired[entry.key] = [trigger.ts, NEVER]
+            state.fired[entry.short_key] = [trigger.ts, NEVER]
         elif policy == "once_per":
-            state.fired[entry.key] = [trigger.ts, now_ms + rule.reentry.period_ms + TTL_MARGIN_MS]
-        actions = build_actions(entry.compiled.ruleset, rule, trigger, state.profile, now_ms)
+            state.fired[entry.short_key] = [trigger.ts, now_ms + rule.reentry.period_ms + TTL_MARGIN_MS]
+        actions = build_actions(entry.compiled.ruleset, rule, entry.renderers, trigger, state.profile, now_ms)
         effects.firings.append(Firing(entry, trigger.user_id, trigger, actions))
         caused: list[Event] = []
         for action in actions:
@@ -278,24 +292,24 @@ def apply_patch(state: UserState, patch: ProfilePatch) -> None:
     state.tags.difference_update(patch.remove_tags)
 
 
-# -- pattern kinds (pure functions over one PatternState) ----------------------------------------------
+# -- pattern kinds (pure functions over one PatternState; every list is kept sorted by ts) ---------------
 
 
 def _sequence(
     pattern: PatternState, when: Sequence, lateness: int, correlation: str, event: Event, roles: set[str]
 ) -> bool:
     """A then B: completes when B finds an A in [ts - w, ts], or A finds an earlier-processed B in [ts, ts + w]."""
-    firsts = pattern.parts.setdefault("a" + correlation, [])
-    thens = pattern.parts.setdefault("b" + correlation, [])
+    firsts = pattern.parts.setdefault("a", {}).setdefault(correlation, [])
+    thens = pattern.parts.setdefault("b", {}).setdefault(correlation, [])
     ts, within = event.ts, when.within_ms
     # Both checks look at what was there before this event: an event playing both roles never pairs with itself.
-    done = "then" in roles and any(ts - within <= a <= ts for a in firsts)
+    done = "then" in roles and _any_between(firsts, ts - within, ts)
     if "first" in roles and not done:
-        done = any(ts <= b <= ts + within for b in thens)
+        done = _any_between(thens, ts, ts + within)
     if "then" in roles:
-        thens.append(ts)
+        insort(thens, ts)
     if "first" in roles:
-        firsts.append(ts)
+        insort(firsts, ts)
     # Any future on-time event has ts >= cutoff: an A can still pair while ts_A + w >= cutoff, a B (for an
     # out-of-order A) while ts_B >= cutoff. Everything older can only matter to a late event.
     cutoff = pattern.watermark - lateness
@@ -305,17 +319,18 @@ def _sequence(
 
 
 def _absence(
-    pattern: PatternState, when: Absence, lateness: int, correlation: str, event: Event, roles: set[str]
+    pattern: PatternState, when: Absence, entry: RuleEntry, correlation: str, event: Event, roles: set[str]
 ) -> tuple[list[str], bool] | None:
     """B cancels pending As whose window holds it; A becomes pending unless an earlier-processed B covers it.
 
     Returns (cancelled A event ids, whether this event became a pending A), or None when nothing changed.
+    A pending A keeps only the attributes its firing reads (`if` fields and templates).
     """
-    pending = pattern.parts.setdefault("p" + correlation, [])
-    missing = pattern.parts.setdefault("b" + correlation, [])
+    pending = pattern.parts.setdefault("p", {}).setdefault(correlation, [])
+    missing = pattern.parts.setdefault("b", {}).setdefault(correlation, [])
     ts, within = event.ts, when.within_ms
     cancelled: list[str] = []
-    if "missing" in roles:
+    if "missing" in roles and pending:
         kept = []
         for item in pending:
             if item[0] <= ts <= item[0] + within:
@@ -323,14 +338,17 @@ def _absence(
             else:
                 kept.append(item)
         pending[:] = kept
-    became_pending = "first" in roles and not any(ts <= b <= ts + within for b in missing)
+    became_pending = "first" in roles and not _any_between(missing, ts, ts + within)
     if became_pending:
-        pending.append([ts, event.event_id, event.attrs])
+        attrs = {name: event.attrs[name] for name in entry.trigger_fields if name in event.attrs}
+        insort(pending, [ts, event.event_id, attrs], key=_first_item)
     if "missing" in roles:
-        missing.append(ts)
-    _prune(pattern, "b", pattern.watermark - lateness)
+        insort(missing, ts)
+    _prune(pattern, "b", pattern.watermark - entry.rule.lateness_ms)
     if not pending:
-        pattern.parts.pop("p" + correlation, None)
+        del pattern.parts["p"][correlation]
+        if not pattern.parts["p"]:
+            del pattern.parts["p"]
     return (cancelled, became_pending) if cancelled or became_pending else None
 
 
@@ -338,44 +356,61 @@ def _threshold(
     pattern: PatternState, when: Threshold, lateness: int, correlation: str, event: Event, value: float
 ) -> bool:
     """Some window [t - w, t] ending at a kept event t with ts <= t <= ts + w reaches the target."""
-    members = pattern.parts.setdefault("t" + correlation, [])
-    counting = when.sum_field is None
+    members = pattern.parts.setdefault("t", {}).setdefault(correlation, [])
     ts, window = event.ts, when.window_ms
-    members.append(ts if counting else [ts, value])
-    stamps = members if counting else [member[0] for member in members]
-    done = False
-    for end in stamps:
-        if not ts <= end <= ts + window:
-            continue
-        start = end - window
-        if counting:
-            total: float = sum(1 for stamp in stamps if start <= stamp <= end)
-        else:
-            total = sum(member[1] for member in members if start <= member[0] <= end)
-        if total >= when.at_least:
-            done = True
-            break
     cutoff = pattern.watermark - lateness
-    kept = [member for member in members if (member if counting else member[0]) >= cutoff - window]
-    if counting:
+    if when.sum_field is None:
+        insort(members, ts)
+        # In order, the only window to check ends at this event; out of order, also at later ones.
+        done = any(
+            bisect_right(members, end) - bisect_left(members, end - window) >= when.at_least
+            for end in members[bisect_left(members, ts) : bisect_right(members, ts + window)]
+        )
+        del members[: bisect_left(members, cutoff - window)]
         # Below the cutoff only the n - 1 newest can still share a window with an on-time event.
-        kept.sort()
-        older = sum(1 for stamp in kept if stamp < cutoff)
+        older = bisect_left(members, cutoff)
         keep_older = max(int(when.at_least) - 1, 0)
         if older > keep_older:
-            kept = kept[older - keep_older :]
-    members[:] = kept
+            del members[: older - keep_older]
+        return done
+    insort(members, [ts, value], key=_first_item)
+    stamps = [member[0] for member in members]
+    done = False
+    for end in stamps[bisect_left(stamps, ts) : bisect_right(stamps, ts + window)]:
+        start = bisect_left(stamps, end - window)
+        if sum(member[1] for member in members[start : bisect_right(stamps, end)]) >= when.at_least:
+            done = True
+            break
+    del members[: bisect_left(stamps, cutoff - window)]
     return done
+
+
+def _any_between(stamps: list[int], low: int, high: int) -> bool:
+    """Whether the sorted list holds a timestamp in [low, high]."""
+    index = bisect_left(stamps, low)
+    return index < len(stamps) and stamps[index] <= high
+
+
+def _first_item(item: list[Any]) -> Any:
+    return item[0]
 
 
 def _prune(pattern: PatternState, role: str, keep_from: int) -> None:
     """Drop timestamps below `keep_from` from every correlation's list of one role; drop emptied lists."""
-    for key in [key for key in pattern.parts if key[0] == role]:
-        kept = [stamp for stamp in pattern.parts[key] if stamp >= keep_from]
-        if kept:
-            pattern.parts[key] = kept
-        else:
-            del pattern.parts[key]
+    lists = pattern.parts.get(role)
+    if not lists:
+        return
+    emptied = []
+    for correlation, stamps in lists.items():
+        if stamps and stamps[0] >= keep_from:
+            continue  # sorted: nothing to drop (the common case, checked without a call)
+        del stamps[: bisect_left(stamps, keep_from)]
+        if not stamps:
+            emptied.append(correlation)
+    for correlation in emptied:
+        del lists[correlation]
+    if not lists:
+        del pattern.parts[role]
 
 
 def _tag_event(cause: Event, event_type: str, tag: str) -> Event:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cep.events import Event
 from rules.model import Rule, Ruleset
-from rules.templates import render_value
 
 STATUS_PENDING = "pending"
 STATUS_SCHEDULED = "scheduled"
@@ -49,7 +48,12 @@ class CreatedAction:
 
 
 def build_actions(
-    ruleset: Ruleset, rule: Rule, trigger: Event, profile_attrs: Mapping[str, Any], now_ms: int
+    ruleset: Ruleset,
+    rule: Rule,
+    renderers: tuple[Callable[[Mapping[str, Any]], Any], ...],
+    trigger: Event,
+    profile_attrs: Mapping[str, Any],
+    now_ms: int,
 ) -> tuple[CreatedAction, ...]:
     """The rule's actions rendered for an admitted firing on `trigger`.
 
@@ -58,9 +62,9 @@ def build_actions(
     """
     context = template_context(ruleset, rule, trigger, profile_attrs)
     created = []
-    for index, action in enumerate(rule.actions):
+    for index, (action, render) in enumerate(zip(rule.actions, renderers, strict=True)):
         identifier = action_id(ruleset, rule.id, trigger.user_id, trigger.event_id, index)
-        params = render_value(action.params, context)
+        params = render(context)
         due = trigger.ts + action.delay_ms
         timer_due: int | None = None
         if action.type == "tag":

@@ -21,15 +21,25 @@ def live_state(state: UserState, index: RuleIndex) -> dict[str, Any]:
         entry = index.by_state.get(state_id)
         view = rule(entry.key if entry else f"(retired pattern {state_id})")
         view["watermark"] = pattern.watermark
-        for key, items in pattern.parts.items():
-            view["sets"].append(
-                {"kind": PART_NAMES.get(key[0], key[0]), "entries": [_entry(key[0], item) for item in items]}
-            )
-    for rk, (ts, _) in state.fired.items():
-        rule(rk)["last_fired_ts"] = ts
-    for rk, ts in state.first.items():
-        rule(rk)["first_seen_ts"] = ts
+        for role, lists in pattern.parts.items():
+            for correlation, items in lists.items():
+                view["sets"].append(
+                    {
+                        "kind": PART_NAMES.get(role, role),
+                        "correlation": correlation,
+                        "entries": [_entry(role, item) for item in items],
+                    }
+                )
+    for short, (ts, _) in state.fired.items():
+        rule(_rule_key(index, short))["last_fired_ts"] = ts
+    for short, ts in state.first.items():
+        rule(_rule_key(index, short))["first_seen_ts"] = ts
     return rules
+
+
+def _rule_key(index: RuleIndex, short_key: str) -> str:
+    entry = index.by_short_key.get(short_key)
+    return entry.key if entry else f"(retired rule {short_key})"
 
 
 def _entry(kind: str, item: Any) -> dict[str, Any]:

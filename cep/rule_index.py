@@ -5,8 +5,11 @@ Built once per registry revision, shared by live processing, dry-runs and backte
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import base64
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rules.compiled import CompiledRuleset
 from rules.model import Rule
@@ -18,6 +21,11 @@ def rule_key(ruleset_id: str, rule_id: str) -> str:
     return f"{ruleset_id}/{rule_id}"
 
 
+def short_rule_key(key: str) -> str:
+    """What users' records store for a rule key (re-entry, first-seen): 8 characters instead of ~30."""
+    return base64.urlsafe_b64encode(hashlib.blake2b(key.encode(), digest_size=6).digest()).decode()
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class RuleEntry:
     """One live rule with what evaluation needs of it, derived once."""
@@ -25,8 +33,11 @@ class RuleEntry:
     compiled: CompiledRuleset
     rule: Rule
     key: str  # rule key: "<ruleset id>/<rule id>"
+    short_key: str  # the rule key as users' records store it
     state_id: str  # names the rule's pattern shape (see rules.compiled.pattern_state_id)
     condition: Check
+    renderers: tuple[Callable[[Mapping[str, Any]], Any], ...]
+    trigger_fields: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +55,7 @@ class RuleIndex:
     def __init__(self, rulesets: Sequence[CompiledRuleset]) -> None:
         self.rulesets = {compiled.ruleset.id: compiled for compiled in rulesets}
         self.by_state: dict[str, RuleEntry] = {}
+        self.by_short_key: dict[str, RuleEntry] = {}
         ordered: list[tuple[int, int, RoleEntry, str]] = []
         for compiled in rulesets:
             entries = {
@@ -51,12 +63,16 @@ class RuleIndex:
                     compiled,
                     rule,
                     rule_key(compiled.ruleset.id, rule.id),
+                    short_rule_key(rule_key(compiled.ruleset.id, rule.id)),
                     compiled.state_ids[rule.id],
                     compiled.conditions[rule.id],
+                    compiled.renderers[rule.id],
+                    compiled.trigger_fields[rule.id],
                 )
                 for rule in compiled.ruleset.rules
             }
             self.by_state.update((entry.state_id, entry) for entry in entries.values())
+            self.by_short_key.update((entry.short_key, entry) for entry in entries.values())
             for event_type, matches in compiled.matchers.items():
                 for match in matches:
                     role = RoleEntry(entries[match.rule.id], match.role, match.where)

@@ -32,20 +32,27 @@ def script_sha(source: str) -> str:
     return sha
 
 
-async def run_scripts(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+class NotDurableError(Exception):
+    """WAITAOF did not see the writes fsynced to the append-only file in time."""
+
+
+async def run_scripts(redis: Redis, calls: Sequence[ScriptCall], *, fsync_timeout_ms: int = 0) -> list[Any]:
     """Run many script calls in one pipeline (not a transaction); returns their replies in order.
 
     Uses execute_command("EVALSHA") rather than pipe.evalsha because the cluster pipeline refuses the
     latter. A NOSCRIPT reply means that call did not run, so loading and re-running it is safe.
+    With `fsync_timeout_ms`, the pipeline ends with WAITAOF on the same connection, so the call returns
+    only once those writes are fsynced to the append-only file (NotDurableError if not in time).
+    Concurrent callers share the server's fsyncs: under load this batches itself.
     """
     if not calls:
         return []
-    replies = await _pipeline(redis, calls)
+    replies = await _pipeline(redis, calls, fsync_timeout_ms)
     missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if missing:
         for source in {calls[i].source for i in missing}:
             await redis.script_load(source)
-        retried = await _pipeline(redis, [calls[i] for i in missing])
+        retried = await _pipeline(redis, [calls[i] for i in missing], fsync_timeout_ms)
         for i, reply in zip(missing, retried, strict=True):
             replies[i] = reply
     for reply in replies:
@@ -54,8 +61,18 @@ async def run_scripts(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
     return replies
 
 
-async def _pipeline(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+async def _pipeline(redis: Redis, calls: Sequence[ScriptCall], fsync_timeout_ms: int = 0) -> list[Any]:
     async with redis.pipeline(transaction=False) as pipe:
         for call in calls:
             pipe.execute_command("EVALSHA", script_sha(call.source), len(call.keys), *call.keys, *call.args)
-        return list(await pipe.execute(raise_on_error=False))
+        if fsync_timeout_ms:
+            # WAITAOF numlocal=1: this connection's writes are in the local AOF on disk.
+            pipe.execute_command("WAITAOF", 1, 0, fsync_timeout_ms)
+        replies = list(await pipe.execute(raise_on_error=False))
+    if fsync_timeout_ms:
+        synced = replies.pop()
+        if isinstance(synced, Exception):
+            raise synced
+        if int(synced[0]) < 1:
+            raise NotDurableError(f"writes not fsynced within {fsync_timeout_ms} ms")
+    return replies

@@ -61,10 +61,12 @@ def quarantine_key(partition: int) -> str:
 QUARANTINE_MAXLEN = 10_000
 
 
-async def append_events(redis: Redis, events: Sequence[Event], partitions: int) -> None:
+async def append_events(redis: Redis, events: Sequence[Event], partitions: int, fsync_timeout_ms: int = 0) -> None:
     """XADD the events, one entry per partition, in one pipeline.
 
-    Returns only after Redis has acknowledged every append, which is what an ingest ack promises.
+    Returns only after Redis has acknowledged every append, which is what an ingest ack promises: the
+    server has written them to its append-only file (a Redis crash keeps them); with `fsync_timeout_ms`,
+    also fsynced (a machine crash keeps them too).
     """
     if not events:
         return
@@ -75,7 +77,7 @@ async def append_events(redis: Redis, events: Sequence[Event], partitions: int) 
         _append_call(partition, BATCH_FIELD, encode_batch(batch), len(batch))
         for partition, batch in by_partition.items()
     ]
-    await run_scripts(redis, calls)
+    await run_scripts(redis, calls, fsync_timeout_ms=fsync_timeout_ms)
     # The 48-hour customer-service window of WeChat counts from the user's last interaction.
     await note_interactions(redis, events, partitions)
 

@@ -9,6 +9,7 @@ only code that reads or writes it, and it prunes it on every touch to what the s
 from __future__ import annotations
 
 import hashlib
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,14 +30,14 @@ def event_id_hash(event_id: str) -> int:
 class PatternState:
     """One rule shape's state for one user: watermark, wall-clock expiry, and lists per role and correlation.
 
-    `parts` keys are a role letter followed by the correlation value: `a`/`b` (sequence A and B
-    timestamps; absence B timestamps), `p` (absence pending A: [ts, event id, attrs]) and `t`
-    (threshold members: ts for counts, [ts, value] for sums).
+    `parts` maps a role letter to lists by correlation value: `a`/`b` (sequence A and B timestamps;
+    absence B timestamps), `p` (absence pending A: [ts, event id, attrs]) and `t` (threshold members:
+    ts for counts, [ts, value] for sums). Every list is sorted by ts.
     """
 
     watermark: int
     expires_ms: int
-    parts: dict[str, list[Any]] = field(default_factory=dict)
+    parts: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -74,21 +75,32 @@ class UserState:
         return max(latest - now_ms, 1)
 
 
+# A dedupe entry: the event id's 64-bit hash and when it was processed, in seconds.
+_SEEN = struct.Struct("<QI")
+
+
 def encode_user_state(state: UserState) -> bytes:
-    """The stored form: a versioned msgpack map with empty parts left out."""
+    """The stored form: a versioned msgpack map with empty parts left out.
+
+    Pattern timestamps are stored as distances below the pattern's watermark (small integers take 1-5
+    bytes in msgpack where an epoch-ms timestamp takes 9) and dedupe entries as packed 12-byte pairs.
+    """
     record: dict[str, Any] = {"v": RECORD_VERSION}
     if state.profile:
         record["p"] = state.profile
     if state.tags:
         record["g"] = sorted(state.tags)
     if state.seen:
-        record["s"] = [item for pair in state.seen.items() for item in pair]
+        record["s"] = b"".join(_SEEN.pack(digest, at // 1000) for digest, at in state.seen.items())
     if state.fired:
         record["f"] = state.fired
     if state.first:
         record["1"] = state.first
     if state.patterns:
-        record["x"] = {sid: [ps.watermark, ps.expires_ms, ps.parts] for sid, ps in state.patterns.items()}
+        record["x"] = {
+            sid: [ps.watermark, ps.expires_ms, _flip_parts(ps.watermark, ps.parts)]
+            for sid, ps in state.patterns.items()
+        }
     return msgpack.packb(record, use_bin_type=True)
 
 
@@ -100,15 +112,14 @@ def decode_user_state(raw: bytes | None) -> UserState:
         record = msgpack.unpackb(raw, raw=False, strict_map_key=False)
         if record.get("v") != RECORD_VERSION:
             raise DecodeError(f"unknown user record version {record.get('v')!r}")
-        seen = record.get("s") or []
         return UserState(
             profile=dict(record.get("p") or {}),
             tags=set(record.get("g") or ()),
-            seen=dict(zip(seen[::2], seen[1::2], strict=True)),
+            seen={digest: at * 1000 for digest, at in _SEEN.iter_unpack(record.get("s") or b"")},
             fired={rk: list(value) for rk, value in (record.get("f") or {}).items()},
             first=dict(record.get("1") or {}),
             patterns={
-                sid: PatternState(int(wm), int(exp), dict(parts))
+                sid: PatternState(wm, exp, _flip_parts(wm, parts))
                 for sid, (wm, exp, parts) in (record.get("x") or {}).items()
             },
         )
@@ -116,3 +127,14 @@ def decode_user_state(raw: bytes | None) -> UserState:
         raise
     except Exception as exc:
         raise DecodeError(f"unreadable user record: {exc}") from exc
+
+
+def _flip_parts(watermark: int, parts: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, list[Any]]]:
+    return {role: {key: _flip(watermark, items) for key, items in lists.items()} for role, lists in parts.items()}
+
+
+def _flip(watermark: int, items: list[Any]) -> list[Any]:
+    """ts <-> watermark - ts (its own inverse) over a list of timestamps or of [ts, ...] entries."""
+    if items and isinstance(items[0], list):
+        return [[watermark - item[0], *item[1:]] for item in items]
+    return [watermark - stamp for stamp in items]

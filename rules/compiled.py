@@ -10,11 +10,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from rules.model import Absence, First, Matcher, Rule, Ruleset, Single, Threshold, When
+from rules.model import (
+    Absence,
+    AllOf,
+    AnyOf,
+    Compare,
+    First,
+    Matcher,
+    Not,
+    Predicate,
+    Rule,
+    Ruleset,
+    Single,
+    Threshold,
+    When,
+)
 from rules.model import Sequence as SequenceWhen
 from rules.predicates import Check, compile_predicate
+from rules.templates import compile_value
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +61,27 @@ def pattern_state_id(ruleset_id: str, rule: Rule) -> str:
     return hashlib.sha256(shape.encode()).hexdigest()[:12]
 
 
+_EVENT_FIELD = re.compile(r"\{\{\s*event\.([^\s{}]+)\s*\}\}")
+
+
+def trigger_fields(rule: Rule) -> frozenset[str]:
+    """The event attributes firing the rule reads: its `if` fields and `{{event.<name>}}` templates.
+
+    An absence keeps its A event's attributes until the deadline; it keeps only these.
+    """
+    names = set(_EVENT_FIELD.findall(json.dumps([action.params for action in rule.actions])))
+    pending: list[Predicate] = [rule.condition] if rule.condition is not None else []
+    while pending:
+        predicate = pending.pop()
+        if isinstance(predicate, AllOf | AnyOf):
+            pending.extend(predicate.items)
+        elif isinstance(predicate, Not):
+            pending.append(predicate.item)
+        elif isinstance(predicate, Compare) and predicate.source == "field":
+            names.add(predicate.name)
+    return frozenset(names)
+
+
 def reads_profile(rule: Rule) -> bool:
     """Whether firing the rule reads the profile (a condition, or a profile template in its actions)."""
     return rule.condition is not None or "profile." in repr([action.params for action in rule.actions])
@@ -62,6 +101,10 @@ class CompiledRuleset:
     matchers: dict[str, tuple[RoleMatch, ...]]
     # rule id -> its `if` (`predicates.always` for a rule without one).
     conditions: dict[str, Check]
+    # rule id -> one renderer of params per action in `then` (templates parsed once).
+    renderers: dict[str, tuple[Callable[[Mapping[str, Any]], Any], ...]]
+    # rule id -> the event attributes its firing reads (see trigger_fields).
+    trigger_fields: dict[str, frozenset[str]]
 
     @classmethod
     def build(cls, ruleset: Ruleset) -> CompiledRuleset:
@@ -78,4 +121,8 @@ class CompiledRuleset:
             profile_rules=frozenset(rule.id for rule in ruleset.rules if reads_profile(rule)),
             matchers={event_type: tuple(roles) for event_type, roles in by_type.items()},
             conditions={rule.id: compile_predicate(rule.condition) for rule in ruleset.rules},
+            renderers={
+                rule.id: tuple(compile_value(action.params) for action in rule.actions) for rule in ruleset.rules
+            },
+            trigger_fields={rule.id: trigger_fields(rule) for rule in ruleset.rules},
         )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 _TOKEN = re.compile(r"\{\{([^{}]*)\}\}")
@@ -85,3 +85,33 @@ def _as_text(value: Any) -> str:
     if isinstance(value, (Mapping, list, tuple)):
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
     return str(value)
+
+
+def compile_value(value: Any) -> Callable[[Mapping[str, Any]], Any]:
+    """`render_value` specialised once per action: values without templates are returned as they are
+    (shared, never mutated by the caller), so a firing renders only the strings that hold templates."""
+    if isinstance(value, str):
+        if "{{" not in value:
+            return lambda context: value
+        return lambda context: render_text(value, context)
+    if isinstance(value, Mapping):
+        if not _has_template(value):
+            return lambda context: value
+        parts = [(key, compile_value(item)) for key, item in value.items()]
+        return lambda context: {key: part(context) for key, part in parts}
+    if isinstance(value, (list, tuple)):
+        if not _has_template(value):
+            return lambda context: value
+        items = [compile_value(item) for item in value]
+        return lambda context: [item(context) for item in items]
+    return lambda context: value
+
+
+def _has_template(value: Any) -> bool:
+    if isinstance(value, str):
+        return "{{" in value
+    if isinstance(value, Mapping):
+        return any(_has_template(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_template(item) for item in value)
+    return False
