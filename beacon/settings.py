@@ -41,7 +41,8 @@ class Settings:
     redis_cluster: bool = False
     data_dir: Path = Path(".beacon")
     api_keys: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    partitions: int = 4
+    # 12 spreads evenly over 1, 2, 3, 4 or 6 Redis Cluster masters (cep.events.partition_tag).
+    partitions: int = 12
     lateness_ms: int = 2_000
     max_batch_events: int = 1_000
     max_body_bytes: int = 4 * 1024 * 1024

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import zlib
+from binascii import crc_hqx
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +127,30 @@ def _from_fields(data: dict[str, Any]) -> Event:
         received_ms=int(data.get("r") or 0),
         origin=data.get("o") or ORIGIN_PRODUCER,
     )
+
+
+# The order in which partitions take the twelve equal slot ranges of a Redis Cluster: every prefix of
+# length 2, 3, 4, 6, 8, 9 and 12 holds equally many partitions in each half, third, quarter or sixth of
+# the slots, so 12 partitions (the default) spread evenly over 1, 2, 3, 4 or 6 masters.
+_SEGMENT_ORDER = (0, 4, 8, 10, 2, 6, 5, 11, 1, 3, 7, 9)
+_SLOTS = 16384
+
+
+@functools.cache
+def partition_tag(partition: int) -> str:
+    """The hash tag of every key of a partition: `p:<n>.<salt>`, the salt chosen so the tag's cluster slot
+    falls in the partition's share of the slot space (CRC16 of plain `p:<n>` clusters small numbers)."""
+    block, index = divmod(partition, len(_SEGMENT_ORDER))
+    width = _SLOTS // len(_SEGMENT_ORDER)
+    # Later blocks of twelve land further inside each segment, so they interleave with earlier ones.
+    # A margin at each segment's edge keeps the slot off the boundaries of an even split among masters.
+    step = (width - 16) // 8
+    low = _SEGMENT_ORDER[index] * width + 8 + (block % 8) * step
+    for salt in range(1_000_000):
+        tag = f"p:{partition}.{salt}"
+        if low <= crc_hqx(tag.encode(), 0) % _SLOTS < low + step:
+            return tag
+    raise AssertionError("no salt found")  # ~step/16384 of salts qualify: unreachable in practice
 
 
 def partition_of(user_id: str, partitions: int) -> int:

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 from redis.asyncio.client import Pipeline
 
+from cep.events import partition_tag
+
 OUTBOX_FIELD = b"a"
 RECENT_MAXLEN = 10_000
 
 
 def outbox_key(partition: int) -> str:
     """The outbox stream of one partition."""
-    return f"b:{{p:{partition}}}:outbox"
+    return f"b:{{{partition_tag(partition)}}}:outbox"
 
 
 def recent_key(partition: int) -> str:
     """Capped stream of (user, action id): the partition's newest actions across its users."""
-    return f"b:{{p:{partition}}}:recent"
+    return f"b:{{{partition_tag(partition)}}}:recent"
 
 
 def queue_action(pipe: Pipeline, partition: int, text: str) -> None:

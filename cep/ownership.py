@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
+from cep.events import partition_tag
 from cep.leases import release
 from cep.scripts import ScriptCall, run_scripts
 
@@ -25,12 +26,12 @@ MEMBERS_KEY = "b:{workers}:members"
 
 def owner_key(partition: int) -> str:
     """Who consumes a partition now (value: the owner's name; expires unless renewed)."""
-    return f"b:{{p:{partition}}}:owner"
+    return f"b:{{{partition_tag(partition)}}}:owner"
 
 
 def epoch_key(partition: int) -> str:
     """The partition's lease epoch: incremented by every take-over, checked by every commit; never expires."""
-    return f"b:{{p:{partition}}}:epoch"
+    return f"b:{{{partition_tag(partition)}}}:epoch"
 
 
 # KEYS[1] owner lease, KEYS[2] epoch; ARGV[1] owner, ARGV[2] lease ms, ARGV[3] 1 to take the lease if free

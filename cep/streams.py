@@ -17,7 +17,16 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from beacon.errors import DecodeError
-from cep.events import Event, ProfilePatch, decode_batch, decode_patch, encode_batch, encode_patch, partition_of
+from cep.events import (
+    Event,
+    ProfilePatch,
+    decode_batch,
+    decode_patch,
+    encode_batch,
+    encode_patch,
+    partition_of,
+    partition_tag,
+)
 from cep.interactions import note_interactions
 from cep.scripts import ScriptCall, run_scripts
 
@@ -45,17 +54,17 @@ Item = Event | ProfilePatch
 
 def events_key(partition: int) -> str:
     """The event stream of one partition."""
-    return f"b:{{p:{partition}}}:events"
+    return f"b:{{{partition_tag(partition)}}}:events"
 
 
 def progress_key(partition: int) -> str:
     """HASH {id, n}: how far the partition's committed processing has got."""
-    return f"b:{{p:{partition}}}:progress"
+    return f"b:{{{partition_tag(partition)}}}:progress"
 
 
 def quarantine_key(partition: int) -> str:
     """Entries that failed on their own (capped): kept for inspection, out of the owner's way."""
-    return f"b:{{p:{partition}}}:quarantine"
+    return f"b:{{{partition_tag(partition)}}}:quarantine"
 
 
 QUARANTINE_MAXLEN = 10_000

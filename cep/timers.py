@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
+from cep.events import partition_tag
+
 
 def timers_key(partition: int) -> str:
     """The timer set of one partition."""
-    return f"b:{{p:{partition}}}:timers"
+    return f"b:{{{partition_tag(partition)}}}:timers"
 
 
 async def due(redis: Redis, partition: int, now_ms: int, count: int) -> tuple[list[tuple[str, int]], int | None]:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
-from cep.events import partition_of
+from cep.events import partition_of, partition_tag
 from cep.user_record import UserState, decode_user_state
 
 STATE = "s"  # STRING: the packed user record (cep.user_record), written only by the partition owner
@@ -23,7 +23,7 @@ LAST_SEEN = "seen_at"  # ZSET {"ts": newest producer event ts}: the 48-hour WeCh
 
 def user_key(partition: int, user_id: str, family: str) -> str:
     """The key of one family of one user's state, in the user's partition."""
-    return f"b:{{p:{partition}}}:u:{user_id}:{family}"
+    return f"b:{{{partition_tag(partition)}}}:u:{user_id}:{family}"
 
 
 def user_key_for(partitions: int, user_id: str, family: str) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from cep.events import partition_tag
 from cep.scripts import ScriptCall, run_scripts
 from cep.user_state import LEDGER, LEDGER_STATUS, user_key_for
 
@@ -117,7 +118,7 @@ def transition(status: dict[str, Any], now_ms: int, state: str, **fields: Any) -
 
 def due_key(partition: int) -> str:
     """The wake-up set of one partition."""
-    return f"b:{{p:{partition}}}:outbox-due"
+    return f"b:{{{partition_tag(partition)}}}:outbox-due"
 
 
 def hint_member(user_id: str, action_id: str) -> str:

@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from cep import streams
+from cep.outbox import outbox_key
 from tests.harness import Beacon, eventually, running_beacon, server_settings
 
 BIG_SPEND: dict[str, Any] = {
@@ -108,7 +109,7 @@ async def test_pending_actions_reach_the_outbox_once(beacon: Beacon, redis_clien
     await beacon.post_events([pay("u1", 1500, event_id="e-1")])
     await settled(redis_client)
     assert len(await beacon.actions("u1")) == 2
-    outbox_entries = sum([await redis_client.xlen(f"b:{{p:{p}}}:outbox") for p in range(2)])
+    outbox_entries = sum([await redis_client.xlen(outbox_key(p)) for p in range(2)])
     assert outbox_entries == 1  # the coupon; the tag applies to the profile, not the outbox
 
 

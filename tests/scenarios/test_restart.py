@@ -8,6 +8,7 @@ import redis.asyncio as aioredis
 
 from beacon.clock import ManualClock
 from beacon.redis_server import EmbeddedRedis
+from cep.outbox import outbox_key
 from tests.harness import running_beacon, server_settings
 from tests.scenarios.library import library_ruleset
 from tests.scenarios.test_seed_scenarios import DAY, MINUTE, T0, advance, event, kinds, settled
@@ -46,7 +47,7 @@ async def test_restarts_lose_no_timer_and_fire_none_twice(tmp_path: Path) -> Non
                 assert kinds(await beacon.actions(f"cart-{i}")) == [("cart-no-pay-30m", "message")], i
                 fan = await beacon.actions(f"fan-{i}")
                 assert sorted(a["status"] for a in fan) == ["delivered", "pending", "pending", "pending"], i
-            entries = sum([await redis.xlen(f"b:{{p:{p}}}:outbox") for p in range(2)])
+            entries = sum([await redis.xlen(outbox_key(p)) for p in range(2)])
             assert entries == 20 + 3 * 20  # one SMS per cart, welcome + intro + coupon per fan: none twice
     finally:
         await redis.aclose()

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from beacon.clock import ManualClock
 from cep import streams, timers
+from cep.outbox import outbox_key
 from rules.schema import parse_ruleset
 from tests.harness import Beacon, eventually, running_beacon, server_settings
 from tests.scenarios.library import library_names, library_ruleset
@@ -171,7 +172,7 @@ async def test_follow_journey_tags_then_intro_after_3_days_and_coupon_on_day_4(
     await advance(beacon, redis_client, clock, T0 + 4 * DAY)
     statuses = {a["params"].get("template") or a["type"]: a["status"] for a in await beacon.actions("fan")}
     assert statuses["coupon"] == "pending"
-    outbox = [await redis_client.xlen(f"b:{{p:{p}}}:outbox") for p in range(PARTITIONS)]
+    outbox = [await redis_client.xlen(outbox_key(p)) for p in range(PARTITIONS)]
     assert sum(outbox) == 3  # welcome now, intro and coupon when due: each exactly once
 
     await beacon.post_events([event("fan", "follow", T0 + 5 * DAY)])  # unfollowed and followed again
