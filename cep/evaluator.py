@@ -69,9 +69,9 @@ def correlation_key(fields: tuple[str, ...], attrs: Mapping[str, Any]) -> str | 
         value = attrs.get(fields[0])
         if value is None:
             return None
-        kind = type(value)
+        kind: type = type(value)
         if kind is str and len(value) <= 32 and value.isprintable():
-            return "s" + value
+            return "s" + str(value)
         if kind is int or (kind is float and value.is_integer()):
             return "i" + str(int(value))
     values = []

@@ -35,7 +35,8 @@ class Event:
 
 def encode_event(event: Event) -> bytes:
     """Serialise an event for a stream entry."""
-    return msgpack.packb(_to_fields(event), use_bin_type=True)
+    packed: bytes = msgpack.packb(_to_fields(event), use_bin_type=True)
+    return packed
 
 
 def decode_event(raw: bytes) -> Event:
@@ -51,7 +52,8 @@ def decode_event(raw: bytes) -> Event:
 
 def encode_batch(events: list[Event]) -> bytes:
     """Serialise the events of one stream entry (one ingest request's events of one partition)."""
-    return msgpack.packb([_to_fields(event) for event in events], use_bin_type=True)
+    packed: bytes = msgpack.packb([_to_fields(event) for event in events], use_bin_type=True)
+    return packed
 
 
 def decode_batch(raw: bytes) -> list[Event]:
@@ -86,7 +88,8 @@ def encode_patch(patch: ProfilePatch) -> bytes:
         "+": patch.add_tags,
         "-": patch.remove_tags,
     }
-    return msgpack.packb(fields, use_bin_type=True)
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
+    return packed
 
 
 def decode_patch(raw: bytes) -> ProfilePatch:

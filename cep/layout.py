@@ -37,7 +37,7 @@ async def check_layout(redis: Redis, partitions: int) -> None:
         if await redis.set(LAYOUT_KEY, layout, nx=True):
             return
         raw = await redis.get(LAYOUT_KEY)  # another process recorded it first
-    stored = json.loads(raw)
+    stored = json.loads(raw or "{}")
     if stored.get("version") != LAYOUT_VERSION:
         raise LayoutError(f"this Redis holds Beacon layout {stored.get('version')}; this version uses {LAYOUT_VERSION}")
     if int(stored.get("partitions", 0)) != partitions:

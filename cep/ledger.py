@@ -13,7 +13,7 @@ from cep.user_state import LEDGER, LEDGER_INDEX, LEDGER_STATUS, user_key_for
 
 def merge_status(record_raw: bytes | str, status_raw: bytes | str | None) -> dict[str, Any]:
     """One action as listed: its record with the status fields laid over it."""
-    action = json.loads(record_raw)
+    action: dict[str, Any] = json.loads(record_raw)
     action.update(json.loads(status_raw) if status_raw else {"status": "unknown"})
     return action
 
@@ -33,7 +33,7 @@ async def user_actions(
     """A user's actions, newest first, optionally only one rule's."""
     # Over-fetch when filtering by rule so the page is still full in the common case.
     index = user_key_for(partitions, user_id, LEDGER_INDEX)
-    ids = await redis.zrevrange(index, 0, (limit * 10 if rule_id else limit) - 1)
+    ids: Any = await redis.zrevrange(index, 0, (limit * 10 if rule_id else limit) - 1)
     actions = await _load(redis, partitions, [(user_id, action_id) for action_id in ids])
     if rule_id is not None:
         actions = [action for action in actions if action.get("rule_id") == rule_id]

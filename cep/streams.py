@@ -112,7 +112,7 @@ def entry_count(fields: dict[bytes, bytes]) -> int:
 
 async def read_after(redis: Redis, partition: int, after: bytes, count: int, block_ms: int | None) -> list[Entry]:
     """Entries after stream id `after`, waiting up to `block_ms` for one (None: do not wait)."""
-    reply = await redis.xread({events_key(partition): after}, count=count, block=block_ms)
+    reply: Any = await redis.xread({events_key(partition): after}, count=count, block=block_ms)
     if not reply:
         return []
     return list(reply[0][1])
@@ -129,8 +129,8 @@ def decode_entry(fields: dict[bytes, bytes]) -> list[Item]:
 
 async def progress(redis: Redis, partition: int) -> tuple[bytes, int]:
     """(last committed stream id, items committed) of a partition; ("0-0", 0) before the first commit."""
-    raw = await redis.hmget(progress_key(partition), [PROGRESS_ID, PROGRESS_COUNT])
-    return (raw[0] or b"0-0"), int(raw[1] or 0)
+    raw: list[Any] = await redis.hmget(progress_key(partition), [PROGRESS_ID, PROGRESS_COUNT])
+    return bytes(raw[0] or b"0-0"), int(raw[1] or 0)
 
 
 async def backlog(redis: Redis, partitions: int) -> int:

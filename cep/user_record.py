@@ -101,7 +101,8 @@ def encode_user_state(state: UserState) -> bytes:
             sid: [ps.watermark, ps.expires_ms, _flip_parts(ps.watermark, ps.parts)]
             for sid, ps in state.patterns.items()
         }
-    return msgpack.packb(record, use_bin_type=True)
+    packed: bytes = msgpack.packb(record, use_bin_type=True)
+    return packed
 
 
 def decode_user_state(raw: bytes | None) -> UserState:

@@ -36,7 +36,7 @@ async def load_states(redis: Redis, partition: int, user_ids: Sequence[str]) -> 
     if not user_ids:
         return []
     raws = await redis.mget([user_key(partition, user_id, STATE) for user_id in user_ids])
-    return [decode_user_state(raw) for raw in raws]
+    return [decode_user_state(raw if isinstance(raw, bytes) or raw is None else raw.encode()) for raw in raws]
 
 
 async def read_state(redis: Redis, partitions: int, user_id: str) -> UserState:
