@@ -15,9 +15,12 @@ from beacon import metrics
 from beacon.clock import Clock
 from beacon.pause import pause
 from beacon.settings import Settings
-from cep import streams
+from cep import scripts, streams
+from cep.commit import COMMIT_SCRIPT
 from cep.layout import check_layout
+from cep.ownership import MEMBERS_SCRIPT, PARTITION_LEASE_SCRIPT
 from cep.partition_owner import OwnerLimits
+from cep.streams import APPEND_SCRIPT
 from cep.worker import Worker
 from connectors.runtime import run_connectors
 from rules.registry import RulesetRegistry
@@ -26,6 +29,8 @@ from rules.store import RulesetStore
 log = logging.getLogger("beacon")
 
 LAG_EVERY_S = 2.0
+# The hot path's scripts: ingest appends, partition leases, batch commits.
+ENGINE_SCRIPTS = (APPEND_SCRIPT, PARTITION_LEASE_SCRIPT, MEMBERS_SCRIPT, COMMIT_SCRIPT)
 
 
 @dataclass(slots=True)
@@ -92,6 +97,7 @@ async def open_services(
     try:
         await redis.ping()
         await check_layout(redis, settings.partitions)
+        await scripts.register(redis, ENGINE_SCRIPTS)
         store = RulesetStore(redis)
         registry = RulesetRegistry(store, settings.lateness_ms)
         await registry.refresh()

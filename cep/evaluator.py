@@ -105,6 +105,7 @@ class Evaluator:
 
     def __init__(self, index: RuleIndex) -> None:
         self.index = index
+        self._correlations: dict[tuple[str, ...], str | None] = {}  # of the event being evaluated
 
     # -- entry points ------------------------------------------------------------------------------
 
@@ -177,6 +178,7 @@ class Evaluator:
                 else:
                     found.add(candidate.role)
         caused: list[Event] = []
+        self._correlations = {}
         for entry, entry_roles in roles.items():
             if self._step(state, entry, event, entry_roles, now_ms, effects):
                 caused.extend(self._fire(state, entry, event, now_ms, effects))
@@ -195,7 +197,7 @@ class Evaluator:
             state.first[entry.short_key] = event.ts
             return True
         if isinstance(when, Threshold):
-            correlation = correlation_key(when.correlate, event.attrs)
+            correlation = self._correlation(when.correlate, event)
             if correlation is None:
                 return False
             value: float = 1
@@ -206,7 +208,7 @@ class Evaluator:
                 value = raw
             pattern = self._on_time(state, entry, when.window_ms, event, now_ms, effects)
             return pattern is not None and _threshold(pattern, when, entry.rule.lateness_ms, correlation, event, value)
-        correlation = correlation_key(when.correlate, event.attrs)
+        correlation = self._correlation(when.correlate, event)
         if correlation is None:
             return False
         pattern = self._on_time(state, entry, when.within_ms, event, now_ms, effects)
@@ -225,6 +227,13 @@ class Evaluator:
                     (due, absence_timer(event.user_id, entry.state_id, correlation, event.event_id))
                 )
         return False  # an absence completes on its timer
+
+    def _correlation(self, fields: tuple[str, ...], event: Event) -> str | None:
+        # Rules of one ruleset tend to correlate on the same fields (`sku`): once per event and fields.
+        if fields in self._correlations:
+            return self._correlations[fields]
+        found = self._correlations[fields] = correlation_key(fields, event.attrs)
+        return found
 
     def _on_time(
         self, state: UserState, entry: RuleEntry, window_ms: int, event: Event, now_ms: int, effects: Effects

@@ -36,15 +36,22 @@ def template_context(ruleset: Ruleset, rule: Rule, event: Event, profile_attrs: 
     }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CreatedAction:
-    """An action created by an admitted firing: its record (and JSON text), status and release time."""
+    """An action created by an admitted firing: its record, status and release time."""
 
     action_id: str
     record: dict[str, Any]
-    text: str  # the record as stored in the ledger and the outbox, encoded once
     status: str
     timer_due: int | None  # set when the action waits in the timer set (status scheduled)
+    _text: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The record as stored in the ledger and the outbox; encoded on first use (a backtest never asks)."""
+        if self._text is None:
+            self._text = json.dumps(self.record, separators=(",", ":"), ensure_ascii=False)
+        return self._text
 
 
 def build_actions(
@@ -88,6 +95,5 @@ def build_actions(
             "event_ts": trigger.ts,
             "received_ms": trigger.received_ms,
         }
-        text = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
-        created.append(CreatedAction(identifier, record, text, status, timer_due))
+        created.append(CreatedAction(identifier, record, status, timer_due))
     return tuple(created)

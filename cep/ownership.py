@@ -18,7 +18,6 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from cep.events import partition_tag
-from cep.leases import release
 from cep.scripts import ScriptCall, run_scripts
 
 MEMBERS_KEY = "b:{workers}:members"
@@ -49,6 +48,21 @@ if holder == false and ARGV[3] == '1' then
 end
 return 0
 """
+
+
+# KEYS[1] lease key; ARGV[1] owner. Deletes the lease only if the caller holds it; returns 1 if so.
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+
+async def release(redis: Redis, keys: list[str], owner: str) -> None:
+    """Give up the leases among `keys` that `owner` holds, so another process takes them at once."""
+    await run_scripts(redis, [ScriptCall(RELEASE_SCRIPT, [key], [owner]) for key in keys])
 
 
 def partition_lease_call(partition: int, owner: str, lease_ms: int, *, take: bool) -> ScriptCall:

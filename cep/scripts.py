@@ -36,6 +36,15 @@ class NotDurableError(Exception):
     """WAITAOF did not see the writes fsynced to the append-only file in time."""
 
 
+async def register(redis: Redis, sources: Sequence[str]) -> None:
+    """SCRIPT LOAD each script once at start-up, so the first batch pays no NOSCRIPT round trip.
+
+    (A server that restarts or fails over forgets them: run_scripts still reloads on NOSCRIPT.)
+    """
+    for source in sources:
+        await redis.script_load(source)
+
+
 async def run_scripts(redis: Redis, calls: Sequence[ScriptCall], *, fsync_timeout_ms: int = 0) -> list[Any]:
     """Run many script calls in one pipeline (not a transaction); returns their replies in order.
 
