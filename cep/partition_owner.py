@@ -172,9 +172,23 @@ class PartitionOwner:
         plan = CommitPlan(self.partition, now, self._limits.ledger_retention_ms)
         for member, due_ms in due:
             user_id = timer_user(member)
-            evaluator.on_timer(self._cache[user_id], member, due_ms, now, effects)
             touched.add(user_id)
             metrics.on_timer_fired((now - due_ms) / 1000)
+            if not isolate:
+                evaluator.on_timer(self._cache[user_id], member, due_ms, now, effects)
+                continue
+            saved = _copy(self._cache[user_id])
+            trial = Effects()
+            try:
+                evaluator.on_timer(self._cache[user_id], member, due_ms, now, trial)
+            except Exception:
+                # A timer that fails on its own is dropped (logged and counted), not retried for ever.
+                log.exception("partition %d: dropping timer %r that fails on its own", self.partition, member)
+                self._cache[user_id] = saved
+                plan.timers_removed.append(member)
+                metrics.on_event_quarantined()
+                continue
+            _merge(effects, trial)
         for entry, items in decoded:
             if items is None:
                 plan.quarantine(streams.quarantined_fields(entry, "unreadable entry"))
