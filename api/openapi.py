@@ -48,6 +48,41 @@ OPENAPI: dict[str, Any] = {
             "parameters": _ID_PARAM,
             "post": _op("Run a ruleset on events with a simulated clock", "rules", "DryRunBody"),
         },
+        "/v1/backtest": {
+            "post": {
+                **_op("Run rulesets over recorded events: firings per rule and per day", "rules"),
+                "description": (
+                    "Events inline (JSON or msgpack), or an application/x-ndjson body of one event per line"
+                    " with the rulesets named by ?ruleset=<id>. At most 100,000 events; every event needs ts."
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/BacktestBody"}},
+                        "application/msgpack": {"schema": {"$ref": "#/components/schemas/BacktestBody"}},
+                        "application/x-ndjson": {
+                            "schema": {"type": "string", "description": "one Event (JSON) per line"}
+                        },
+                    },
+                },
+                "parameters": [
+                    {
+                        "name": "ruleset",
+                        "in": "query",
+                        "description": "x-ndjson bodies only: a stored ruleset id (repeatable)",
+                        "schema": {"type": "array", "items": {"type": "string"}},
+                        "style": "form",
+                        "explode": True,
+                    },
+                    {
+                        "name": "until",
+                        "in": "query",
+                        "description": "x-ndjson bodies only",
+                        "schema": {"type": "integer"},
+                    },
+                ],
+            }
+        },
         "/v1/users/{user_id}": {
             "parameters": _USER_PARAM,
             "get": _op("Profile, tags and live rule state", "events"),
@@ -123,6 +158,21 @@ OPENAPI: dict[str, Any] = {
                 "properties": {
                     "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
                     "profiles": {"type": "object"},
+                },
+            },
+            "BacktestBody": {
+                "type": "object",
+                "required": ["rulesets", "events"],
+                "additionalProperties": False,
+                "properties": {
+                    "rulesets": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"oneOf": [{"type": "string"}, {"$ref": "#/components/schemas/Ruleset"}]},
+                        "description": "stored ruleset ids (active version) or unsaved documents",
+                    },
+                    "events": {"type": "array", "maxItems": 100000, "items": {"$ref": "#/components/schemas/Event"}},
+                    "until": {"type": "integer", "description": "stop the simulated clock here (ms)"},
                 },
             },
             "Replay": {
