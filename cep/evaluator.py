@@ -317,8 +317,12 @@ def _sequence(
         done = _any_between(thens, ts, ts + within)
     if "then" in roles:
         insort(thens, ts)
+        if pattern.floor_b is not None and ts < pattern.floor_b:
+            pattern.floor_b = ts
     if "first" in roles:
         insort(firsts, ts)
+        if pattern.floor_a is not None and ts < pattern.floor_a:
+            pattern.floor_a = ts
     # Any future on-time event has ts >= cutoff: an A can still pair while ts_A + w >= cutoff, a B (for an
     # out-of-order A) while ts_B >= cutoff. Everything older can only matter to a late event.
     cutoff = pattern.watermark - lateness
@@ -353,6 +357,8 @@ def _absence(
         insort(pending, [ts, event.event_id, attrs], key=_first_item)
     if "missing" in roles:
         insort(missing, ts)
+        if pattern.floor_b is not None and ts < pattern.floor_b:
+            pattern.floor_b = ts
     _prune(pattern, "b", pattern.watermark - entry.rule.lateness_ms)
     if not pending:
         del pattern.parts["p"][correlation]
@@ -405,21 +411,29 @@ def _first_item(item: list[Any]) -> Any:
 
 
 def _prune(pattern: PatternState, role: str, keep_from: int) -> None:
-    """Drop timestamps below `keep_from` from every correlation's list of one role; drop emptied lists."""
+    """Drop timestamps below `keep_from` from every correlation's list of role `a` or `b`."""
+    floor = pattern.floor_a if role == "a" else pattern.floor_b
+    if floor is not None and floor >= keep_from:
+        return  # the common case: nothing is old enough, known without visiting the lists
     lists = pattern.parts.get(role)
-    if not lists:
-        return
-    emptied = []
-    for correlation, stamps in lists.items():
-        if stamps and stamps[0] >= keep_from:
-            continue  # sorted: nothing to drop (the common case, checked without a call)
-        del stamps[: bisect_left(stamps, keep_from)]
-        if not stamps:
-            emptied.append(correlation)
-    for correlation in emptied:
-        del lists[correlation]
-    if not lists:
-        del pattern.parts[role]
+    oldest: int | None = None
+    if lists:
+        emptied = []
+        for correlation, stamps in lists.items():
+            if stamps and stamps[0] < keep_from:
+                del stamps[: bisect_left(stamps, keep_from)]
+            if not stamps:
+                emptied.append(correlation)
+            elif oldest is None or stamps[0] < oldest:
+                oldest = stamps[0]
+        for correlation in emptied:
+            del lists[correlation]
+        if not lists:
+            del pattern.parts[role]
+    if role == "a":
+        pattern.floor_a = oldest
+    else:
+        pattern.floor_b = oldest
 
 
 def _tag_event(cause: Event, event_type: str, tag: str) -> Event:

@@ -82,8 +82,11 @@ class Simulation:
         """Fire the timers due by the event's `ts`, then evaluate the event."""
         self.fire_timers(event.ts)
         self.now_ms = event.ts if self.now_ms is None else max(self.now_ms, event.ts)
-        event = replace(event, received_ms=self.now_ms)
-        state = self.states.setdefault(event.user_id, UserState())
+        if event.received_ms != self.now_ms:
+            event = replace(event, received_ms=self.now_ms)
+        state = self.states.get(event.user_id)
+        if state is None:
+            state = self.states[event.user_id] = UserState()
         effects = Effects()
         self._evaluator.on_event(state, event, self.now_ms, effects)
         self._done(effects)
@@ -96,7 +99,10 @@ class Simulation:
                 self.cancelled.discard(member)
                 continue
             self.now_ms = due if self.now_ms is None else max(self.now_ms, due)
-            state = self.states.setdefault(timer_user(member), UserState())
+            user_id = timer_user(member)
+            state = self.states.get(user_id)
+            if state is None:
+                state = self.states[user_id] = UserState()
             effects = Effects()
             self._evaluator.on_timer(state, member, due, self.now_ms, effects)
             self._done(effects, consumed=member)

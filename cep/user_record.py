@@ -38,6 +38,10 @@ class PatternState:
     watermark: int
     expires_ms: int
     parts: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    # The oldest `a` / `b` timestamp over all correlations when known (None: unknown, not stored): lets
+    # the evaluator skip pruning without visiting every correlation's list.
+    floor_a: int | None = None
+    floor_b: int | None = None
 
 
 @dataclass(slots=True)
