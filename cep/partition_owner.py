@@ -174,40 +174,24 @@ class PartitionOwner:
             user_id = timer_user(member)
             touched.add(user_id)
             metrics.on_timer_fired((now - due_ms) / 1000)
-            if not isolate:
-                evaluator.on_timer(self._cache[user_id], member, due_ms, now, effects)
-                continue
-            saved = _copy(self._cache[user_id])
-            trial = Effects()
-            try:
-                evaluator.on_timer(self._cache[user_id], member, due_ms, now, trial)
-            except Exception:
-                # A timer that fails on its own is dropped (logged and counted), not retried for ever.
-                log.exception("partition %d: dropping timer %r that fails on its own", self.partition, member)
-                self._cache[user_id] = saved
+
+            def fire(into: Effects, member: str = member, due_ms: int = due_ms, user_id: str = user_id) -> None:
+                evaluator.on_timer(self._cache[user_id], member, due_ms, now, into)
+
+            # A timer that fails on its own is dropped (logged and counted), not retried for ever.
+            if self._attempt(fire, [user_id], effects, isolate, f"timer {member!r}"):
                 plan.timers_removed.append(member)
-                metrics.on_event_quarantined()
-                continue
-            _merge(effects, trial)
         for entry, items in decoded:
             if items is None:
                 plan.quarantine(streams.quarantined_fields(entry, "unreadable entry"))
                 continue
-            if not isolate:
-                self._apply(evaluator, items, now, effects, touched)
-                continue
-            # One entry at a time, each on copies, so a failing entry leaves no half-applied state.
-            snapshot = {item.user_id: _copy(self._cache[item.user_id]) for item in items}
-            trial = Effects()
-            try:
-                self._apply(evaluator, items, now, trial, touched)
-            except Exception as exc:
-                log.exception("partition %d: quarantining entry %s", self.partition, entry[0])
-                self._cache.update(snapshot)
-                plan.quarantine(streams.quarantined_fields(entry, repr(exc)))
-                metrics.on_event_quarantined()
-                continue
-            _merge(effects, trial)
+
+            def apply(into: Effects, items: list[streams.Item] = items) -> None:
+                self._apply(evaluator, items, now, into, touched)
+
+            error = self._attempt(apply, [item.user_id for item in items], effects, isolate, f"entry {entry[0]!r}")
+            if error:
+                plan.quarantine(streams.quarantined_fields(entry, error))
         horizon = self._limits.dedupe_horizon_ms
         for user_id in touched:
             state = self._cache[user_id]
@@ -231,6 +215,26 @@ class PartitionOwner:
             plan.last_id = decoded[-1][0][0]
             plan.entries = sum(streams.entry_count(entry[1]) for entry, _ in decoded)
         return plan, effects
+
+    def _attempt(
+        self, work: Callable[[Effects], None], users: list[str], effects: Effects, isolate: bool, what: str
+    ) -> str:
+        """Run one timer's or entry's evaluation; when isolating, on copies of its users' state, so a
+        failure leaves nothing half-applied. Returns the failure ("" on success)."""
+        if not isolate:
+            work(effects)
+            return ""
+        saved = {user_id: _copy(self._cache[user_id]) for user_id in users}
+        trial = Effects()
+        try:
+            work(trial)
+        except Exception as exc:
+            log.exception("partition %d: %s fails on its own; setting it aside", self.partition, what)
+            self._cache.update(saved)
+            metrics.on_event_quarantined()
+            return repr(exc)
+        _merge(effects, trial)
+        return ""
 
     def _apply(
         self, evaluator: Evaluator, items: list[streams.Item], now: int, effects: Effects, touched: set[str]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from cep import streams
+from beacon import metrics
+from cep import streams, timers
 from cep.events import partition_of
 from tests.api.test_end_to_end import BIG_SPEND, pay, settled
 from tests.harness import eventually, running_beacon, server_settings
@@ -32,3 +33,22 @@ async def test_unreadable_entry_is_quarantined_and_the_batch_goes_on(
         )
         assert quarantined[0][1][streams.BATCH_FIELD] == b"\xc1garbage"
         assert await streams.backlog(redis_client, 2) == 0
+
+
+async def test_a_timer_that_fails_on_its_own_is_dropped_and_the_batch_goes_on(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    settings = server_settings(redis_url, run_workers=False)
+    partition = partition_of("mallory", 2)
+    async with running_beacon(settings) as beacon:
+        await beacon.put_ruleset(BIG_SPEND)
+        # A delayed-action member missing its ruleset field: evaluating it raises inside the owner.
+        await redis_client.zadd(timers.timers_key(partition), {"d\x1fmallory\x1faction-without-ruleset": 0})
+        await beacon.post_events([pay("mallory", 1500)])
+    before = metrics.REGISTRY.get_sample_value("beacon_events_quarantined_total") or 0
+    # Workers start only now: the broken timer and the good event meet in one batch.
+    async with running_beacon(server_settings(redis_url)) as beacon:
+        await settled(redis_client)
+        assert len(await beacon.wait_actions("mallory", 2)) == 2
+        assert await eventually(lambda: redis_client.zcard(timers.timers_key(partition)), lambda n: n == 0) == 0
+    assert (metrics.REGISTRY.get_sample_value("beacon_events_quarantined_total") or 0) - before == 1
