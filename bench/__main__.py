@@ -66,7 +66,10 @@ ALIASES = {"ingest": ("throughput", "latency"), "memory": ("timers",), "all": tu
 def expected_row_ids(size: Size, names: list[str]) -> list[str]:
     """The ids of every row the named benchmarks report at `size`, in order (skipped rows included)."""
     ids = {
-        "throughput": [f"ingest.{t}.{m}" for t in ("http", "ws") for m in ("accepted", "processed", "sustained")],
+        "throughput": [
+            *(f"ingest.{t}.{m}" for t in ("http", "ws") for m in ("accepted", "processed", "sustained")),
+            *(f"cpu.{t}.{role}_us_per_event" for t in ("http", "ws") for role in ("serve", "redis", "total")),
+        ],
         "latency": [f"latency.r{i + 1}" for i in range(len(size.latency_rates))],
         "timers": [
             *(f"timers.lateness.{level}" for level in size.pending_levels),

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import load
+from bench import cpu, load
 from bench.harness import beacon_stack, load_ruleset
 from bench.ingest import load_profiles
 from bench.report import Row, skipped
@@ -27,7 +27,18 @@ from bench.workload import Workload
 
 SECTION = "vs durable_rules"
 NOT_INSTALLED = "durable_rules not installed (pip install -e '.[bench]')"
-ROWS = ("events", "beacon_events", "events_ratio", "timer_p50", "beacon_timer_p50", "timer_p99_ratio", "restrictions")
+ROWS = (
+    "events",
+    "beacon_events",
+    "events_ratio",
+    "cpu",
+    "beacon_cpu",
+    "cpu_ratio",
+    "timer_p50",
+    "beacon_timer_p50",
+    "timer_p99_ratio",
+    "restrictions",
+)
 TIMER_AFTER_S = 2  # durable timers take whole seconds
 CHILD_TIMEOUT_S = 600
 
@@ -116,16 +127,21 @@ async def side_by_side(size: Size) -> list[Row]:
     except RuntimeError as exc:
         return [skipped("durable.failed", SECTION, "durable_rules run", str(exc))]
     durable_rate = durable["events"] / durable["seconds"]
+    durable_cpu = durable["cpu_seconds"] / durable["events"] * 1e6
     durable_late = load.latency_summary(durable["timer_lateness_ms"])
 
     async with beacon_stack() as stack:
         redis = stack.client()
         try:
             await load_profiles(redis, workload, stack.partitions)
+            await load.wait_drained(redis, stack.partitions, size.drain_timeout_s)
+            roles = stack.pids_by_role()
+            cpu_before = await cpu.sample(redis, roles)
             result = await load.blast_http(stack.base_url, events)
             drained = await load.wait_drained(redis, stack.partitions, size.drain_timeout_s)
             if drained is None:
                 raise RuntimeError("Beacon did not drain the comparison log")
+            beacon_cpu = cpu.per_event_us(cpu_before, await cpu.sample(redis, roles), result.accepted)
             beacon_rate = result.accepted / (drained - result.started)
             fired_beacon = await beacon_firings(stack.base_url)
             window_ms = TIMER_AFTER_S * 1000
@@ -162,6 +178,32 @@ async def side_by_side(size: Size) -> list[Row]:
             _ratio(beacon_rate, durable_rate),
             "x",
             "higher favours Beacon",
+        ),
+        Row(
+            "durable.cpu",
+            SECTION,
+            "durable_rules in-process CPU per event",
+            durable_cpu,
+            "µs/event",
+            f"{events_detail}; CPU time of the durable_rules process over its event loop",
+        ),
+        Row(
+            "durable.beacon_cpu",
+            SECTION,
+            "Beacon CPU per event on the same events",
+            beacon_cpu["total"],
+            "µs/event",
+            f"`beacon serve` {beacon_cpu['serve']:.0f} + Redis {beacon_cpu['redis']:.0f}; first send -> backlog "
+            "empty (bench/cpu.py): robust to other tenants, unlike the events/s rows",
+            beacon_cpu,
+        ),
+        Row(
+            "durable.cpu_ratio",
+            SECTION,
+            "events per CPU-second ratio Beacon / durable_rules",
+            _ratio(durable_cpu, beacon_cpu["total"]),
+            "x",
+            "higher favours Beacon; durable_rules runs in one process, Beacon's CPU is spread over serve and Redis",
         ),
         Row(
             "durable.timer_p50",

@@ -134,6 +134,13 @@ class BeaconStack:
             )
         return BeaconProcess(role, process, log_path)
 
+    def pids_by_role(self) -> dict[str, list[int]]:
+        """The running Beacon processes' pids: `serve`, and `workers` when any `beacon worker` runs."""
+        roles = {"serve": [self.serve.process.pid] if self.serve is not None else []}
+        if self.workers:
+            roles["workers"] = [worker.process.pid for worker in self.workers]
+        return roles
+
     async def start_workers(self, count: int) -> None:
         """Start `count` more `beacon worker` processes."""
         for _ in range(count):

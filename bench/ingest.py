@@ -1,4 +1,5 @@
-"""Ingest throughput (HTTP and WebSocket, flat out and the sustainable rate) and ingest -> outbox latency."""
+"""Ingest throughput (HTTP and WebSocket, flat out and the sustainable rate, with the CPU each process spends
+per event) and ingest -> outbox latency."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from bench import load
+from bench import cpu, load
 from bench.harness import BeaconStack, beacon_stack
-from bench.report import Row
+from bench.report import Row, skipped
 from bench.sizes import Size
 from bench.workload import Workload
 from cep.events import ProfilePatch
@@ -48,11 +49,15 @@ async def warm_up(stack: BeaconStack, redis: Redis, workload: Workload, events: 
 
 async def _burst(
     stack: BeaconStack, redis: Redis, transport: str, events: list[dict[str, Any]], size: Size
-) -> list[Row]:
-    """Flat out: accepted/s until the last ack, processed/s until the backlog is empty."""
+) -> tuple[list[Row], list[Row]]:
+    """Flat out: accepted/s until the last ack, processed/s until the backlog is empty; and the CPU
+    each process spent over that same window, per event (the second list)."""
     blast = load.blast_http if transport == "http" else load.blast_ws
+    roles = stack.pids_by_role()
+    cpu_before = await cpu.sample(redis, roles)
     result = await blast(stack.base_url, events)
     drained = await load.wait_drained(redis, stack.partitions, size.drain_timeout_s)
+    cpu_after = await cpu.sample(redis, roles)
     prefix = f"ingest.{transport}"
     rows = [
         Row(
@@ -87,7 +92,20 @@ async def _burst(
                 f"first send -> backlog empty: {result.accepted:,} events in {seconds:.1f}s",
             )
         )
-    return rows
+    what = f"{transport} flat out"
+    if drained is None:
+        reason = f"backlog not drained within {size.drain_timeout_s:.0f}s"
+        return rows, [
+            skipped(f"cpu.{transport}.{role}_us_per_event", cpu.SECTION, f"{what}: {label}", reason)
+            for role, label in _cpu_roles(roles)
+        ]
+    cost = cpu.per_event_us(cpu_before, cpu_after, result.accepted)
+    window = "first send -> backlog empty"
+    return rows, cpu.cpu_rows(f"cpu.{transport}", what, cost, result.accepted, window)
+
+
+def _cpu_roles(roles: dict[str, list[int]]) -> list[tuple[str, str]]:
+    return [(role, cpu.ROLE_LABELS[role]) for role in [*roles, "redis", "total"]]
 
 
 async def _trial(
@@ -142,12 +160,14 @@ async def _sustainable(
 
 
 async def throughput(size: Size) -> list[Row]:
-    """Flat-out and sustainable throughput over HTTP and WebSocket, on the mix ruleset.
+    """Flat-out and sustainable throughput over HTTP and WebSocket, on the mix ruleset, then the CPU per
+    event of `beacon serve` and Redis during each flat-out run.
 
     Each transport gets a fresh server: per-user state grows with every event sent, and the second
     transport would otherwise run against more state than the first.
     """
     rows: list[Row] = []
+    cpu_rows: list[Row] = []
     for transport in ("http", "ws"):
         async with beacon_stack() as stack:
             redis = stack.client()
@@ -155,13 +175,14 @@ async def throughput(size: Size) -> list[Row]:
                 workload = Workload(size.users, prefix="t")
                 await load_profiles(redis, workload, stack.partitions)
                 await warm_up(stack, redis, workload, min(1_000, size.burst_events), size.drain_timeout_s)
-                burst = await _burst(stack, redis, transport, workload.events(size.burst_events), size)
+                burst, burst_cpu = await _burst(stack, redis, transport, workload.events(size.burst_events), size)
                 rows += burst
+                cpu_rows += burst_cpu
                 processed = burst[-1].value or burst[0].value or 1_000.0
                 rows.append(await _sustainable(stack, redis, transport, workload, 0.9 * processed, size))
             finally:
                 await redis.aclose()
-    return rows
+    return rows + cpu_rows
 
 
 async def latency(stack: BeaconStack, size: Size) -> list[Row]:

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
+import msgpack
 from redis.asyncio import Redis
 
 from beacon.client import BeaconProducer
 from cep import streams
 from cep.outbox import OUTBOX_FIELD, outbox_key
+from cep.ownership import owner_key
 
 MSGPACK = {"Content-Type": "application/msgpack"}
 TICK_S = 0.01
@@ -160,6 +161,24 @@ async def paced(
 async def backlog(redis: Redis, partitions: int) -> int:
     """Event stream entries not yet processed (undelivered plus unacknowledged), over all partitions."""
     return await streams.backlog(redis, partitions)
+
+
+async def leased_partitions(redis: Redis, partitions: int) -> int:
+    """Partitions some worker holds the lease of: a worker takes one only once started, just before it reads."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for partition in range(partitions):
+            pipe.exists(owner_key(partition))
+        return sum(await pipe.execute())
+
+
+async def wait_leased(redis: Redis, partitions: int, timeout_s: float, poll_s: float = 0.005) -> float | None:
+    """Monotonic time at which some worker was first seen holding a partition lease, or None at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await leased_partitions(redis, partitions):
+            return time.monotonic()
+        await asyncio.sleep(poll_s)
+    return None
 
 
 async def wait_drained(redis: Redis, partitions: int, timeout_s: float, poll_s: float = 0.05) -> float | None:

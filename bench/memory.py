@@ -12,10 +12,11 @@ from bench import load
 from bench.harness import BeaconStack
 from bench.report import Row
 from bench.sizes import Size
+from cep.interactions import seen_key
 from cep.outbox import outbox_key, recent_key
 from cep.streams import events_key
 from cep.timers import timers_key
-from cep.user_state import read_state
+from cep.user_state import STATE, read_state, user_key_for
 
 SECTION = "redis memory"
 SETTLE_S = 0.5
@@ -67,6 +68,15 @@ async def live_pattern_keys(redis: Redis, partitions: int, user_id: str) -> int:
     return len((await read_state(redis, partitions, user_id)).patterns)
 
 
+async def user_key_bytes(redis: Redis, partitions: int, user_ids: list[str]) -> dict[str, float]:
+    """Mean MEMORY USAGE per user of each of a user's key families (the sample's users), by family name."""
+    families = {
+        "record": [user_key_for(partitions, user_id, STATE) for user_id in user_ids],
+        "last_interaction": [seen_key(partitions, user_id) for user_id in user_ids],
+    }
+    return {name: await key_bytes(redis, keys) / max(len(user_ids), 1) for name, keys in families.items()}
+
+
 async def user_rows(stack: BeaconStack, redis: Redis, size: Size) -> list[Row]:
     """Bytes per user holding 3 live windows, and the same extrapolated to 1M users."""
     prefix = "mu"
@@ -77,12 +87,15 @@ async def user_rows(stack: BeaconStack, redis: Redis, size: Size) -> list[Row]:
     drained = await load.wait_drained(redis, stack.partitions, size.drain_timeout_s)
     after = await state_bytes(redis, stack.partitions)
     windows = await live_pattern_keys(redis, stack.partitions, f"{prefix}0")
+    sample = [f"{prefix}{index}" for index in range(min(size.memory_users, 200))]
+    families = await user_key_bytes(redis, stack.partitions, sample)
     per_user = (after - before) / size.memory_users
     note = "" if drained else "; backlog not drained"
     detail = (
         f"{size.memory_users:,} users x 2 views -> {windows} pattern states each (7d view threshold, view->cart and "
         f"search->view sequences) plus dedupe ids, in one packed record per user; "
-        f"INFO used_memory delta minus streams{note}"
+        f"INFO used_memory delta minus streams{note}; MEMORY USAGE per user: record {families['record']:.0f}, "
+        f"last-interaction key {families['last_interaction']:.0f}, the rest is the keyspace's own overhead"
     )
     return [
         Row(
@@ -92,7 +105,7 @@ async def user_rows(stack: BeaconStack, redis: Redis, size: Size) -> list[Row]:
             per_user,
             "bytes",
             detail,
-            {"users": size.memory_users, "pattern_keys": windows},
+            {"users": size.memory_users, "pattern_keys": windows, **{f"{k}_bytes": v for k, v in families.items()}},
         ),
         Row(
             "memory.per_1m_users",

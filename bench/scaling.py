@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from bench import load
+from bench import cpu, load
 from bench.harness import BeaconStack, beacon_stack
 from bench.report import Row, skipped
 from bench.sizes import Size
@@ -21,27 +21,39 @@ async def drain_rate(
 ) -> dict[str, float]:
     """Preload `events` with no worker running, start `workers` processes, time the backlog to empty.
 
-    The rate counts from the first backlog drop, so process start-up (imports, compiling the ruleset)
-    is left out; tag events the batch emits join the backlog and make the figure slightly low.
+    The clock and the CPU count start when the first partition lease is taken: a worker takes one once
+    started (imports done, ruleset compiled), just before its first read, so start-up is left out.
+    Not the first drop of the backlog: one batch (up to `batch_size` entries of many events each) can
+    be most of a preload, and its work all happens before the backlog drops. With several workers the
+    later ones may still be starting while the first drains; that start-up counts.
     """
+    # With no worker running, the preload prices ingest alone: `beacon serve` and Redis CPU per event.
+    ingest_before = await cpu.sample(redis, stack.pids_by_role())
     for start in range(0, len(events), 50_000):
         await load.blast_http(stack.base_url, events[start : start + 50_000])
     initial = await load.backlog(redis, stack.partitions)
+    ingest = cpu.per_event_us(ingest_before, await cpu.sample(redis, stack.pids_by_role()), initial)
     launched = time.monotonic()
     await stack.start_workers(workers)
+    roles = stack.pids_by_role()
     try:
-        first: tuple[float, int] | None = None
         deadline = launched + size.drain_timeout_s
+        leased = await load.wait_leased(redis, stack.partitions, size.drain_timeout_s)
+        if leased is None:
+            raise RuntimeError(f"no worker took a partition within {size.drain_timeout_s:.0f}s")
+        before = await cpu.sample(redis, roles)
         while time.monotonic() < deadline:
             now, left = time.monotonic(), await load.backlog(redis, stack.partitions)
-            if first is None and left < initial:
-                first = (now, left)
-            if left == 0 and first is not None:
+            if left == 0:
+                cost = cpu.per_event_us(before, await cpu.sample(redis, roles), initial)
                 return {
-                    "rate": first[1] / max(now - first[0], 1e-9),
+                    "rate": initial / max(now - leased, 1e-9),
                     "events": float(initial),
-                    "startup_s": first[0] - launched,
-                    "seconds": now - first[0],
+                    "startup_s": leased - launched,
+                    "seconds": now - leased,
+                    **{f"cpu_{role}_us": value for role, value in cost.items()},
+                    "ingest_serve_us": ingest["serve"],
+                    "ingest_redis_us": ingest["redis"],
                 }
             await asyncio.sleep(POLL_S)
         raise RuntimeError(f"backlog of {initial:,} not drained by {workers} worker(s) in {size.drain_timeout_s:.0f}s")
@@ -51,9 +63,11 @@ async def drain_rate(
 
 def _row(id_: str, label: str, measured: dict[str, float], workers: int, server: str) -> Row:
     detail = (
-        f"{measured['events']:,.0f} entries preloaded, then {workers} `beacon worker` process(es) + `beacon serve` "
+        f"{measured['events']:,.0f} events preloaded, then {workers} `beacon worker` process(es) + `beacon serve` "
         f"(BEACON_RUN_WORKERS=0) on {server}; drained in {measured['seconds']:.1f}s after "
-        f"{measured['startup_s']:.1f}s start-up"
+        f"{measured['startup_s']:.1f}s start-up; CPU µs/event: workers {measured['cpu_workers_us']:.0f}, "
+        f"serve {measured['cpu_serve_us']:.0f}, Redis {measured['cpu_redis_us']:.0f}; the preload (HTTP ingest "
+        f"alone): serve {measured['ingest_serve_us']:.0f}, Redis {measured['ingest_redis_us']:.0f}"
     )
     return Row(id_, SECTION, label, measured["rate"], "events/s", detail, measured)
 

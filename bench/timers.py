@@ -109,8 +109,8 @@ async def timer_rows(stack: BeaconStack, size: Size) -> list[Row]:
                 "bytes per pending absence (all state)",
                 state_growth / max(grown, 1),
                 "bytes",
-                f"used_memory growth minus streams over the last {grown:,} absences: timer member, pending "
-                "set, a fresh user's dedupe and watermark keys",
+                f"used_memory growth minus streams over the last {grown:,} absences, one fresh user each: "
+                "timer member, the user's packed record (pending A, dedupe id) and last-interaction key",
             )
         )
         rows += await memory.user_rows(stack, redis, size)

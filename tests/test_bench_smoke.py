@@ -79,6 +79,10 @@ def test_values_are_sane(smoke_run: dict[str, object]) -> None:
             assert extra["n"] > 0, row
     for transport in ("http", "ws"):
         assert rows[f"ingest.{transport}.processed"]["value"] <= rows[f"ingest.{transport}.accepted"]["value"]
+        # CPU per event of each process over the flat-out run: measured (positive, finite), and adding up.
+        cpu = {role: rows[f"cpu.{transport}.{role}_us_per_event"]["value"] for role in ("serve", "redis", "total")}
+        assert all(math.isfinite(value) and value > 0 for value in cpu.values()), cpu
+        assert cpu["total"] == pytest.approx(cpu["serve"] + cpu["redis"]), cpu
     for row_id, row in rows.items():
         if row_id.startswith("timers.lateness."):
             assert row["extra"]["missing"] == 0, row
@@ -89,4 +93,7 @@ def test_values_are_sane(smoke_run: dict[str, object]) -> None:
     if durable_installed():
         assert rows["durable.events_ratio"]["value"] == pytest.approx(
             rows["durable.beacon_events"]["value"] / rows["durable.events"]["value"]
+        )
+        assert rows["durable.cpu_ratio"]["value"] == pytest.approx(
+            rows["durable.cpu"]["value"] / rows["durable.beacon_cpu"]["value"]
         )
