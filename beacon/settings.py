@@ -46,7 +46,7 @@ class Settings:
     lateness_ms: int = 2_000
     max_batch_events: int = 1_000
     max_body_bytes: int = 4 * 1024 * 1024
-    worker_batch: int = 200
+    worker_batch: int = 500  # events per batch (one atomic commit each)
     worker_block_ms: int = 200
     # Events older than this are treated as duplicates-unknown: their ids are forgotten.
     dedupe_horizon_ms: int = 7 * 24 * 3600 * 1000
