@@ -12,7 +12,6 @@ from bench import load
 from bench.harness import BeaconStack
 from bench.report import Row
 from bench.sizes import Size
-from cep.interactions import seen_key
 from cep.outbox import outbox_key, recent_key
 from cep.streams import events_key
 from cep.timers import timers_key
@@ -72,7 +71,6 @@ async def user_key_bytes(redis: Redis, partitions: int, user_ids: list[str]) -> 
     """Mean MEMORY USAGE per user of each of a user's key families (the sample's users), by family name."""
     families = {
         "record": [user_key_for(partitions, user_id, STATE) for user_id in user_ids],
-        "last_interaction": [seen_key(partitions, user_id) for user_id in user_ids],
     }
     return {name: await key_bytes(redis, keys) / max(len(user_ids), 1) for name, keys in families.items()}
 
@@ -94,8 +92,8 @@ async def user_rows(stack: BeaconStack, redis: Redis, size: Size) -> list[Row]:
     detail = (
         f"{size.memory_users:,} users x 2 views -> {windows} pattern states each (7d view threshold, view->cart and "
         f"search->view sequences) plus dedupe ids, in one packed record per user; "
-        f"INFO used_memory delta minus streams{note}; MEMORY USAGE per user: record {families['record']:.0f}, "
-        f"last-interaction key {families['last_interaction']:.0f}, the rest is the keyspace's own overhead"
+        f"INFO used_memory delta minus streams{note}; MEMORY USAGE per user: record {families['record']:.0f} "
+        f"(last interaction included), the rest is the keyspace's own overhead"
     )
     return [
         Row(

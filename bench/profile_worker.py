@@ -30,7 +30,6 @@ STAGES = (
     "post_events",
     "parse_event",
     "append_events",
-    "note_interactions",
     "process",
     "_load",
     "_evaluate",

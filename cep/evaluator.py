@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cep.events import ORIGIN_ACTION, ORIGIN_TIMER, Event, ProfilePatch
+from cep.events import ORIGIN_ACTION, ORIGIN_PRODUCER, ORIGIN_TIMER, Event, ProfilePatch
 from cep.firing import CreatedAction, build_actions
 from cep.rule_index import RuleEntry, RuleIndex
 from cep.user_record import NEVER, PatternState, UserState, event_id_hash
@@ -168,6 +168,8 @@ class Evaluator:
             effects.duplicates += 1
             return []
         state.seen[digest] = now_ms
+        if event.origin == ORIGIN_PRODUCER and event.ts > state.last_seen:
+            state.last_seen = event.ts
         roles: dict[RuleEntry, set[str]] = {}
         attrs = event.attrs
         for candidate in self.index.by_type.get(event.type, ()):

@@ -27,7 +27,6 @@ from cep.events import (
     partition_of,
     partition_tag,
 )
-from cep.interactions import note_interactions
 from cep.scripts import ScriptCall, run_scripts
 
 log = logging.getLogger("beacon.streams")
@@ -87,8 +86,6 @@ async def append_events(redis: Redis, events: Sequence[Event], partitions: int, 
         for partition, batch in by_partition.items()
     ]
     await run_scripts(redis, calls, fsync_timeout_ms=fsync_timeout_ms)
-    # The 48-hour customer-service window of WeChat counts from the user's last interaction.
-    await note_interactions(redis, events, partitions)
 
 
 async def append_patch(redis: Redis, patch: ProfilePatch, partitions: int) -> tuple[int, bytes]:

@@ -19,6 +19,8 @@ from beacon.errors import DecodeError
 
 RECORD_VERSION = 1
 NEVER = 0  # an expiry of 0: kept until deleted (profile, tags, `first`, `once` re-entry)
+# A record kept only for the last interaction outlives the 48-hour customer-service window.
+LAST_SEEN_TTL_MS = 72 * 3_600_000
 
 
 def event_id_hash(event_id: str) -> int:
@@ -54,10 +56,15 @@ class UserState:
     fired: dict[str, list[int]] = field(default_factory=dict)  # rule key -> [last trigger ts, expires ms]
     first: dict[str, int] = field(default_factory=dict)  # rule key -> ts of the first matching event
     patterns: dict[str, PatternState] = field(default_factory=dict)  # state id -> pattern state
+    # The newest `ts` of the user's own (producer) events: WeChat customer-service messages may only go
+    # out within 48 h of it (connectors.delivery). 0: none seen.
+    last_seen: int = 0
 
     def is_empty(self) -> bool:
         """Nothing worth storing: the record can be deleted."""
-        return not (self.profile or self.tags or self.seen or self.fired or self.first or self.patterns)
+        return not (
+            self.profile or self.tags or self.seen or self.fired or self.first or self.patterns or self.last_seen
+        )
 
     def prune(self, now_ms: int, dedupe_horizon_ms: int) -> None:
         """Drop what has expired: old dedupe ids, lapsed re-entry marks, pattern states past their TTL."""
@@ -76,6 +83,8 @@ class UserState:
         latest = max(self.seen.values(), default=0) + dedupe_horizon_ms
         latest = max(latest, *(exp for _, exp in self.fired.values()), 0)
         latest = max(latest, *(state.expires_ms for state in self.patterns.values()), 0)
+        if self.last_seen:
+            latest = max(latest, now_ms + LAST_SEEN_TTL_MS)
         return max(latest - now_ms, 1)
 
 
@@ -100,6 +109,8 @@ def encode_user_state(state: UserState) -> bytes:
         record["f"] = state.fired
     if state.first:
         record["1"] = state.first
+    if state.last_seen:
+        record["l"] = state.last_seen
     if state.patterns:
         record["x"] = {
             sid: [ps.watermark, ps.expires_ms, _flip_parts(ps.watermark, ps.parts)]
@@ -123,6 +134,7 @@ def decode_user_state(raw: bytes | None) -> UserState:
             seen={digest: at * 1000 for digest, at in _SEEN.iter_unpack(record.get("s") or b"")},
             fired={rk: list(value) for rk, value in (record.get("f") or {}).items()},
             first=dict(record.get("1") or {}),
+            last_seen=int(record.get("l") or 0),
             patterns={
                 sid: PatternState(wm, exp, _flip_parts(wm, parts))
                 for sid, (wm, exp, parts) in (record.get("x") or {}).items()

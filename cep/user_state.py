@@ -18,7 +18,6 @@ STATE = "s"  # STRING: the packed user record (cep.user_record), written only by
 LEDGER = "acts"  # HASH action_id -> JSON action record (immutable)
 LEDGER_INDEX = "actx"  # ZSET action_id -> created_at
 LEDGER_STATUS = "astat"  # HASH action_id -> JSON delivery status
-LAST_SEEN = "seen_at"  # ZSET {"ts": newest producer event ts}: the 48-hour WeChat window (cep.interactions)
 
 
 def user_key(partition: int, user_id: str, family: str) -> str:

@@ -100,9 +100,10 @@ async def put_actions(redis: aioredis.Redis, records: list[dict[str, Any]], copi
         await pipe.execute()
 
 
-async def seed_profile(redis: aioredis.Redis, user_id: str, attrs: dict[str, Any]) -> None:
-    """Give a user a profile as a partition owner would have stored it (these tests run no workers)."""
-    record = encode_user_state(UserState(profile=dict(attrs)))
+async def seed_profile(redis: aioredis.Redis, user_id: str, attrs: dict[str, Any], last_seen: int = 0) -> None:
+    """Give a user a profile (and last interaction) as a partition owner would have stored it (these tests
+    run no workers)."""
+    record = encode_user_state(UserState(profile=dict(attrs), last_seen=last_seen))
     await redis.set(user_key_for(PARTITIONS, user_id, STATE), record)
 
 

@@ -12,8 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from beacon.errors import ValidationError
+from cep.evaluator import Effects, Evaluator
 from cep.events import Event
-from cep.interactions import last_interaction, note_interactions
+from cep.rule_index import RuleIndex
+from cep.user_record import UserState, decode_user_state, encode_user_state
 from connectors.caps import quiet_until
 from connectors.policy import RetryPolicy, connector_error, parse_retry_after
 from connectors.ratelimit import take_token
@@ -146,12 +148,12 @@ async def test_token_bucket_books_slots_at_its_rate(redis_client: aioredis.Redis
     assert (await take_token(redis_client, "t", limit, now + 300, max_wait_ms=250)).wait_ms == 0
 
 
-async def test_note_interactions_keeps_the_newest_producer_event(redis_client: aioredis.Redis) -> None:
-    async with redis_client.pipeline(transaction=False) as pipe:
-        await note_interactions(pipe, [Event("a", "u1", "view", 2_000), Event("b", "u1", "view", 1_000)], 4)
-        await pipe.execute()
-    await note_interactions(
-        redis_client, [Event("c", "u1", "view", 1_500), Event("d", "u2", "tag_added", 9, origin="action")], 4
-    )
-    assert await last_interaction(redis_client, 4, "u1") == 2_000
-    assert await last_interaction(redis_client, 4, "u2") is None
+def test_the_last_interaction_is_the_newest_event_of_the_user_s_own() -> None:
+    """The owner keeps the newest producer event ts in the record; events caused by actions do not count."""
+    state, effects = UserState(), Effects()
+    evaluator = Evaluator(RuleIndex(()))
+    evaluator.on_event(state, Event("a", "u1", "view", 2_000), 5_000, effects)
+    evaluator.on_event(state, Event("b", "u1", "view", 1_000), 5_000, effects)  # older, in any order
+    evaluator.on_event(state, Event("c", "u1", "tag_added", 9_000, origin="action"), 5_000, effects)
+    assert state.last_seen == 2_000
+    assert decode_user_state(encode_user_state(state)).last_seen == 2_000
