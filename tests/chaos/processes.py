@@ -1,4 +1,4 @@
-"""Real `beacon serve` / `beacon worker` OS processes for crash tests: start, wait until up, kill -9, stop."""
+"""Real `beacon serve` / `worker` / `connectors` OS processes for crash tests: start, wait until up, kill -9."""
 
 from __future__ import annotations
 
@@ -13,30 +13,28 @@ from pathlib import Path
 
 import aiohttp
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from beacon.redis_server import stop_process
-from cep import streams
 from cep.ownership import owner_key
-from cep.user_state import SEEN, user_key
+from cep.streams import PROGRESS_ADDED, PROGRESS_COUNT, progress_key
 
 # The `beacon` console script beside the interpreter running the tests (the venv's), else the same CLI as a module.
 _SCRIPT = Path(sys.executable).with_name("beacon")
 BEACON = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "beacon.cli"]
 
 
-def beacon_env(redis_url: str, port: int, **overrides: str) -> dict[str, str]:
-    """Environment of a test process: its Redis, its port, 4 partitions, fast reclaim and polling."""
+def beacon_env(redis_url: str, port: int, partitions: int, **overrides: str) -> dict[str, str]:
+    """Environment of a test process: its Redis, its port, its partitions, fast lease take-over and polling."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("BEACON_") and key != "REDIS_URL"}
     env.update(
         BEACON_REDIS_URL=redis_url,
         BEACON_PORT=str(port),
-        BEACON_PARTITIONS="4",
-        # A killed worker's unacknowledged entries are taken over after half a second, not 30.
+        BEACON_PARTITIONS=str(partitions),
+        # A killed or frozen process's partitions are taken over after 0.6 s, not 10 s.
         BEACON_PARTITION_LEASE_MS="600",
         BEACON_WORKER_BLOCK_MS="50",
         BEACON_LOG_LEVEL="WARNING",
-        # The outbox is what the test checks: no connector may consume it.
-        BEACON_RUN_CONNECTORS="0",
         PYTHONUNBUFFERED="1",
     )
     env.update(overrides)
@@ -52,6 +50,7 @@ class BeaconProcess:
         self.log_path = log_dir / f"{name}.log"
         self.name = name
         self.kills = 0
+        self.freezes = 0
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -86,16 +85,27 @@ class BeaconProcess:
             )
 
     def kill9(self) -> None:
-        """SIGKILL: no cleanup runs, unacknowledged stream entries stay pending for the dead consumer."""
+        """SIGKILL: no cleanup runs; leases lapse, in-flight batches and deliveries are left half done."""
         process = self._process
         assert process is not None and process.poll() is None, f"{self.name} is not running ({self.log_tail()})"
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
         self.kills += 1
 
+    def sigstop(self) -> None:
+        """Freeze the process (SIGSTOP): it keeps its sockets and its state, and does nothing."""
+        assert self.alive, f"{self.name} is not running ({self.log_tail()})"
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def sigcont(self) -> None:
+        """Let a frozen process run again (SIGCONT)."""
+        if self.alive:
+            os.kill(self.pid, signal.SIGCONT)
+
     def terminate(self) -> None:
-        """Send SIGTERM (a clean shutdown) without waiting."""
+        """Send SIGTERM (a clean shutdown) without waiting; a frozen process is woken first."""
         if self._process is not None and self._process.poll() is None:
+            os.kill(self._process.pid, signal.SIGCONT)
             self._process.terminate()
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -135,80 +145,88 @@ async def wait_healthy(process: BeaconProcess, session: aiohttp.ClientSession, t
     raise AssertionError(f"{process.name} not healthy within {timeout_s}s:\n{process.log_tail()}")
 
 
-async def wait_consuming(
-    process: BeaconProcess, redis: aioredis.Redis, partitions: int, timeout_s: float = 30.0
-) -> None:
-    """Wait until the process (consumer named host:pid:suffix) holds at least one partition's lease."""
+async def owned_partitions(process: BeaconProcess, redis: aioredis.Redis, partitions: int) -> list[int]:
+    """The partitions whose lease the process holds now (owner names are host:pid:suffix)."""
     marker = f":{process.pid}:"
+    async with redis.pipeline(transaction=False) as pipe:
+        for partition in range(partitions):
+            pipe.get(owner_key(partition))
+        owners = await pipe.execute()
+    return [partition for partition, owner in enumerate(owners) if owner and marker in _text(owner)]
+
+
+async def wait_owning(process: BeaconProcess, redis: aioredis.Redis, partitions: int, timeout_s: float = 30.0) -> None:
+    """Wait until the process holds at least one partition's lease."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not process.alive:
             raise AssertionError(f"{process.name} exited while starting:\n{process.log_tail()}")
-        owners = [await redis.get(owner_key(partition)) for partition in range(partitions)]
-        if any(owner and marker in _text(owner) for owner in owners):
-            return
+        try:
+            if await owned_partitions(process, redis, partitions):
+                return
+        except (RedisError, OSError):
+            pass  # Redis restarting: ask again
         await asyncio.sleep(0.05)
-    raise AssertionError(f"{process.name} not consuming within {timeout_s}s:\n{process.log_tail()}")
+    raise AssertionError(f"{process.name} owns no partition within {timeout_s}s:\n{process.log_tail()}")
 
 
-async def pending_entries(process: BeaconProcess, redis: aioredis.Redis, partitions: int) -> int:
-    """Stream entries the process has read and not yet acknowledged: it is in the middle of a batch."""
-    marker = f":{process.pid}:"
-    total = 0
-    for partition in range(partitions):
-        summary = await redis.xpending(streams.events_key(partition), streams.GROUP)
-        for consumer in summary.get("consumers") or ():
-            if marker in _text(consumer["name"]):
-                total += int(consumer["pending"])
-    return total
+async def progress_counts(redis: aioredis.Redis, partitions: list[int]) -> list[tuple[int, int]]:
+    """(items appended, items committed) per partition: `cep.streams.backlog` is their difference summed."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for partition in partitions:
+            pipe.hmget(progress_key(partition), [PROGRESS_ADDED, PROGRESS_COUNT])
+        replies = await pipe.execute()
+    return [(int(added or 0), int(done or 0)) for added, done in replies]
 
 
-async def stepped_unacknowledged(process: BeaconProcess, redis: aioredis.Redis, partitions: int) -> bool:
-    """Whether the process holds an unacknowledged entry whose event id is already in the user's dedupe set.
+async def stop_mid_batch(
+    process: BeaconProcess, redis: aioredis.Redis, partitions: int, rng: random.Random, wait_s: float
+) -> str:
+    """Freeze the process, preferably while a partition it owns has uncommitted entries (a batch in flight).
 
-    Then (unless the entry was reclaimed from a consumer that got that far) the process is between a step
-    script and the outbox/timer/tag appends and the XACK that follow it.
+    The process is frozen (SIGSTOP) at short random intervals and inspected while frozen; if it owns a
+    partition with a backlog it is left frozen, else resumed. After `wait_s` it is frozen wherever it is.
+    Returns where it stopped: "mid-batch" or "idle"; the process is frozen either way.
     """
-    marker = f":{process.pid}:"
-    for partition in range(partitions):
-        key = streams.events_key(partition)
-        summary = await redis.xpending(key, streams.GROUP)
-        for consumer in summary.get("consumers") or ():
-            if marker not in _text(consumer["name"]):
-                continue
-            held = await redis.xpending_range(key, streams.GROUP, "-", "+", 1_000, consumername=consumer["name"])
-            for item in held:
-                entry_id = item["message_id"]
-                decoded, _ = streams.decode_entries(await redis.xrange(key, entry_id, entry_id))
-                for _, event in decoded:
-                    if await redis.zscore(user_key(event.user_id, SEEN), event.event_id) is not None:
-                        return True
-    return False
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        await asyncio.sleep(rng.uniform(0.005, 0.05))
+        process.sigstop()
+        try:
+            owned = await owned_partitions(process, redis, partitions)
+            if owned and any(added > done for added, done in await progress_counts(redis, owned)):
+                return "mid-batch"
+        except (RedisError, OSError):
+            pass  # Redis restarting: look again
+        process.sigcont()
+    process.sigstop()
+    return "idle"
 
 
 async def kill9_mid_batch(
     process: BeaconProcess, redis: aioredis.Redis, partitions: int, rng: random.Random, wait_s: float
 ) -> str:
-    """Kill -9 the process, preferably right after a step script and before its appends and XACK.
-
-    The process is frozen (SIGSTOP) at short random intervals and inspected while frozen; if it is in that
-    window it is killed frozen, else resumed (SIGCONT). After `wait_s` it is killed wherever it is. Returns
-    where it died: "after step", "mid-batch" (holding entries) or "idle".
-    """
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        os.kill(process.pid, signal.SIGSTOP)
-        try:
-            if await stepped_unacknowledged(process, redis, partitions):
-                process.kill9()
-                return "after step"
-        finally:
-            if process.alive:
-                os.kill(process.pid, signal.SIGCONT)
-        await asyncio.sleep(rng.uniform(0.002, 0.02))
-    held = await pending_entries(process, redis, partitions)
+    """SIGKILL the process, preferably mid-batch (see `stop_mid_batch`); returns "mid-batch" or "idle"."""
+    where = await stop_mid_batch(process, redis, partitions, rng, wait_s)
     process.kill9()
-    return "mid-batch" if held else "idle"
+    return where
+
+
+async def freeze_mid_batch(
+    process: BeaconProcess, redis: aioredis.Redis, partitions: int, rng: random.Random, seconds: float
+) -> str:
+    """Freeze the process, preferably mid-batch, for `seconds`, then let it run on; returns where it stopped.
+
+    Longer than its lease, the freeze lets another process take its partitions over: whatever it was
+    about to commit when it stopped must then be refused (fenced).
+    """
+    where = await stop_mid_batch(process, redis, partitions, rng, wait_s=1.5)
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        process.sigcont()
+    process.freezes += 1
+    return where
 
 
 def _text(value: bytes | str) -> str:
