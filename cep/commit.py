@@ -25,23 +25,30 @@ from cep.timers import timers_key
 from cep.user_state import LEDGER, LEDGER_INDEX, LEDGER_STATUS, STATE, user_key
 
 FENCED = "FENCED"
+STALE = "STALE"
 
 # KEYS[1] epoch STRING: the partition's lease epoch    KEYS[2] progress HASH {id, n}
 # KEYS[3] timers ZSET member -> due                    KEYS[4] outbox STREAM (field `a`: record JSON)
 # KEYS[5] recent STREAM (capped: u, a)                 KEYS[6] quarantine STREAM (capped)
 # KEYS[7..] per-user keys (state records, ledgers), addressed by index from the plan
 # ARGV[1] the epoch the caller holds
-# ARGV[2] msgpack plan {now, retention, recent_max, quarantine_max, id?, n,
+# ARGV[2] msgpack plan {now, retention, recent_max, quarantine_max, from, id?, n,
 #   n: items committed (added to progress.n), put: [ki, record, ttl_ms, ...] (ttl 0: no expiry), del: [ki, ...],
 #   acts: [[acts ki, actx ki, astat ki, action id, record JSON, status JSON, queue now?, user], ...],
 #   rel: [[acts ki, astat ki, action id, cancel?], ...]   (delayed actions falling due)
 #   tadd: [due, member, ...], trem: [member, ...], quar: [[field, value, ...], ...]}
-# Returns 1; an error reply starting with FENCED when the epoch moved (then nothing was written).
+# Returns 1; an error reply starting with FENCED when the epoch moved, or STALE when the stored position
+# is not `from` (then nothing was written).
 COMMIT_SCRIPT = r"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('FENCED the partition lease moved to another owner')
 end
 local plan = cmsgpack.unpack(ARGV[2])
+-- The batch was read after `from`: if the stored position differs, this owner's view is stale (a
+-- commit whose reply was lost, or one a Redis restart rolled back). Apply nothing; it re-reads.
+if (redis.call('HGET', KEYS[2], 'id') or '0-0') ~= plan.from then
+  return redis.error_reply('STALE the stored position is not the one this batch was read after')
+end
 local now = tonumber(plan.now)
 local retention = tonumber(plan.retention)
 
@@ -122,6 +129,10 @@ class FencedError(Exception):
     """The partition's lease epoch moved: this process no longer owns the partition."""
 
 
+class StalePositionError(Exception):
+    """The stored position is not the one the batch was read after: drop the cache and re-read."""
+
+
 @dataclass(slots=True)
 class CommitPlan:
     """What one batch of one partition writes; built by the owner, applied by `commit`."""
@@ -137,6 +148,7 @@ class CommitPlan:
     timers_added: list[Any] = field(default_factory=list)
     timers_removed: list[str] = field(default_factory=list)
     quarantined: list[list[bytes]] = field(default_factory=list)
+    read_after: bytes = b"0-0"  # the position the batch was read after (checked by the commit)
     last_id: bytes | None = None
     entries: int = 0
     _index: dict[str, int] = field(default_factory=dict)
@@ -186,6 +198,7 @@ class CommitPlan:
             "retention": self.retention_ms,
             "recent_max": RECENT_MAXLEN,
             "quarantine_max": QUARANTINE_MAXLEN,
+            "from": self.read_after,
             "n": self.entries,
             "put": self.puts,
             "del": self.deletes,
@@ -208,4 +221,6 @@ async def commit(redis: Redis, plan: CommitPlan, epoch: int) -> None:
     except ResponseError as exc:
         if str(exc).startswith(FENCED):
             raise FencedError(str(exc)) from exc
+        if str(exc).startswith(STALE):
+            raise StalePositionError(str(exc)) from exc
         raise

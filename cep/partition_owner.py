@@ -10,7 +10,6 @@ process owns the partition now: the loop ends and the worker forgets the partiti
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -24,7 +23,7 @@ from beacon import metrics
 from beacon.clock import Clock
 from beacon.pause import pause
 from cep import streams, timers
-from cep.commit import CommitPlan, FencedError, commit
+from cep.commit import CommitPlan, FencedError, StalePositionError, commit
 from cep.evaluator import Effects, Evaluator, apply_patch, timer_user
 from cep.events import Event, ProfilePatch
 from cep.rule_index import RuleIndex
@@ -66,16 +65,19 @@ class PartitionOwner:
         self._limits = limits
         self._rule_index = rule_index
         self._cache: OrderedDict[str, UserState] = OrderedDict()
-        self._position = b"0-0"
+        self._position: bytes | None = None  # None: read it from Redis before the next batch
         self._items_per_entry = 1.0  # running estimate, to size reads in entries
         self.processed = 0
 
     async def run(self, halt: asyncio.Event, stopping: asyncio.Event) -> None:
         """Process batches until halted, stopped or fenced; Redis trouble is retried with backoff."""
-        self._position, _ = await streams.progress(self._redis, self.partition)
         last_trim, backoff = time.monotonic(), 0.1
         while not (halt.is_set() or stopping.is_set()):
             try:
+                if self._position is None:
+                    # At start and after any failure: Redis' position, not ours (a commit whose reply was
+                    # lost moved it; a Redis restart may have rolled it back).
+                    self._position, _ = await streams.progress(self._redis, self.partition)
                 now = self._clock.now_ms()
                 due, next_due = await timers.due(self._redis, self.partition, now, self._limits.batch_size)
                 wait: int | None = None
@@ -98,6 +100,9 @@ class PartitionOwner:
             except FencedError:
                 log.warning("partition %d: lease epoch %d was superseded; letting it go", self.partition, self.epoch)
                 return
+            except StalePositionError:
+                log.warning("partition %d: stored position moved under us; re-reading it", self.partition)
+                self._reset()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -105,13 +110,13 @@ class PartitionOwner:
                 # what Redis holds, after a pause that grows while the trouble lasts.
                 log.warning("partition %d: redis error (%s); retrying in %.1fs", self.partition, exc, backoff)
                 metrics.on_redis_error("worker")
-                await self._reset()
+                self._reset()
                 await pause(stopping, backoff)
                 backoff = min(backoff * 2, 5.0)
             except Exception:
                 # A bug outside evaluation (evaluation failures are isolated and quarantined): same recovery.
                 log.exception("partition %d: batch failed; retrying from the committed position", self.partition)
-                await self._reset()
+                self._reset()
                 await pause(stopping, backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -136,15 +141,17 @@ class PartitionOwner:
             self._items_per_entry = 0.8 * self._items_per_entry + 0.2 * (total / kept)
         return entries[:kept]
 
-    async def _reset(self) -> None:
-        """Forget the cache and go back to the committed position."""
+    def _reset(self) -> None:
+        """Forget the cache and the position: the next iteration reads both from Redis."""
         self._cache.clear()
-        with contextlib.suppress(RedisError, OSError):  # the next attempt reads it again
-            self._position, _ = await streams.progress(self._redis, self.partition)
+        self._position = None
 
     async def process(self, index: RuleIndex, entries: list[streams.Entry], due: list[tuple[str, int]]) -> None:
         """Evaluate and commit one batch; an entry that fails evaluation alone is quarantined."""
         started = time.perf_counter()
+        if self._position is None:
+            self._position, _ = await streams.progress(self._redis, self.partition)
+        read_after = self._position
         decoded: list[tuple[streams.Entry, list[streams.Item] | None]] = []
         for entry in entries:
             try:
@@ -165,10 +172,13 @@ class PartitionOwner:
             self._cache.clear()
             await self._load(users)
             plan, effects = self._evaluate(index, decoded, due, now, isolate=True)
+        plan.read_after = read_after
         try:
             await commit(self._redis, plan, self.epoch)
         except BaseException:
-            self._cache.clear()  # it may hold state that was never committed
+            # The cache may hold state that was never committed, and whether the commit applied is
+            # unknown when its reply was lost: both are read again from Redis.
+            self._reset()
             raise
         if entries:
             self._position = entries[-1][0]

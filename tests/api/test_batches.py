@@ -28,8 +28,10 @@ async def test_batches_hold_whole_entries_up_to_the_event_limit(redis_client: ai
 
     (epoch,) = await run_scripts(redis_client, [partition_lease_call(0, "me", 60_000, take=True)])
     owner = PartitionOwner(redis_client, 0, int(epoch), ManualClock(T0), limits, no_rules)
+    owner._position = b"0-0"  # what run() would read from the (empty) progress hash
     sizes = []
     while await streams.backlog(redis_client, 1):
+        assert owner._position is not None
         entries = await streams.read_after(redis_client, 0, owner._position, owner._entries_to_read(), None)
         batch = owner._within_batch(entries)
         sizes.append(sum(streams.entry_count(fields) for _, fields in batch))

@@ -7,7 +7,7 @@ import redis.asyncio as aioredis
 
 from beacon.clock import ManualClock
 from cep import streams
-from cep.commit import FencedError
+from cep.commit import FencedError, StalePositionError
 from cep.ownership import epoch_key, owner_key, partition_lease_call
 from cep.partition_owner import OwnerLimits, PartitionOwner
 from cep.rule_index import RuleIndex
@@ -84,5 +84,13 @@ async def test_a_stale_owner_is_fenced_and_writes_nothing(redis_url: str, redis_
     current = PartitionOwner(redis_client, 0, 2, ManualClock(T0), limits, index)
     await current.process(await index(), entries, [])
     assert await streams.backlog(redis_client, 1) == 0
+    committed = await streams.progress(redis_client, 0)
+    # The same batch again from the position it was read after (a commit whose reply was lost, retried;
+    # or a commit a Redis restart rolled back under a live owner): refused, nothing counted twice.
+    retry = PartitionOwner(redis_client, 0, 2, ManualClock(T0), limits, index)
+    retry._position = b"0-0"
+    with pytest.raises(StalePositionError):
+        await retry.process(await index(), entries, [])
+    assert await streams.progress(redis_client, 0) == committed
     async with running_beacon(server_settings(redis_url, partitions=1, run_workers=False)) as api:
         assert [a["trigger_id"] for a in await api.actions("alice")] == ["v1"]
