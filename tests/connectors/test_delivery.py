@@ -113,7 +113,12 @@ async def test_client_errors_are_not_retried_and_dead_letters_replay(
         dead = await wait_status(redis_client, coupon, {"dead"})
         assert dead["reason"] == "http_4xx" and dead["attempts"] == 1
         assert len(merchant.requests) == 1
-        assert deliveries("coupon", "dead") == before + 1
+
+        async def dead_count() -> float:
+            return deliveries("coupon", "dead")
+
+        # The status turns dead before the deliverer's last awaits and its metric: poll, do not race it.
+        assert await eventually(dead_count, lambda count: count == before + 1) == before + 1
         letters = await list_dead_letters(redis_client, PARTITIONS, 10)
         assert [(row["action_id"], row["reason"]) for row in letters] == [(coupon["action_id"], "http_4xx")]
         assert letters[0]["action"]["params"] == {"coupon_id": "C-1"}
