@@ -15,7 +15,6 @@ from cep.scripts import run_scripts
 from cep.user_state import STATE, user_key
 from rules.registry import RulesetRegistry
 from rules.store import RulesetStore
-from tests.api.test_end_to_end import settled
 from tests.harness import eventually, running_beacon, server_settings
 
 T0 = 1_767_225_600_000
@@ -51,7 +50,8 @@ async def test_two_processes_split_the_partitions(redis_url: str, redis_client: 
             for k in (0, 1)
         ]
         await second.post_events(events)
-        await settled(redis_client)
+        # All four partitions, not the default two `settled` watches.
+        assert await eventually(lambda: streams.backlog(redis_client, 4), lambda backlog: backlog == 0) == 0
         for i in range(20):
             assert [a["trigger_id"] for a in await first.actions(f"u{i}")] == [f"v{i}-1"]
 
