@@ -110,7 +110,7 @@ async def timer_rows(stack: BeaconStack, size: Size) -> list[Row]:
                 state_growth / max(grown, 1),
                 "bytes",
                 f"used_memory growth minus streams over the last {grown:,} absences, one fresh user each: "
-                "timer member, the user's packed record (pending A, dedupe id) and last-interaction key",
+                "timer member, the user's packed record (pending A, dedupe id, last interaction)",
             )
         )
         rows += await memory.user_rows(stack, redis, size)
