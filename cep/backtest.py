@@ -256,7 +256,7 @@ def run_backtest(
             if progress is not None:
                 progress(count)
             if count % PRUNE_EVERY == 0:
-                _prune(simulation)
+                simulation.prune()
     if day_events:
         tally.day_counts(day).events += day_events
     simulation.fire_timers(until_ms)
@@ -277,11 +277,3 @@ def run_backtest(
         sample=tally.sample,
         until_ms=until_ms,
     )
-
-
-def _prune(simulation: Simulation) -> None:
-    """Drop expired dedupe ids, re-entry marks and pattern states, as the partition owner does live."""
-    if simulation.now_ms is None:
-        return
-    for state in simulation.states.values():
-        state.prune(simulation.now_ms, simulation.dedupe_horizon_ms)

@@ -33,23 +33,6 @@ class Event:
     origin: str = ORIGIN_PRODUCER
 
 
-def encode_event(event: Event) -> bytes:
-    """Serialise an event for a stream entry."""
-    packed: bytes = msgpack.packb(_to_fields(event), use_bin_type=True)
-    return packed
-
-
-def decode_event(raw: bytes) -> Event:
-    """Inverse of encode_event; raises DecodeError on anything it cannot read."""
-    try:
-        data = msgpack.unpackb(raw, raw=False)
-        return _from_fields(data)
-    except DecodeError:
-        raise
-    except Exception as exc:
-        raise DecodeError(f"unreadable event entry: {exc}") from exc
-
-
 def encode_batch(events: list[Event]) -> bytes:
     """Serialise the events of one stream entry (one ingest request's events of one partition)."""
     packed: bytes = msgpack.packb([_to_fields(event) for event in events], use_bin_type=True)

@@ -82,6 +82,3 @@ class RuleIndex:
         for _, _, role, event_type in ordered:
             by_type.setdefault(event_type, []).append(role)
         self.by_type: dict[str, tuple[RoleEntry, ...]] = {key: tuple(value) for key, value in by_type.items()}
-
-
-EMPTY_INDEX = RuleIndex(())

@@ -107,6 +107,14 @@ class Simulation:
             self._evaluator.on_timer(state, member, due, self.now_ms, effects)
             self._done(effects, consumed=member)
 
+    def prune(self) -> None:
+        """Drop expired dedupe ids, re-entry marks and pattern states of every user, as the partition
+        owner does for the users of each batch (a long backtest calls this now and then)."""
+        if self.now_ms is None:
+            return
+        for state in self.states.values():
+            state.prune(self.now_ms, self.dedupe_horizon_ms)
+
     def pending(self) -> list[tuple[int, str]]:
         """Timers not fired yet: (due, user id), in due order."""
         return [(due, timer_user(member)) for due, _, member in sorted(self.timers) if member not in self.cancelled]

@@ -10,7 +10,7 @@ and nothing is acknowledged separately.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -150,11 +150,6 @@ def quarantined_fields(entry: Entry, error: str) -> dict[bytes, bytes]:
     """What a quarantined entry keeps: its fields, its id and why it failed."""
     entry_id, fields = entry
     return {**fields, b"entry_id": entry_id, b"error": error[:2000].encode()}
-
-
-def entry_ids(entries: Iterable[Entry]) -> list[bytes]:
-    """The ids of entries, in order."""
-    return [entry_id for entry_id, _ in entries]
 
 
 # -- consumer groups (the connectors read the outboxes through one) -----------------------------------

@@ -82,11 +82,6 @@ def trigger_fields(rule: Rule) -> frozenset[str]:
     return frozenset(names)
 
 
-def reads_profile(rule: Rule) -> bool:
-    """Whether firing the rule reads the profile (a condition, or a profile template in its actions)."""
-    return rule.condition is not None or "profile." in repr([action.params for action in rule.actions])
-
-
 # eq=False: identity equality and hashing; comparing two versions field by field (closures included)
 # would mean nothing.
 @dataclass(frozen=True, slots=True, eq=False)
@@ -96,7 +91,6 @@ class CompiledRuleset:
     ruleset: Ruleset
     rules: dict[str, Rule]
     state_ids: dict[str, str]
-    profile_rules: frozenset[str]
     # event type -> its roles, by rule priority (highest first), then the rules' order in the document.
     matchers: dict[str, tuple[RoleMatch, ...]]
     # rule id -> its `if` (`predicates.always` for a rule without one).
@@ -118,7 +112,6 @@ class CompiledRuleset:
             ruleset=ruleset,
             rules={rule.id: rule for rule in ruleset.rules},
             state_ids={rule.id: pattern_state_id(ruleset.id, rule) for rule in ruleset.rules},
-            profile_rules=frozenset(rule.id for rule in ruleset.rules if reads_profile(rule)),
             matchers={event_type: tuple(roles) for event_type, roles in by_type.items()},
             conditions={rule.id: compile_predicate(rule.condition) for rule in ruleset.rules},
             renderers={

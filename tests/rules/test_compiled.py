@@ -7,10 +7,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rules.compiled import CompiledRuleset, pattern_state_id, reads_profile
+from rules.compiled import CompiledRuleset, pattern_state_id
 from rules.model import (
     Absence,
-    Action,
     AllOf,
     AnyOf,
     Compare,
@@ -18,8 +17,6 @@ from rules.model import (
     HasTag,
     Matcher,
     Not,
-    Reentry,
-    Rule,
     Ruleset,
     Sequence,
     Single,
@@ -136,7 +133,6 @@ def test_conditions_read_event_profile_and_tags() -> None:
     assert not vip({"amount": 100}, {"region": "SH"}, frozenset())
     assert not vip({"amount": 100, "region": "SH"}, {}, frozenset({"vip"}))
     assert compiled.conditions["plain"] is always
-    assert compiled.profile_rules == {"vip"}
 
 
 def test_state_ids_follow_the_pattern_only() -> None:
@@ -152,15 +148,6 @@ def test_state_ids_follow_the_pattern_only() -> None:
     assert pattern_state_id("rs", rule) != pattern_state_id("other", rule)
     compiled = CompiledRuleset.build(Ruleset("rs", (rule,)))
     assert compiled.state_ids == {"r": ids[0]}
-
-
-def test_reads_profile() -> None:
-    templated = Rule(
-        "t", Single(Matcher("pay")), (Action("message", {"text": "hi {{profile.name}}"}),), Reentry("once")
-    )
-    assert reads_profile(make_rule("c", Single(Matcher("pay")), HasTag("vip")))
-    assert reads_profile(templated)
-    assert not reads_profile(make_rule("p", Single(Matcher("pay"))))
 
 
 def test_predicates_past_durable_rules_limits_compile_and_hold() -> None:
