@@ -8,6 +8,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from cep.outbox import recent_key
+from cep.streams import stream_id
 from cep.user_state import LEDGER, LEDGER_INDEX, LEDGER_STATUS, user_key_for
 
 
@@ -50,7 +51,7 @@ async def recent_actions(
             pipe.xrevrange(recent_key(partition), count=count)
         replies = await pipe.execute()
     entries = sorted(
-        (entry for reply in replies for entry in reply), key=lambda entry: _stream_id(entry[0]), reverse=True
+        (entry for reply in replies for entry in reply), key=lambda entry: stream_id(entry[0]), reverse=True
     )
     seen: set[bytes] = set()
     wanted: list[tuple[str, bytes]] = []
@@ -63,8 +64,3 @@ async def recent_actions(
     if rule_id is not None:
         actions = [action for action in actions if action.get("rule_id") == rule_id]
     return actions[:limit]
-
-
-def _stream_id(raw: bytes) -> tuple[int, int]:
-    ms, _, seq = raw.decode().partition("-")
-    return int(ms), int(seq or 0)

@@ -40,13 +40,8 @@ async def patch_profile(redis: Redis, partitions: int, patch: ProfilePatch, wait
     deadline = time.monotonic() + wait_s
     while True:
         committed, _ = await streams.progress(redis, partition)
-        if _stream_id(committed) >= _stream_id(entry_id):
+        if streams.stream_id(committed) >= streams.stream_id(entry_id):
             return True
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(POLL_S)
-
-
-def _stream_id(raw: bytes) -> tuple[int, int]:
-    ms, _, seq = raw.decode().partition("-")
-    return int(ms), int(seq or 0)

@@ -169,16 +169,17 @@ async def trim_acknowledged(redis: Redis, key: str) -> None:
     groups = await redis.xinfo_groups(key)
     floor: tuple[int, int] | None = None
     for group in groups:
-        candidate = _stream_id(group["last-delivered-id"])
+        candidate = stream_id(group["last-delivered-id"])
         pending = await redis.xpending(key, group["name"])
         if pending and pending["pending"]:
-            candidate = min(candidate, _stream_id(pending["min"]))
+            candidate = min(candidate, stream_id(pending["min"]))
         floor = candidate if floor is None else min(floor, candidate)
     if floor and floor != (0, 0):
         await redis.xtrim(key, minid=f"{floor[0]}-{floor[1]}", approximate=True)
 
 
-def _stream_id(value: Any) -> tuple[int, int]:
+def stream_id(value: Any) -> tuple[int, int]:
+    """A stream entry id (bytes or text) as (ms, seq), which orders ids as Redis does."""
     raw = value.decode() if isinstance(value, bytes) else str(value)
     ms, _, seq = raw.partition("-")
     return int(ms), int(seq or 0)
