@@ -50,6 +50,11 @@ def test_every_row_is_reported(smoke_run: dict[str, object]) -> None:
     assert ids == expected_row_ids(SIZES["smoke"], list(BENCHES))
     assert [row["id"] for row in smoke_run["csv"]] == ids  # type: ignore[attr-defined]
     skipped = {row["id"]: row["detail"] for row in document["rows"] if row["value"] is None}
+    # The sustainable-rate rows come from a throughput search, which a busy CI machine can fail to find a
+    # flat trial for: that is a measurement, not a bug, so only its reason is checked.
+    for row_id in ("ingest.http.sustained", "ingest.ws.sustained"):
+        detail = skipped.pop(row_id, None)
+        assert detail is None or detail.startswith("skipped: no flat trial"), detail
     if durable_installed():
         assert set(skipped) == {"scaling.cluster"}, skipped
     else:
