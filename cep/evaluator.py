@@ -167,7 +167,7 @@ class Evaluator:
         if digest in state.seen:
             effects.duplicates += 1
             return []
-        state.seen[digest] = now_ms
+        state.remember(digest, now_ms)
         if event.origin == ORIGIN_PRODUCER and event.ts > state.last_seen:
             state.last_seen = event.ts
         roles: dict[RuleEntry, set[str]] = {}

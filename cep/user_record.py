@@ -17,10 +17,17 @@ import msgpack
 
 from beacon.errors import DecodeError
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+# Version 1 stored pattern timestamps as distances below the watermark: smaller, but flipping every list
+# in Python on each encode and decode cost more CPU than the bytes were worth (docs/performance.md).
+RECORD_VERSION_RELATIVE = 1
 NEVER = 0  # an expiry of 0: kept until deleted (profile, tags, `first`, `once` re-entry)
 # A record kept only for the last interaction outlives the 48-hour customer-service window.
 LAST_SEEN_TTL_MS = 72 * 3_600_000
+
+
+# A dedupe entry: the event id's 64-bit hash and when it was processed, in seconds.
+_SEEN = struct.Struct("<QI")
 
 
 def event_id_hash(event_id: str) -> int:
@@ -52,13 +59,25 @@ class UserState:
 
     profile: dict[str, Any] = field(default_factory=dict)
     tags: set[str] = field(default_factory=set)
-    seen: dict[int, int] = field(default_factory=dict)  # event id hash -> when processed (wall ms)
+    # Event id hash -> when processed (wall clock, whole seconds), in processing order: the first entry is
+    # the oldest and the last the newest (a clock stepping back only keeps an id a little longer).
+    seen: dict[int, int] = field(default_factory=dict)
     fired: dict[str, list[int]] = field(default_factory=dict)  # rule key -> [last trigger ts, expires ms]
     first: dict[str, int] = field(default_factory=dict)  # rule key -> ts of the first matching event
     patterns: dict[str, PatternState] = field(default_factory=dict)  # state id -> pattern state
     # The newest `ts` of the user's own (producer) events: WeChat customer-service messages may only go
     # out within 48 h of it (connectors.delivery). 0: none seen.
     last_seen: int = 0
+    # `seen` as stored (12 bytes per id, in order), kept in step by `remember` so that encoding does not
+    # repack every id of the 7-day horizon on each commit; None: rebuild from `seen`.
+    seen_packed: bytes | None = field(default=None, repr=False, compare=False)
+
+    def remember(self, digest: int, now_ms: int) -> None:
+        """Record a processed event id (see `seen`)."""
+        at = now_ms // 1000
+        self.seen[digest] = at
+        if self.seen_packed is not None:
+            self.seen_packed += _SEEN.pack(digest, at)
 
     def is_empty(self) -> bool:
         """Nothing worth storing: the record can be deleted."""
@@ -68,9 +87,10 @@ class UserState:
 
     def prune(self, now_ms: int, dedupe_horizon_ms: int) -> None:
         """Drop what has expired: old dedupe ids, lapsed re-entry marks, pattern states past their TTL."""
-        oldest = now_ms - dedupe_horizon_ms
-        if self.seen and min(self.seen.values()) < oldest:
+        oldest = (now_ms - dedupe_horizon_ms) // 1000
+        if self.seen and next(iter(self.seen.values())) < oldest:
             self.seen = {h: at for h, at in self.seen.items() if at >= oldest}
+            self.seen_packed = None
         for rk in [rk for rk, (_, expires) in self.fired.items() if expires != NEVER and expires < now_ms]:
             del self.fired[rk]
         for sid in [sid for sid, state in self.patterns.items() if state.expires_ms < now_ms or not state.parts]:
@@ -80,7 +100,7 @@ class UserState:
         """How long the stored record must live (0: for ever), given what it holds now."""
         if self.profile or self.tags or self.first or any(exp == NEVER for _, exp in self.fired.values()):
             return 0
-        latest = max(self.seen.values(), default=0) + dedupe_horizon_ms
+        latest = next(reversed(self.seen.values())) * 1000 + dedupe_horizon_ms if self.seen else 0
         latest = max(latest, *(exp for _, exp in self.fired.values()), 0)
         latest = max(latest, *(state.expires_ms for state in self.patterns.values()), 0)
         if self.last_seen:
@@ -88,15 +108,11 @@ class UserState:
         return max(latest - now_ms, 1)
 
 
-# A dedupe entry: the event id's 64-bit hash and when it was processed, in seconds.
-_SEEN = struct.Struct("<QI")
-
-
 def encode_user_state(state: UserState) -> bytes:
     """The stored form: a versioned msgpack map with empty parts left out.
 
-    Pattern timestamps are stored as distances below the pattern's watermark (small integers take 1-5
-    bytes in msgpack where an epoch-ms timestamp takes 9) and dedupe entries as packed 12-byte pairs.
+    Pattern lists go to msgpack as they are (packed in C, no per-list Python work); dedupe entries as
+    packed 12-byte pairs, kept packed between commits (`UserState.seen_packed`).
     """
     record: dict[str, Any] = {"v": RECORD_VERSION}
     if state.profile:
@@ -104,7 +120,9 @@ def encode_user_state(state: UserState) -> bytes:
     if state.tags:
         record["g"] = sorted(state.tags)
     if state.seen:
-        record["s"] = b"".join(_SEEN.pack(digest, at // 1000) for digest, at in state.seen.items())
+        if state.seen_packed is None:
+            state.seen_packed = b"".join(_SEEN.pack(digest, at) for digest, at in state.seen.items())
+        record["s"] = state.seen_packed
     if state.fired:
         record["f"] = state.fired
     if state.first:
@@ -112,10 +130,7 @@ def encode_user_state(state: UserState) -> bytes:
     if state.last_seen:
         record["l"] = state.last_seen
     if state.patterns:
-        record["x"] = {
-            sid: [ps.watermark, ps.expires_ms, _flip_parts(ps.watermark, ps.parts)]
-            for sid, ps in state.patterns.items()
-        }
+        record["x"] = {sid: [ps.watermark, ps.expires_ms, ps.parts] for sid, ps in state.patterns.items()}
     packed: bytes = msgpack.packb(record, use_bin_type=True)
     return packed
 
@@ -126,17 +141,21 @@ def decode_user_state(raw: bytes | None) -> UserState:
         return UserState()
     try:
         record = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-        if record.get("v") != RECORD_VERSION:
-            raise DecodeError(f"unknown user record version {record.get('v')!r}")
+        version = record.get("v")
+        if version not in (RECORD_VERSION, RECORD_VERSION_RELATIVE):
+            raise DecodeError(f"unknown user record version {version!r}")
+        relative = version == RECORD_VERSION_RELATIVE
+        seen_packed = bytes(record.get("s") or b"")
         return UserState(
             profile=dict(record.get("p") or {}),
             tags=set(record.get("g") or ()),
-            seen={digest: at * 1000 for digest, at in _SEEN.iter_unpack(record.get("s") or b"")},
+            seen=dict(_SEEN.iter_unpack(seen_packed)),
+            seen_packed=seen_packed,
             fired={rk: list(value) for rk, value in (record.get("f") or {}).items()},
             first=dict(record.get("1") or {}),
             last_seen=int(record.get("l") or 0),
             patterns={
-                sid: PatternState(wm, exp, _flip_parts(wm, parts))
+                sid: PatternState(wm, exp, _flip_parts(wm, parts) if relative else parts)
                 for sid, (wm, exp, parts) in (record.get("x") or {}).items()
             },
         )
@@ -147,6 +166,7 @@ def decode_user_state(raw: bytes | None) -> UserState:
 
 
 def _flip_parts(watermark: int, parts: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, list[Any]]]:
+    """Version-1 pattern lists (distances below the watermark) as timestamps."""
     return {role: {key: _flip(watermark, items) for key, items in lists.items()} for role, lists in parts.items()}
 
 

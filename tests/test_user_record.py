@@ -1,0 +1,74 @@
+"""The packed user record: round trips, the kept-packed dedupe ids, and reading version-1 records."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from beacon.errors import DecodeError
+from cep.user_record import PatternState, UserState, decode_user_state, encode_user_state, event_id_hash
+
+DAY_MS = 86_400_000
+NOW = 1_800_000_000_000
+
+
+def _state() -> UserState:
+    state = UserState(profile={"level": 3}, tags={"vip"}, last_seen=NOW - 5)
+    state.fired["r1"] = [NOW - 10, NOW + DAY_MS]
+    state.first["r2"] = NOW - 20
+    state.patterns["s1"] = PatternState(
+        NOW,
+        NOW + DAY_MS,
+        {"a": {"ssku-1": [NOW - 300, NOW - 200]}, "p": {"_": [[NOW - 100, "e1", {"sku": 1}]]}},
+    )
+    return state
+
+
+def test_round_trip_keeps_everything() -> None:
+    state = _state()
+    for index in range(5):
+        state.remember(event_id_hash(f"e{index}"), NOW + index * 1000)
+    again = decode_user_state(encode_user_state(state))
+    assert again.profile == state.profile and again.tags == state.tags and again.last_seen == state.last_seen
+    assert again.fired == state.fired and again.first == state.first
+    assert again.patterns == state.patterns
+    assert again.seen == {event_id_hash(f"e{i}"): (NOW + i * 1000) // 1000 for i in range(5)}
+
+
+def test_ids_remembered_after_decoding_are_encoded_too() -> None:
+    state = decode_user_state(encode_user_state(_state()))
+    state.remember(event_id_hash("a"), NOW)
+    state = decode_user_state(encode_user_state(state))
+    state.remember(event_id_hash("b"), NOW + 1000)
+    assert set(decode_user_state(encode_user_state(state)).seen) == {event_id_hash("a"), event_id_hash("b")}
+
+
+def test_prune_drops_old_ids_from_the_packed_form() -> None:
+    state = UserState()
+    state.remember(event_id_hash("old"), NOW - 8 * DAY_MS)
+    state.remember(event_id_hash("new"), NOW)
+    encode_user_state(state)  # packs both
+    state.prune(NOW, 7 * DAY_MS)
+    assert set(decode_user_state(encode_user_state(state)).seen) == {event_id_hash("new")}
+    assert state.ttl_ms(NOW, 7 * DAY_MS) == 7 * DAY_MS
+
+
+def test_version_1_records_store_pattern_times_below_the_watermark() -> None:
+    stored = {
+        "v": 1,
+        "g": ["vip"],
+        "x": {"s1": [NOW, NOW + DAY_MS, {"a": {"_": [300, 200]}, "t": {"_": [[50, 9.5]]}}]},
+    }
+    state = decode_user_state(msgpack.packb(stored, use_bin_type=True))
+    assert state.tags == {"vip"}
+    assert state.patterns["s1"].parts == {"a": {"_": [NOW - 300, NOW - 200]}, "t": {"_": [[NOW - 50, 9.5]]}}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [msgpack.packb({"v": 99}), msgpack.packb({"v": 2, "s": b"\x00" * 5}), b"\xc1"],
+    ids=["unknown version", "torn dedupe ids", "not msgpack"],
+)
+def test_unreadable_records_raise_decode_error(raw: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_user_state(raw)
