@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from beacon import metrics
@@ -33,6 +33,7 @@ from cep.user_state import load_states
 log = logging.getLogger("beacon.worker")
 
 TRIM_EVERY_S = 10.0
+NO_TIMERS = 2**63  # the next due time when the partition has no timer at all
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +68,24 @@ class PartitionOwner:
         self._cache: OrderedDict[str, UserState] = OrderedDict()
         self._position: bytes | None = None  # None: read it from Redis before the next batch
         self._items_per_entry = 1.0  # running estimate, to size reads in entries
+        # The earliest due time of the partition's timers, None when unknown (at start, after any failure,
+        # and after a batch that took due timers). Only this owner's commits add timers, so while it is
+        # known the owner skips the timer query until it passes: one Redis call less per batch.
+        self._next_due: int | None = None
         self.processed = 0
 
     async def run(self, halt: asyncio.Event, stopping: asyncio.Event) -> None:
+        """Process batches until halted, stopped or fenced, on a connection of its own."""
+        shared = self._redis
+        self._redis = _own_connection(shared)
+        try:
+            await self._run(halt, stopping)
+        finally:
+            if self._redis is not shared:
+                await self._redis.aclose()
+            self._redis = shared
+
+    async def _run(self, halt: asyncio.Event, stopping: asyncio.Event) -> None:
         """Process batches until halted, stopped or fenced; Redis trouble is retried with backoff."""
         last_trim, backoff = time.monotonic(), 0.1
         while not (halt.is_set() or stopping.is_set()):
@@ -79,12 +95,12 @@ class PartitionOwner:
                     # lost moved it; a Redis restart may have rolled it back).
                     self._position, _ = await streams.progress(self._redis, self.partition)
                 now = self._clock.now_ms()
-                due, next_due = await timers.due(self._redis, self.partition, now, self._limits.batch_size)
+                due = await self._due_timers(now)
                 wait: int | None = None
                 if not due:
                     wait = self._limits.block_ms
-                    if next_due is not None:
-                        wait = max(min(wait, next_due - now), 1)
+                    if self._next_due is not None and self._next_due != NO_TIMERS:
+                        wait = max(min(wait, self._next_due - now), 1)
                 entries = await streams.read_after(
                     self._redis, self.partition, self._position, self._entries_to_read(), wait
                 )
@@ -120,6 +136,13 @@ class PartitionOwner:
                 await pause(stopping, backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    async def _due_timers(self, now: int) -> list[tuple[str, int]]:
+        if self._next_due is not None and now < self._next_due:
+            return []
+        due, next_due = await timers.due(self._redis, self.partition, now, self._limits.batch_size)
+        self._next_due = None if due else NO_TIMERS if next_due is None else next_due
+        return due
+
     def _entries_to_read(self) -> int:
         # An entry holds one request's events of this partition: read about a batch's worth of events.
         return max(1, min(self._limits.batch_size, round(self._limits.batch_size / self._items_per_entry)))
@@ -145,6 +168,7 @@ class PartitionOwner:
         """Forget the cache and the position: the next iteration reads both from Redis."""
         self._cache.clear()
         self._position = None
+        self._next_due = None
 
     async def process(self, index: RuleIndex, entries: list[streams.Entry], due: list[tuple[str, int]]) -> None:
         """Evaluate and commit one batch; an entry that fails evaluation alone is quarantined."""
@@ -182,6 +206,8 @@ class PartitionOwner:
             raise
         if entries:
             self._position = entries[-1][0]
+        if self._next_due is not None and effects.timers_added:
+            self._next_due = min(self._next_due, *(due_ms for due_ms, _ in effects.timers_added))
         self._trim_cache()
         self._report(effects, decoded, due, now, time.perf_counter() - started)
 
@@ -315,6 +341,17 @@ class PartitionOwner:
         if effects.hop_limited:
             metrics.on_hop_limit(effects.hop_limited)
         metrics.on_batch(seconds)
+
+
+def _own_connection(redis: Redis) -> Redis:
+    """A client holding one connection of `redis`'s pool for this owner's calls, which are sequential.
+
+    Each call on the shared pool paid for waiting on it (a condition, a timeout, a health check): about
+    a quarter of the owner's CPU when batches are small. A cluster client keeps its per-node pools.
+    """
+    if isinstance(redis, RedisCluster):
+        return redis
+    return redis.client()
 
 
 def _copy(state: UserState) -> UserState:
