@@ -59,6 +59,12 @@ BATCH_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
     registry=REGISTRY,
 )
+BATCH_ITEMS = Histogram(
+    "beacon_worker_batch_items",
+    "Events, profile patches and due timers in one worker batch (small batches cost more per event)",
+    buckets=(1, 5, 20, 50, 100, 200, 500, 1000, 2000),
+    registry=REGISTRY,
+)
 STREAM_LAG = Gauge(
     "beacon_stream_lag_entries", "Event stream entries not yet acknowledged by the workers", registry=REGISTRY
 )
@@ -124,21 +130,25 @@ def on_late_event(ruleset_id: str, rule_id: str) -> None:
     EVENTS_LATE.labels(ruleset_id, rule_id).inc()
 
 
-def on_rule_fired(ruleset_id: str, rule_id: str) -> None:
-    """A firing admitted by the re-entry policy."""
-    RULE_MATCHES.labels(ruleset_id, rule_id).inc()
+def on_rule_fired(ruleset_id: str, rule_id: str, count: int = 1) -> None:
+    """Firings admitted by the re-entry policy."""
+    RULE_MATCHES.labels(ruleset_id, rule_id).inc(count)
 
 
-def on_action_emitted(action_type: str, latency_s: float | None) -> None:
-    """An action reached the ledger/outbox, `latency_s` after its event was accepted."""
-    ACTIONS_EMITTED.labels(action_type).inc()
-    if latency_s is not None:
-        INGEST_TO_OUTBOX.observe(max(latency_s, 0.0))
+def on_actions_emitted(action_type: str, count: int) -> None:
+    """Actions reached the ledger/outbox."""
+    ACTIONS_EMITTED.labels(action_type).inc(count)
 
 
-def on_batch(seconds: float) -> None:
-    """A worker batch finished."""
+def on_ingest_to_outbox(latency_s: float) -> None:
+    """An action reached the outbox `latency_s` after its event was accepted."""
+    INGEST_TO_OUTBOX.observe(max(latency_s, 0.0))
+
+
+def on_batch(seconds: float, items: int) -> None:
+    """A worker batch finished: its duration and how many events, patches and timers it held."""
     BATCH_SECONDS.observe(seconds)
+    BATCH_ITEMS.observe(items)
 
 
 def set_stream_lag(entries: int) -> None:

@@ -141,6 +141,11 @@ class Evaluator:
         if found is None:
             return  # cancelled by a B meanwhile
         pending.remove(found)
+        pattern.packed = None
+        if not pending:
+            del pattern.parts["p"][correlation]
+            if not pattern.parts["p"]:
+                del pattern.parts["p"]
         a_ts, _, a_attrs = found
         entry = self.index.by_state.get(state_id)
         if entry is None or not isinstance(entry.rule.when, Absence):
@@ -251,6 +256,7 @@ class Evaluator:
         elif event.ts > pattern.watermark:
             pattern.watermark = event.ts
         pattern.expires_ms = now_ms + window_ms + lateness + TTL_MARGIN_MS
+        pattern.packed = None  # the caller changes it: encode it afresh
         return pattern
 
     # -- firing ------------------------------------------------------------------------------------
@@ -310,19 +316,18 @@ def _sequence(
     pattern: PatternState, when: Sequence, lateness: int, correlation: str, event: Event, roles: set[str]
 ) -> bool:
     """A then B: completes when B finds an A in [ts - w, ts], or A finds an earlier-processed B in [ts, ts + w]."""
-    firsts = pattern.parts.setdefault("a", {}).setdefault(correlation, [])
-    thens = pattern.parts.setdefault("b", {}).setdefault(correlation, [])
     ts, within = event.ts, when.within_ms
     # Both checks look at what was there before this event: an event playing both roles never pairs with itself.
-    done = "then" in roles and _any_between(firsts, ts - within, ts)
+    done = "then" in roles and _any_between(_stamps(pattern, "a", correlation), ts - within, ts)
     if "first" in roles and not done:
-        done = _any_between(thens, ts, ts + within)
+        done = _any_between(_stamps(pattern, "b", correlation), ts, ts + within)
+    # Lists are created only for the role an event plays: an empty list would be stored and never pruned.
     if "then" in roles:
-        insort(thens, ts)
+        insort(pattern.parts.setdefault("b", {}).setdefault(correlation, []), ts)
         if pattern.floor_b is not None and ts < pattern.floor_b:
             pattern.floor_b = ts
     if "first" in roles:
-        insort(firsts, ts)
+        insort(pattern.parts.setdefault("a", {}).setdefault(correlation, []), ts)
         if pattern.floor_a is not None and ts < pattern.floor_a:
             pattern.floor_a = ts
     # Any future on-time event has ts >= cutoff: an A can still pair while ts_A + w >= cutoff, a B (for an
@@ -342,7 +347,6 @@ def _absence(
     A pending A keeps only the attributes its firing reads (`if` fields and templates).
     """
     pending = pattern.parts.setdefault("p", {}).setdefault(correlation, [])
-    missing = pattern.parts.setdefault("b", {}).setdefault(correlation, [])
     ts, within = event.ts, when.within_ms
     cancelled: list[str] = []
     if "missing" in roles and pending:
@@ -353,12 +357,12 @@ def _absence(
             else:
                 kept.append(item)
         pending[:] = kept
-    became_pending = "first" in roles and not _any_between(missing, ts, ts + within)
+    became_pending = "first" in roles and not _any_between(_stamps(pattern, "b", correlation), ts, ts + within)
     if became_pending:
         attrs = {name: event.attrs[name] for name in entry.trigger_fields if name in event.attrs}
         insort(pending, [ts, event.event_id, attrs], key=_first_item)
     if "missing" in roles:
-        insort(missing, ts)
+        insort(pattern.parts.setdefault("b", {}).setdefault(correlation, []), ts)
         if pattern.floor_b is not None and ts < pattern.floor_b:
             pattern.floor_b = ts
     _prune(pattern, "b", pattern.watermark - entry.rule.lateness_ms)
@@ -378,11 +382,15 @@ def _threshold(
     cutoff = pattern.watermark - lateness
     if when.sum_field is None:
         insort(members, ts)
-        # In order, the only window to check ends at this event; out of order, also at later ones.
-        done = any(
-            bisect_right(members, end) - bisect_left(members, end - window) >= when.at_least
-            for end in members[bisect_left(members, ts) : bisect_right(members, ts + window)]
-        )
+        if members[-1] == ts:
+            # In order (the common case): the only window to check ends at this event.
+            done = len(members) - bisect_left(members, ts - window) >= when.at_least
+        else:
+            # Out of order: also the windows ending at later kept events that now hold this one.
+            done = any(
+                bisect_right(members, end) - bisect_left(members, end - window) >= when.at_least
+                for end in members[bisect_left(members, ts) : bisect_right(members, ts + window)]
+            )
         del members[: bisect_left(members, cutoff - window)]
         # Below the cutoff only the n - 1 newest can still share a window with an on-time event.
         older = bisect_left(members, cutoff)
@@ -391,15 +399,33 @@ def _threshold(
             del members[: older - keep_older]
         return done
     insort(members, [ts, value], key=_first_item)
-    stamps = [member[0] for member in members]
-    done = False
-    for end in stamps[bisect_left(stamps, ts) : bisect_right(stamps, ts + window)]:
-        start = bisect_left(stamps, end - window)
-        if sum(member[1] for member in members[start : bisect_right(stamps, end)]) >= when.at_least:
-            done = True
-            break
-    del members[: bisect_left(stamps, cutoff - window)]
+    if members[-1][0] == ts:
+        # In order: the window ending at this event, summed from the newest member back.
+        total, start = 0.0, ts - window
+        for member in reversed(members):
+            if member[0] < start:
+                break
+            total += member[1]
+        done = total >= when.at_least
+    else:
+        stamps = [member[0] for member in members]
+        done = False
+        for end in stamps[bisect_left(stamps, ts) : bisect_right(stamps, ts + window)]:
+            low = bisect_left(stamps, end - window)
+            if sum(member[1] for member in members[low : bisect_right(stamps, end)]) >= when.at_least:
+                done = True
+                break
+    del members[: bisect_left(members, cutoff - window, key=_first_item)]
     return done
+
+
+_NO_STAMPS: list[int] = []
+
+
+def _stamps(pattern: PatternState, role: str, correlation: str) -> list[int]:
+    """One correlation's list of a role, for reading only (an absent list reads as empty)."""
+    lists = pattern.parts.get(role)
+    return lists.get(correlation, _NO_STAMPS) if lists else _NO_STAMPS
 
 
 def _any_between(stamps: list[int], low: int, high: int) -> bool:

@@ -51,6 +51,15 @@ class PatternState:
     # the evaluator skip pruning without visiting every correlation's list.
     floor_a: int | None = None
     floor_b: int | None = None
+    # Its stored form while unchanged since decoding or the last encode (None: encode afresh). An event
+    # touches the few patterns of its type's rules; the others are copied into the record as bytes.
+    packed: bytes | None = field(default=None, repr=False, compare=False)
+
+    def pack(self) -> bytes:
+        """The stored form, encoded now if it changed."""
+        if self.packed is None:
+            self.packed = msgpack.packb([self.watermark, self.expires_ms, self.parts], use_bin_type=True)
+        return self.packed
 
 
 @dataclass(slots=True)
@@ -111,8 +120,9 @@ class UserState:
 def encode_user_state(state: UserState) -> bytes:
     """The stored form: a versioned msgpack map with empty parts left out.
 
-    Pattern lists go to msgpack as they are (packed in C, no per-list Python work); dedupe entries as
-    packed 12-byte pairs, kept packed between commits (`UserState.seen_packed`).
+    Each pattern is its own msgpack string, re-encoded only when evaluation changed it
+    (`PatternState.packed`); its lists go to msgpack as they are (packed in C, no per-list Python work).
+    Dedupe entries are packed 12-byte pairs, kept packed between commits (`UserState.seen_packed`).
     """
     record: dict[str, Any] = {"v": RECORD_VERSION}
     if state.profile:
@@ -130,7 +140,7 @@ def encode_user_state(state: UserState) -> bytes:
     if state.last_seen:
         record["l"] = state.last_seen
     if state.patterns:
-        record["x"] = {sid: [ps.watermark, ps.expires_ms, ps.parts] for sid, ps in state.patterns.items()}
+        record["x"] = {sid: ps.pack() for sid, ps in state.patterns.items()}
     packed: bytes = msgpack.packb(record, use_bin_type=True)
     return packed
 
@@ -154,15 +164,20 @@ def decode_user_state(raw: bytes | None) -> UserState:
             fired={rk: list(value) for rk, value in (record.get("f") or {}).items()},
             first=dict(record.get("1") or {}),
             last_seen=int(record.get("l") or 0),
-            patterns={
-                sid: PatternState(wm, exp, _flip_parts(wm, parts) if relative else parts)
-                for sid, (wm, exp, parts) in (record.get("x") or {}).items()
-            },
+            patterns={sid: _decode_pattern(value, relative) for sid, value in (record.get("x") or {}).items()},
         )
     except DecodeError:
         raise
     except Exception as exc:
         raise DecodeError(f"unreadable user record: {exc}") from exc
+
+
+def _decode_pattern(value: Any, relative: bool) -> PatternState:
+    if relative:
+        watermark, expires_ms, parts = value
+        return PatternState(watermark, expires_ms, _flip_parts(watermark, parts))
+    watermark, expires_ms, parts = msgpack.unpackb(value, raw=False, strict_map_key=False)
+    return PatternState(watermark, expires_ms, parts, packed=bytes(value))
 
 
 def _flip_parts(watermark: int, parts: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, list[Any]]]:

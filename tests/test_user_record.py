@@ -6,7 +6,12 @@ import msgpack
 import pytest
 
 from beacon.errors import DecodeError
+from cep.evaluator import Effects, Evaluator
+from cep.events import Event
+from cep.rule_index import RuleIndex
 from cep.user_record import PatternState, UserState, decode_user_state, encode_user_state, event_id_hash
+from rules.compiled import CompiledRuleset
+from rules.registry import compile_ruleset
 
 DAY_MS = 86_400_000
 NOW = 1_800_000_000_000
@@ -72,3 +77,39 @@ def test_version_1_records_store_pattern_times_below_the_watermark() -> None:
 def test_unreadable_records_raise_decode_error(raw: bytes) -> None:
     with pytest.raises(DecodeError):
         decode_user_state(raw)
+
+
+def test_a_pattern_the_evaluator_changes_is_encoded_afresh() -> None:
+    """Unchanged patterns are stored from their decoded bytes; a changed one must not be."""
+    document = {
+        "id": "t",
+        "rules": [
+            {
+                "id": "views",
+                "when": {"threshold": {"match": {"event": "view"}, "count": 3, "window": "1h"}},
+                "then": [{"action": "tag", "add": ["keen"]}],
+            },
+            {
+                "id": "carts",
+                "when": {"threshold": {"match": {"event": "cart"}, "count": 5, "window": "1h"}},
+                "then": [{"action": "tag", "add": ["buyer"]}],
+            },
+        ],
+    }
+    index = RuleIndex([CompiledRuleset.build(compile_ruleset(document, ruleset_id="t", lateness_ms=0))])
+    evaluator = Evaluator(index)
+    state = UserState()
+
+    def feed(kind: str, number: int) -> None:
+        event = Event(f"{kind}{number}", "u", kind, NOW + number, {}, NOW + number)
+        evaluator.on_event(state, event, NOW + number, Effects())
+
+    feed("view", 1)
+    feed("cart", 2)
+    state = decode_user_state(encode_user_state(state))
+    feed("view", 3)  # changes the `views` pattern only
+    feed("view", 4)
+    state = decode_user_state(encode_user_state(state))
+    assert state.tags == {"keen"}
+    counts = sorted(len(lists["_"]) for pattern in state.patterns.values() for lists in pattern.parts.values())
+    assert counts == [1, 3]
