@@ -135,7 +135,7 @@ class Evaluator:
         state_id, correlation, a_event_id = rest
         pattern = state.patterns.get(state_id)
         pending = pattern.parts.get("p", {}).get(correlation) if pattern else None
-        if not pending:
+        if pattern is None or not pending:
             return
         found = next((item for item in pending if item[1] == a_event_id), None)
         if found is None:
