@@ -33,7 +33,7 @@ ABSENCE_TIMER = "a"
 ACTION_TIMER = "d"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, like Event: built per firing, and treated as immutable
 class Firing:
     """An admitted firing: which rule, on which trigger, and the actions it created."""
 

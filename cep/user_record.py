@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 
 from beacon.errors import DecodeError
+from cep.packing import packb
 
 RECORD_VERSION = 2
 # Version 1 stored pattern timestamps as distances below the watermark: smaller, but flipping every list
@@ -58,7 +59,7 @@ class PatternState:
     def pack(self) -> bytes:
         """The stored form, encoded now if it changed."""
         if self.packed is None:
-            self.packed = msgpack.packb([self.watermark, self.expires_ms, self.parts], use_bin_type=True)
+            self.packed = packb([self.watermark, self.expires_ms, self.parts])
         return self.packed
 
 
@@ -141,8 +142,7 @@ def encode_user_state(state: UserState) -> bytes:
         record["l"] = state.last_seen
     if state.patterns:
         record["x"] = {sid: ps.pack() for sid, ps in state.patterns.items()}
-    packed: bytes = msgpack.packb(record, use_bin_type=True)
-    return packed
+    return packb(record)
 
 
 def decode_user_state(raw: bytes | None) -> UserState:
