@@ -56,6 +56,8 @@ async def run_scripts(redis: Redis, calls: Sequence[ScriptCall], *, fsync_timeou
     """
     if not calls:
         return []
+    if len(calls) == 1 and not fsync_timeout_ms:
+        return [await _one(redis, calls[0])]
     replies = await _pipeline(redis, calls, fsync_timeout_ms)
     missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if missing:
@@ -68,6 +70,16 @@ async def run_scripts(redis: Redis, calls: Sequence[ScriptCall], *, fsync_timeou
         if isinstance(reply, Exception):
             raise reply
     return replies
+
+
+async def _one(redis: Redis, call: ScriptCall) -> Any:
+    """One call without a pipeline: on a client holding its own connection, no pool is involved."""
+    command = (len(call.keys), *call.keys, *call.args)
+    try:
+        return await redis.execute_command("EVALSHA", script_sha(call.source), *command)
+    except NoScriptError:
+        await redis.script_load(call.source)
+        return await redis.execute_command("EVALSHA", script_sha(call.source), *command)
 
 
 async def _pipeline(redis: Redis, calls: Sequence[ScriptCall], fsync_timeout_ms: int = 0) -> list[Any]:
