@@ -11,10 +11,15 @@ from beacon.errors import ValidationError
 from cep.events import Event
 
 EVENT_FIELDS = ("user_id", "type", "ts", "event_id", "attrs")
+_EVENT_FIELD_SET = frozenset(EVENT_FIELDS)
+# Braces would break the {u:<user>} Redis Cluster hash tag; control characters break logs.
+_NOT_IN_ID = re.compile(r"[\x00-\x1f{}]")
 _TYPE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 _MIN_TS = 946_684_800_000  # 2000-01-01: anything earlier is a seconds-for-ms mistake
 _MAX_TS = 4_102_444_800_000  # 2100-01-01
 MAX_ATTRS = 64
+# What msgpack (the stream's codec) can carry: a bigger integer would fail the append after validation.
+_MIN_INT, _MAX_INT = -(2**63), 2**64 - 1
 
 
 def check_identifier(value: Any, path: str, what: str, limit: int = 128) -> str:
@@ -23,17 +28,44 @@ def check_identifier(value: Any, path: str, what: str, limit: int = 128) -> str:
         raise ValidationError(f"{what} must be a non-empty string", path=path)
     if len(value) > limit:
         raise ValidationError(f"{what} longer than {limit} characters", path=path)
-    # Braces would break the {u:<user>} Redis Cluster hash tag; control characters break logs.
-    if "{" in value or "}" in value or any(ord(ch) < 32 for ch in value):
+    if _NOT_IN_ID.search(value):
         raise ValidationError(f"{what} must not contain braces or control characters", path=path)
     return value
 
 
 def check_json_value(value: Any, path: str, depth: int = 0) -> None:
     """A JSON-compatible value (finite numbers, string keys, at most 4 levels deep)."""
+    if not _json_ok(value, depth):
+        _json_error(value, path, depth)
+
+
+def _json_ok(value: Any, depth: int) -> bool:
+    """check_json_value's test without building a path per value (paths are only for the error)."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return _MIN_INT <= value <= _MAX_INT
+    if kind is float:
+        return math.isfinite(value)
+    if depth >= 4:
+        return False
+    if kind is dict:
+        return all(type(key) is str and _json_ok(item, depth + 1) for key, item in value.items())
+    if kind is list:
+        return all(_json_ok(item, depth + 1) for item in value)
+    return False
+
+
+def _json_error(value: Any, path: str, depth: int) -> None:
+    """Raise the error check_json_value reports, with the path of the first offending value."""
     if depth > 4:
         raise ValidationError("nested deeper than 4 levels", path=path)
-    if value is None or isinstance(value, (bool, int, str)):
+    if value is None or isinstance(value, (bool, str)):
+        return
+    if isinstance(value, int):
+        if not _MIN_INT <= value <= _MAX_INT:
+            raise ValidationError("integer out of range (-2**63 to 2**64 - 1)", path=path)
         return
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -41,13 +73,13 @@ def check_json_value(value: Any, path: str, depth: int = 0) -> None:
         return
     if isinstance(value, list):
         for index, item in enumerate(value):
-            check_json_value(item, f"{path}[{index}]", depth + 1)
+            _json_error(item, f"{path}[{index}]", depth + 1)
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ValidationError("object keys must be strings", path=path)
-            check_json_value(item, f"{path}.{key}", depth + 1)
+            _json_error(item, f"{path}.{key}", depth + 1)
         return
     raise ValidationError(f"unsupported value of type {type(value).__name__}", path=path)
 
@@ -57,7 +89,7 @@ def parse_event(obj: Any, path: str, now_ms: int) -> Event:
     if not isinstance(obj, dict):
         raise ValidationError("an event must be an object", path=path or None)
     prefix = f"{path}." if path else ""
-    unknown = sorted(set(obj) - set(EVENT_FIELDS), key=str)
+    unknown = [] if obj.keys() <= _EVENT_FIELD_SET else sorted(set(obj) - _EVENT_FIELD_SET, key=str)
     if unknown:
         raise ValidationError(
             f"unknown field {unknown[0]!r} (expected one of: {', '.join(EVENT_FIELDS)})",

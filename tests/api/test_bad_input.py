@@ -61,6 +61,11 @@ async def test_nan_is_not_json(beacon: Beacon) -> None:
         ({"user_id": "u", "type": "pay", "ts": 1700000000}, "ts"),
         ({"user_id": "u", "type": "pay", "attrs": [1, 2]}, "attrs"),
         ({"user_id": "u", "type": "pay", "colour": "red"}, "colour"),
+        ({"user_id": "u\x07", "type": "pay"}, "user_id"),
+        # msgpack (the stream's codec) cannot carry these: refused here, not a failed append (a 500).
+        ({"user_id": "u", "type": "pay", "attrs": {"n": 2**64}}, "attrs.n"),
+        ({"user_id": "u", "type": "pay", "attrs": {"a": [1, {"n": -(2**63) - 1}]}}, "attrs.a[1].n"),
+        ({"user_id": "u", "type": "pay", "attrs": {"a": {"b": {"c": {"d": {"e": 1}}}}}}, "attrs.a.b.c.d.e"),
     ],
 )
 async def test_single_event_field_errors(beacon: Beacon, event: dict[str, Any], path: str) -> None:
