@@ -76,10 +76,10 @@ async def _one(redis: Redis, call: ScriptCall) -> Any:
     """One call without a pipeline: on a client holding its own connection, no pool is involved."""
     command = (len(call.keys), *call.keys, *call.args)
     try:
-        return await redis.execute_command("EVALSHA", script_sha(call.source), *command)
+        return await redis.evalsha(script_sha(call.source), *command)
     except NoScriptError:
         await redis.script_load(call.source)
-        return await redis.execute_command("EVALSHA", script_sha(call.source), *command)
+        return await redis.evalsha(script_sha(call.source), *command)
 
 
 async def _pipeline(redis: Redis, calls: Sequence[ScriptCall], fsync_timeout_ms: int = 0) -> list[Any]:
