@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from beacon.redis_server import EmbeddedRedis, free_port
 
 RULESET_PATH = Path(__file__).parent / "rulesets" / "mix.json"
-PARTITIONS = 4
+PARTITIONS = 12  # Beacon's default (BEACON_PARTITIONS)
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 

@@ -52,7 +52,7 @@ async def _burst(
 ) -> tuple[list[Row], list[Row]]:
     """Flat out: accepted/s until the last ack, processed/s until the backlog is empty; and the CPU
     each process spent over that same window, per event (the second list)."""
-    blast = load.blast_http if transport == "http" else load.blast_ws
+    blast = load.blast_http if transport.startswith("http") else load.blast_ws
     roles = stack.pids_by_role()
     cpu_before = await cpu.sample(redis, roles)
     result = await blast(stack.base_url, events)
@@ -66,7 +66,7 @@ async def _burst(
             f"{transport}: ingest accepted/s (flat out)",
             result.rate,
             "events/s",
-            f"{TRANSPORTS[transport]}; {result.accepted:,} events acked in {result.seconds:.1f}s",
+            f"{TRANSPORTS[transport.split('+')[0]]}; {result.accepted:,} events acked in {result.seconds:.1f}s",
         )
     ]
     if drained is None:
@@ -114,7 +114,7 @@ async def _trial(
     """Offer `rate` for one trial; flat when the backlog neither grows nor holds over ~1 s of work."""
     await load.wait_drained(redis, stack.partitions, size.drain_timeout_s)
     sampler = asyncio.create_task(load.sample_backlog(redis, stack.partitions, size.trial_s))
-    result = await load.paced(transport, stack.base_url, workload.events, rate, size.trial_s)
+    result = await load.paced(transport.split("+")[0], stack.base_url, workload.events, rate, size.trial_s)
     samples = await sampler
     offered = result.sent / size.trial_s
     half = [s for s in samples if s[0] >= samples[0][0] + size.trial_s / 2] or samples[-1:]
@@ -168,10 +168,14 @@ async def throughput(size: Size) -> list[Row]:
     """
     rows: list[Row] = []
     cpu_rows: list[Row] = []
-    for transport in ("http", "ws"):
+    # "http+worker": `beacon serve` and one `beacon worker` process, which share the partitions: the
+    # scale-out that uses a second core (one Python process runs on one core at a time).
+    for transport in ("http", "ws", "http+worker"):
         async with beacon_stack() as stack:
             redis = stack.client()
             try:
+                if transport.endswith("+worker"):
+                    await stack.start_workers(1)
                 workload = Workload(size.users, prefix="t")
                 await load_profiles(redis, workload, stack.partitions)
                 await warm_up(stack, redis, workload, min(1_000, size.burst_events), size.drain_timeout_s)
