@@ -106,14 +106,15 @@ def _to_fields(event: Event) -> dict[str, Any]:
 def _from_fields(data: dict[str, Any]) -> Event:
     if data.get("v") != EVENT_CODEC_VERSION:
         raise DecodeError(f"unknown event codec version {data.get('v')!r}")
+    # Positional and without copying `a` (msgpack made a fresh dict): this runs for every event read.
     return Event(
-        event_id=data["id"],
-        user_id=data["u"],
-        type=data["t"],
-        ts=int(data["ts"]),
-        attrs=dict(data.get("a") or {}),
-        received_ms=int(data.get("r") or 0),
-        origin=data.get("o") or ORIGIN_PRODUCER,
+        data["id"],
+        data["u"],
+        data["t"],
+        int(data["ts"]),
+        data.get("a") or {},
+        int(data.get("r") or 0),
+        data.get("o") or ORIGIN_PRODUCER,
     )
 
 

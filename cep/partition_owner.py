@@ -255,11 +255,11 @@ class PartitionOwner:
         for user_id in touched:
             state = self._cache[user_id]
             self._cache.move_to_end(user_id)
-            state.prune(now, horizon)
+            ttl_ms = state.prune(now, horizon)
             if state.is_empty():
                 plan.delete_state(user_id)
             else:
-                plan.put_state(user_id, encode_user_state(state), state.ttl_ms(now, horizon))
+                plan.put_state(user_id, encode_user_state(state), ttl_ms)
         for firing in effects.firings:
             for action in firing.actions:
                 plan.add_action(

@@ -95,27 +95,45 @@ class UserState:
             self.profile or self.tags or self.seen or self.fired or self.first or self.patterns or self.last_seen
         )
 
-    def prune(self, now_ms: int, dedupe_horizon_ms: int) -> None:
-        """Drop what has expired: old dedupe ids, lapsed re-entry marks, pattern states past their TTL."""
-        oldest = (now_ms - dedupe_horizon_ms) // 1000
-        if self.seen and next(iter(self.seen.values())) < oldest:
-            self.seen = {h: at for h, at in self.seen.items() if at >= oldest}
-            self.seen_packed = None
-        for rk in [rk for rk, (_, expires) in self.fired.items() if expires != NEVER and expires < now_ms]:
-            del self.fired[rk]
-        for sid in [sid for sid, state in self.patterns.items() if state.expires_ms < now_ms or not state.parts]:
-            del self.patterns[sid]
+    def prune(self, now_ms: int, dedupe_horizon_ms: int) -> int:
+        """Drop what has expired (old dedupe ids, lapsed re-entry marks, pattern states past their TTL or
+        empty); returns how long the stored record must live from now (0: for ever), given what it
+        holds then.
 
-    def ttl_ms(self, now_ms: int, dedupe_horizon_ms: int) -> int:
-        """How long the stored record must live (0: for ever), given what it holds now."""
-        if self.profile or self.tags or self.first or any(exp == NEVER for _, exp in self.fired.values()):
-            return 0
-        latest = next(reversed(self.seen.values())) * 1000 + dedupe_horizon_ms if self.seen else 0
-        latest = max(latest, *(exp for _, exp in self.fired.values()), 0)
-        latest = max(latest, *(state.expires_ms for state in self.patterns.values()), 0)
+        One pass over each part: it runs for every user of every batch.
+        """
+        forever = bool(self.profile or self.tags or self.first)
+        latest = 0
+        if self.seen:
+            oldest = (now_ms - dedupe_horizon_ms) // 1000
+            if next(iter(self.seen.values())) < oldest:
+                self.seen = {h: at for h, at in self.seen.items() if at >= oldest}
+                self.seen_packed = None
+            if self.seen:
+                latest = next(reversed(self.seen.values())) * 1000 + dedupe_horizon_ms
+        if self.fired:
+            lapsed = []
+            for rk, (_, expires) in self.fired.items():
+                if expires == NEVER:
+                    forever = True
+                elif expires < now_ms:
+                    lapsed.append(rk)
+                elif expires > latest:
+                    latest = expires
+            for rk in lapsed:
+                del self.fired[rk]
+        if self.patterns:
+            gone = []
+            for sid, state in self.patterns.items():
+                if state.expires_ms < now_ms or not state.parts:
+                    gone.append(sid)
+                elif state.expires_ms > latest:
+                    latest = state.expires_ms
+            for sid in gone:
+                del self.patterns[sid]
         if self.last_seen:
             latest = max(latest, now_ms + LAST_SEEN_TTL_MS)
-        return max(latest - now_ms, 1)
+        return 0 if forever else max(latest - now_ms, 1)
 
 
 def encode_user_state(state: UserState) -> bytes:

@@ -53,9 +53,8 @@ def test_prune_drops_old_ids_from_the_packed_form() -> None:
     state.remember(event_id_hash("old"), NOW - 8 * DAY_MS)
     state.remember(event_id_hash("new"), NOW)
     encode_user_state(state)  # packs both
-    state.prune(NOW, 7 * DAY_MS)
+    assert state.prune(NOW, 7 * DAY_MS) == 7 * DAY_MS  # the newest id's horizon
     assert set(decode_user_state(encode_user_state(state)).seen) == {event_id_hash("new")}
-    assert state.ttl_ms(NOW, 7 * DAY_MS) == 7 * DAY_MS
 
 
 def test_version_1_records_store_pattern_times_below_the_watermark() -> None:
@@ -113,3 +112,17 @@ def test_a_pattern_the_evaluator_changes_is_encoded_afresh() -> None:
     assert state.tags == {"keen"}
     counts = sorted(len(lists["_"]) for pattern in state.patterns.values() for lists in pattern.parts.values())
     assert counts == [1, 3]
+
+
+def test_prune_drops_what_lapsed_and_says_how_long_the_rest_lives() -> None:
+    state = UserState(last_seen=NOW)
+    state.fired["lapsed"] = [NOW - DAY_MS, NOW - 1]
+    state.fired["live"] = [NOW, NOW + 2 * DAY_MS]
+    state.patterns["old"] = PatternState(NOW, NOW - 1, {"a": {"_": [NOW - DAY_MS]}})
+    state.patterns["empty"] = PatternState(NOW, NOW + DAY_MS, {})
+    state.patterns["live"] = PatternState(NOW, NOW + 5 * DAY_MS, {"a": {"_": [NOW]}})
+    assert state.prune(NOW, 7 * DAY_MS) == 5 * DAY_MS
+    assert set(state.fired) == {"live"} and set(state.patterns) == {"live"}
+    state.first["r"] = NOW
+    assert state.prune(NOW, 7 * DAY_MS) == 0  # a first-time mark is kept for ever
+    assert UserState(last_seen=NOW).prune(NOW, 7 * DAY_MS) == 72 * 3_600_000
