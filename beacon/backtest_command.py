@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -13,7 +14,7 @@ from typing import TextIO
 from api.recorded_events import EventFile, EventLineError
 from beacon.errors import BeaconError
 from beacon.settings import Settings
-from cep.backtest import BacktestReport, run_backtest
+from cep.backtest import BacktestReport, merge_reports, run_backtest
 from rules.model import Ruleset
 from rules.registry import compile_ruleset
 
@@ -83,12 +84,20 @@ def backtest(
     *,
     as_json: bool = False,
     until_ms: int | None = None,
+    jobs: int = 1,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
 ) -> int:
-    """Run the command; returns the exit code (0, or 2 with one line on stderr for bad input)."""
+    """Run the command; returns the exit code (0, or 2 with one line on stderr for bad input).
+
+    `jobs` > 1 runs that many processes, each evaluating its share of the users over the whole log
+    (`cep.backtest.run_backtest(shard=...)`), and merges their reports.
+    """
     try:
-        report = _run(ruleset_paths, events_path, settings, until_ms, err)
+        if jobs > 1:
+            report = _run_in_processes(ruleset_paths, events_path, settings, until_ms, jobs, err.isatty())
+        else:
+            report = _run(ruleset_paths, events_path, settings, until_ms, err)
     except InputError as exc:
         print(f"beacon backtest: {exc}", file=err)
         return EXIT_BAD_INPUT
@@ -103,9 +112,32 @@ def backtest(
     return EXIT_OK
 
 
-def _run(
-    ruleset_paths: Sequence[str], events_path: str, settings: Settings, until_ms: int | None, err: TextIO
+def _run_in_processes(
+    ruleset_paths: Sequence[str], events_path: str, settings: Settings, until_ms: int | None, jobs: int, bar: bool
 ) -> BacktestReport:
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        shards = [
+            pool.submit(_run, ruleset_paths, events_path, settings, until_ms, None, (k, jobs), bar and k == 0)
+            for k in range(jobs)
+        ]
+        reports = [shard.result() for shard in shards]
+    return merge_reports(reports, time.perf_counter() - started)
+
+
+def _run(
+    ruleset_paths: Sequence[str],
+    events_path: str,
+    settings: Settings,
+    until_ms: int | None,
+    err: TextIO | None,
+    shard: tuple[int, int] = (0, 1),
+    bar_on_stderr: bool = False,
+) -> BacktestReport:
+    """One process's run (of one shard); `err` None: a worker process, drawing the bar on its stderr
+    when `bar_on_stderr` (every shard reads the whole file, so one bar tells the whole run's progress)."""
+    if err is None:
+        err = sys.stderr if bar_on_stderr else None
     rulesets: list[Ruleset] = []
     for path in ruleset_paths:
         ruleset = load_ruleset(path, settings.lateness_ms)
@@ -117,7 +149,7 @@ def _run(
     except OSError as exc:
         raise InputError(f"cannot read {events_path}: {exc.strerror or exc}") from exc
     with source:
-        bar = ProgressBar(err, source.size, source.bytes_read) if err.isatty() else None
+        bar = ProgressBar(err, source.size, source.bytes_read) if err is not None and err.isatty() else None
         try:
             report = run_backtest(
                 rulesets,
@@ -125,6 +157,7 @@ def _run(
                 progress=bar.update if bar else None,
                 until_ms=until_ms,
                 dedupe_horizon_ms=settings.dedupe_horizon_ms,
+                shard=shard,
             )
         except EventLineError as exc:
             raise InputError(f"{events_path}:{exc.line}: {exc}") from exc

@@ -126,6 +126,17 @@ async def _push(path: str, url: str, key: str | None) -> int:
     return 0
 
 
+def _jobs(text: str) -> int:
+    """--jobs: a whole number of processes, 1 to 64."""
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= jobs <= 64:
+        raise argparse.ArgumentTypeError(f"must be 1 to 64, got {jobs}")
+    return jobs
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `beacon` console script."""
     parser = argparse.ArgumentParser(prog="beacon", description="Real-time marketing trigger server")
@@ -148,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     backtest.add_argument("--events", required=True, metavar="FILE", help=".jsonl or .jsonl.gz, one event a line")
     backtest.add_argument("--json", action="store_true", help="print the report as JSON")
     backtest.add_argument("--until", type=int, metavar="MS", help="stop the simulated clock here (ms since the epoch)")
+    backtest.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=len(os.sched_getaffinity(0)),
+        metavar="N",
+        help="processes, each evaluating a share of the users (default: the CPUs this process may use)",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -167,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         # Users' state is millions of small long-lived objects, as in a worker's cache: at CPython's default
         # thresholds the collector rescanning it took a third of the run (300k events of bench/workload.py).
         tune_gc()
-        return run_backtest_command(args.ruleset, args.events, settings, as_json=args.json, until_ms=args.until)
+        return run_backtest_command(
+            args.ruleset, args.events, settings, as_json=args.json, until_ms=args.until, jobs=args.jobs
+        )
     if args.command == "serve":
         settings = dataclasses.replace(
             settings, host=args.host or settings.host, port=args.port if args.port is not None else settings.port

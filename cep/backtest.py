@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cep.events import Event
+from cep.events import Event, partition_of
 from cep.rule_index import RuleIndex, rule_key
 from cep.simulate import DEDUPE_HORIZON_MS, Simulation, Step, firing_json
 from rules.compiled import CompiledRuleset
@@ -220,11 +220,17 @@ def run_backtest(
     dedupe_horizon_ms: int = DEDUPE_HORIZON_MS,
     max_steps: int = sys.maxsize,
     sample_size: int = SAMPLE_SIZE,
+    shard: tuple[int, int] = (0, 1),
 ) -> BacktestReport:
     """Run `events` in the given (arrival) order through `rulesets`, then fire the timers due by `until_ms`.
 
     `until_ms` None fires every remaining timer, as a dry-run does. `progress` is called with the
-    number of events done every PROGRESS_EVERY events and once at the end.
+    number of events read every PROGRESS_EVERY events and once at the end.
+
+    `shard` (k, n) evaluates only the users of hash bucket k of n (`partition_of`), which is how
+    `beacon backtest --jobs n` spreads a log over n processes. Users are independent, and every event
+    still moves the simulated clock, so each timer fires at the same moment as in one unsharded run:
+    `merge_reports` of the n shards equals the unsharded report, but for which firings the sample keeps.
     """
     started = time.perf_counter()
     compiled = [CompiledRuleset.build(ruleset) for ruleset in rulesets]
@@ -235,7 +241,22 @@ def run_backtest(
     count = 0
     # Events of one day are counted in a local and flushed on a day change: logs are mostly in ts order.
     day, day_events = -1, 0
+    bucket, buckets = shard
+    read = 0
     for event in events:
+        read += 1
+        if totals.first_event_ts is None:
+            totals.first_event_ts = event.ts
+        totals.last_event_ts = event.ts
+        if read % PROGRESS_EVERY == 0:
+            if progress is not None:
+                progress(read)
+            if read % PRUNE_EVERY == 0:
+                simulation.prune()
+        if buckets > 1 and partition_of(event.user_id, buckets) != bucket:
+            simulation.advance(event.ts)
+            continue
+        tally.last_step = None
         simulation.feed(event)
         count += 1
         step = tally.last_step
@@ -249,14 +270,6 @@ def run_backtest(
                 tally.day_counts(day).events += day_events
             day, day_events = event_day, 0
         day_events += 1
-        if totals.first_event_ts is None:
-            totals.first_event_ts = event.ts
-        totals.last_event_ts = event.ts
-        if count % PROGRESS_EVERY == 0:
-            if progress is not None:
-                progress(count)
-            if count % PRUNE_EVERY == 0:
-                simulation.prune()
     if day_events:
         tally.day_counts(day).events += day_events
     simulation.fire_timers(until_ms)
@@ -268,7 +281,7 @@ def run_backtest(
     totals.clock_end_ms = simulation.now_ms
     totals.elapsed_s = time.perf_counter() - started
     if progress is not None:
-        progress(count)
+        progress(read)
     return BacktestReport(
         rulesets=[(item.ruleset.id, item.ruleset.version) for item in compiled],
         rules=list(tally.rules.values()),
@@ -277,3 +290,57 @@ def run_backtest(
         sample=tally.sample,
         until_ms=until_ms,
     )
+
+
+def merge_reports(
+    reports: Sequence[BacktestReport], elapsed_s: float, sample_size: int = SAMPLE_SIZE
+) -> BacktestReport:
+    """One report from the shards of a run (`run_backtest(shard=...)`), which took `elapsed_s` in all.
+
+    Counts add up (each user, so each firing, belongs to one shard); the first and last times are the
+    earliest and latest; the sample keeps the earliest firings of all the shards' samples.
+    """
+    first = reports[0]
+    rules = {(rule.ruleset_id, rule.rule_id): RuleSummary(rule.ruleset_id, rule.rule_id) for rule in first.rules}
+    days: dict[int, DayCounts] = {}
+    totals = Totals()
+    for report in reports:
+        for rule in report.rules:
+            into = rules[(rule.ruleset_id, rule.rule_id)]
+            into.firings += rule.firings
+            into.users |= rule.users
+            into.actions.update(rule.actions)
+            into.late += rule.late
+            into.duplicates += rule.duplicates
+            into.first_at = _earliest(into.first_at, rule.first_at)
+            into.last_at = _latest(into.last_at, rule.last_at)
+        for day, counts in report.days.items():
+            merged = days.setdefault(day, DayCounts())
+            merged.events += counts.events
+            merged.firings += counts.firings
+            merged.by_rule.update(counts.by_rule)
+        part = report.totals
+        for name in ("events", "users", "firings", "late", "duplicates", "chained_events", "timers_fired"):
+            setattr(totals, name, getattr(totals, name) + getattr(part, name))
+        totals.pending_timers += part.pending_timers
+        totals.first_event_ts = _earliest(totals.first_event_ts, part.first_event_ts)
+        totals.last_event_ts = _latest(totals.last_event_ts, part.last_event_ts)
+        totals.clock_end_ms = _latest(totals.clock_end_ms, part.clock_end_ms)
+    totals.elapsed_s = elapsed_s
+    sample = sorted((firing for report in reports for firing in report.sample), key=lambda firing: firing["at"])
+    return BacktestReport(
+        rulesets=first.rulesets,
+        rules=list(rules.values()),
+        days=days,
+        totals=totals,
+        sample=sample[:sample_size],
+        until_ms=first.until_ms,
+    )
+
+
+def _earliest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _latest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)

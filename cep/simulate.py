@@ -78,10 +78,14 @@ class Simulation:
         state.profile.update(attrs)
         state.tags.update(tags)
 
+    def advance(self, ts: int) -> None:
+        """Move the clock to an event's `ts` (never back), firing the timers due by then."""
+        self.fire_timers(ts)
+        self.now_ms = ts if self.now_ms is None else max(self.now_ms, ts)
+
     def feed(self, event: Event) -> None:
         """Fire the timers due by the event's `ts`, then evaluate the event."""
-        self.fire_timers(event.ts)
-        self.now_ms = event.ts if self.now_ms is None else max(self.now_ms, event.ts)
+        self.advance(event.ts)
         if event.received_ms != self.now_ms:
             event = replace(event, received_ms=self.now_ms)
         state = self.states.get(event.user_id)

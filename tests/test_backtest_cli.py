@@ -43,10 +43,11 @@ def beacon_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_report_matches_the_trace_built_to_fire(tmp_path: Path) -> None:
+@pytest.mark.parametrize("jobs", ["1", "3"])
+def test_report_matches_the_trace_built_to_fire(tmp_path: Path, jobs: str) -> None:
     trace = cart_trace(per_group=25)
     log = write_log(tmp_path / "events.jsonl.gz", trace.events, compress=True)
-    done = beacon_cli("backtest", "--ruleset", CART_RECOVERY, "--events", str(log), "--json")
+    done = beacon_cli("backtest", "--ruleset", CART_RECOVERY, "--events", str(log), "--json", "--jobs", jobs)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     [rule] = report["rules"]
