@@ -78,21 +78,22 @@ class Simulation:
         state.profile.update(attrs)
         state.tags.update(tags)
 
-    def advance(self, ts: int) -> None:
-        """Move the clock to an event's `ts` (never back), firing the timers due by then."""
+    def advance(self, ts: int) -> int:
+        """Move the clock to an event's `ts` (never back), firing the timers due by then; returns now."""
         self.fire_timers(ts)
-        self.now_ms = ts if self.now_ms is None else max(self.now_ms, ts)
+        now = self.now_ms = ts if self.now_ms is None else max(self.now_ms, ts)
+        return now
 
     def feed(self, event: Event) -> None:
         """Fire the timers due by the event's `ts`, then evaluate the event."""
-        self.advance(event.ts)
-        if event.received_ms != self.now_ms:
-            event = replace(event, received_ms=self.now_ms)
+        now = self.advance(event.ts)
+        if event.received_ms != now:
+            event = replace(event, received_ms=now)
         state = self.states.get(event.user_id)
         if state is None:
             state = self.states[event.user_id] = UserState()
         effects = Effects()
-        self._evaluator.on_event(state, event, self.now_ms, effects)
+        self._evaluator.on_event(state, event, now, effects)
         self._done(effects)
 
     def fire_timers(self, up_to: int | None) -> None:
