@@ -47,7 +47,9 @@ def decode_bytes(raw: bytes | str, *, binary: bool, path: str, what: str) -> Any
         except Exception as exc:
             raise DecodeError(f"{what} is not valid msgpack: {exc}", path=path) from exc
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        if not isinstance(raw, str):
+            raw = raw.decode(json.detect_encoding(raw), "surrogatepass")  # what json.loads does with bytes
+        return _JSON.decode(raw)
     except DecodeError:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
@@ -57,3 +59,7 @@ def decode_bytes(raw: bytes | str, *, binary: bool, path: str, what: str) -> Any
 def _reject_constant(name: str) -> Any:
     # Raised as ValueError's sibling: decode_bytes re-labels it with the caller's path.
     raise ValueError(f"{name} is not valid JSON")
+
+
+# One decoder: json.loads with any keyword builds a JSONDecoder per call (a backtest decodes a line per event).
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)

@@ -43,6 +43,10 @@ async def _replay(size: Size, cluster: bool) -> list[Row]:
     return await _on_main_stack(size, replay.replay_rows)
 
 
+async def _backtest(size: Size, cluster: bool) -> list[Row]:
+    return await replay.backtest_rows(size)
+
+
 async def _durable(size: Size, cluster: bool) -> list[Row]:
     return await durable_side.side_by_side(size)
 
@@ -57,6 +61,7 @@ BENCHES: dict[str, Bench] = {
     "latency": _latency,
     "timers": _timers,
     "replay": _replay,
+    "backtest": _backtest,
     "durable": _durable,
     "scaling": _scaling,
 }
@@ -67,8 +72,13 @@ def expected_row_ids(size: Size, names: list[str]) -> list[str]:
     """The ids of every row the named benchmarks report at `size`, in order (skipped rows included)."""
     ids = {
         "throughput": [
-            *(f"ingest.{t}.{m}" for t in ("http", "ws") for m in ("accepted", "processed", "sustained")),
+            *(
+                f"ingest.{t}.{m}"
+                for t in ("http", "ws", "http+worker")
+                for m in ("accepted", "processed", "sustained")
+            ),
             *(f"cpu.{t}.{role}_us_per_event" for t in ("http", "ws") for role in ("serve", "redis", "total")),
+            *(f"cpu.http+worker.{role}_us_per_event" for role in ("serve", "workers", "redis", "total")),
         ],
         "latency": [f"latency.r{i + 1}" for i in range(len(size.latency_rates))],
         "timers": [
@@ -79,6 +89,7 @@ def expected_row_ids(size: Size, names: list[str]) -> list[str]:
             "memory.per_1m_users",
         ],
         "replay": ["replay.inprocess", "replay.http"],
+        "backtest": [f"backtest.jobs{jobs}" for jobs in replay.backtest_jobs()],
         "durable": durable_side.row_ids(),  # one skipped row without the `bench` extra
         "scaling": [*(f"scaling.workers.{count}" for count in size.worker_counts), "scaling.cluster"],
     }

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench.harness import BeaconStack, load_ruleset
+from bench.harness import RULESET_PATH, BeaconStack, load_ruleset
 from bench.report import Row
 from bench.sizes import Size
 from bench.workload import Workload
@@ -86,4 +95,76 @@ async def replay_rows(stack: BeaconStack, size: Size) -> list[Row]:
             {"firings": len(reply["firings"])},
         )
     )
+    return rows
+
+
+BACKTEST_USERS = 200_000
+BACKTEST_SPAN_MS = 7 * 86_400_000  # the log covers a week of event time, whatever its length
+BACKTEST_CHUNK = 100_000
+
+
+def backtest_jobs() -> list[int]:
+    """`--jobs` values measured: 1, and every CPU this process may use when there is more than one."""
+    cpus = len(os.sched_getaffinity(0))
+    return [1, cpus] if cpus > 1 else [1]
+
+
+def write_backtest_log(path: Path, count: int) -> None:
+    """`count` mix events of BACKTEST_USERS users over a week, as .jsonl.gz, written in chunks."""
+    workload = Workload(BACKTEST_USERS, prefix="b", seed=7)
+    gap = BACKTEST_SPAN_MS / count
+    ts = int(time.time() * 1000) - BACKTEST_SPAN_MS - TAIL_MS
+    with gzip.open(path, "wt", compresslevel=1) as out:
+        for start in range(0, count, BACKTEST_CHUNK):
+            chunk = workload.timed_log(min(BACKTEST_CHUNK, count - start), ts, gap)
+            ts = chunk[-1]["ts"]
+            out.writelines(json.dumps(event, separators=(",", ":")) + "\n" for event in chunk)
+
+
+def _run_backtest(log: Path, jobs: int) -> tuple[dict[str, Any], float, float]:
+    """`beacon backtest --json --jobs` as its own process: (report, wall seconds, CPU seconds of its processes)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "beacon.cli", "backtest", "--ruleset", str(RULESET_PATH), "--events", str(log)]
+        + ["--json", "--jobs", str(jobs)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"beacon backtest exited {done.returncode}: {done.stderr[-500:]}")
+    cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report, seconds, cpu_s
+
+
+async def backtest_rows(size: Size) -> list[Row]:
+    """`beacon backtest` over a generated .jsonl.gz log: events/s end to end (reading and parsing
+    the file included), in one process and in one per CPU, and the CPU it took per event."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="beacon-bench-backtest-") as tmp:
+        log = Path(tmp) / "events.jsonl.gz"
+        started = time.perf_counter()
+        await asyncio.to_thread(write_backtest_log, log, size.backtest_events)
+        written_s = time.perf_counter() - started
+        for jobs in backtest_jobs():
+            report, seconds, cpu_s = await asyncio.to_thread(_run_backtest, log, jobs)
+            totals = report["totals"]
+            rows.append(
+                Row(
+                    f"backtest.jobs{jobs}",
+                    SECTION,
+                    f"beacon backtest --jobs {jobs} (file read and parsed)",
+                    totals["events"] / seconds,
+                    "events/s",
+                    f"{totals['events']:,} events of {totals['users']:,} users over 7 days "
+                    f"({log.stat().st_size / 1e6:.0f} MB gzipped, written in {written_s:.0f}s); "
+                    f"{totals['firings']:,} firings, {totals['timers_fired']:,} timers fired; "
+                    f"{seconds:.1f}s wall, {cpu_s * 1e6 / totals['events']:.1f} µs CPU/event over its processes",
+                    {"seconds": seconds, "cpu_s": cpu_s, "firings": totals["firings"]},
+                )
+            )
     return rows

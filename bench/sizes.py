@@ -21,6 +21,7 @@ class Size:
     timer_probes: int  # timers made due during each timer-lateness row
     memory_users: int  # users in the memory sample
     replay_events: int  # events in the recorded log replayed through the dry-run
+    backtest_events: int  # events in the .jsonl.gz log `beacon backtest` reads
     durable_users: int  # users for the durable_rules comparison (it caps live sessions at 1,024)
     durable_events: int  # events in the durable_rules comparison log
     durable_timers: int  # timers made due at once in the side-by-side timer row
@@ -43,6 +44,7 @@ SIZES = {
         timer_probes=50,
         memory_users=300,
         replay_events=300,
+        backtest_events=2_000,
         durable_users=100,
         durable_events=1_000,
         durable_timers=10,
@@ -63,6 +65,7 @@ SIZES = {
         timer_probes=1_000,
         memory_users=20_000,
         replay_events=5_000,
+        backtest_events=300_000,
         durable_users=1_000,
         durable_events=20_000,
         durable_timers=50,
@@ -83,6 +86,7 @@ SIZES = {
         timer_probes=2_000,
         memory_users=100_000,
         replay_events=10_000,
+        backtest_events=10_000_000,
         durable_users=1_000,
         durable_events=100_000,
         durable_timers=200,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from beacon.errors import TooLargeError
@@ -88,7 +88,8 @@ class Simulation:
         """Fire the timers due by the event's `ts`, then evaluate the event."""
         now = self.advance(event.ts)
         if event.received_ms != now:
-            event = replace(event, received_ms=now)
+            # A copy (the caller's event is left alone), built directly: dataclasses.replace costs 4x.
+            event = Event(event.event_id, event.user_id, event.type, event.ts, event.attrs, now, event.origin)
         state = self.states.get(event.user_id)
         if state is None:
             state = self.states[event.user_id] = UserState()
