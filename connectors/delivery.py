@@ -3,12 +3,14 @@ call its connector, and record the outcome in the ledger, the wake-up set, dead 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from beacon import metrics
 from beacon.clock import Clock
@@ -17,7 +19,7 @@ from cep.events import partition_of
 from cep.interactions import last_interaction
 from cep.profiles import get_profile
 from connectors import delivery_ledger as ledger
-from connectors.base import Connector, clip_reply
+from connectors.base import Connector, clip_reply, storable
 from connectors.caps import quiet_until, release_cap, take_cap
 from connectors.dead_letters import add_dead_letter
 from connectors.policy import SKIP_REASONS, connector_error
@@ -75,6 +77,8 @@ class Deliverer:
             return state
         name = connector_name(stored.record)
         lease = now + self._settings.lease_ms
+        # On the loop's clock (the injected one may be a test's): the provider calls end by then.
+        deadline = asyncio.get_running_loop().time() + self._settings.attempt_budget_ms / 1000
         claimed = await ledger.swap_status(
             self._redis,
             self._partitions,
@@ -84,14 +88,14 @@ class Deliverer:
         if claimed is None:
             return "raced"  # another consumer or a replay changed it first; they own its next step
         try:
-            return await self._attempt(partition, claimed, name)
+            return await self._attempt(partition, claimed, name, deadline)
         except Exception:
             # Our bug or Redis trouble mid-attempt: the lease lapses and this wake-up retries it then.
             log.exception("delivery of action %s failed unexpectedly; retrying after the lease", action_id)
             await ledger.set_hint(self._redis, partition, user_id, action_id, lease, earlier_only=False)
             return "error"
 
-    async def _attempt(self, partition: int, claimed: ledger.Stored, name: str) -> str:
+    async def _attempt(self, partition: int, claimed: ledger.Stored, name: str, deadline: float) -> str:
         record, status = claimed.record, claimed.status
         user_id, action_id = record["user_id"], record["action_id"]
         settings, now = self._settings, self._clock.now_ms()
@@ -121,9 +125,24 @@ class Deliverer:
         attempt = int(status.get("attempts") or 0) + 1
         profile = (await get_profile(self._redis, self._partitions, user_id)).attrs if connector.needs_profile else {}
         try:
-            reply = await connector.send(record, profile)
+            async with asyncio.timeout_at(deadline):
+                reply = await connector.send(record, profile)
         except ConnectorError as error:
             return await self._failed(partition, claimed, name, error, attempt)
+        except TimeoutError:
+            # Several calls (a WeChat token refresh) ran past the attempt's budget; past the lease another
+            # consumer would claim the action and post it again while this post is still in flight.
+            budget = self._settings.attempt_budget_ms
+            stopped = connector_error("timeout", f"attempt stopped at its budget of {budget} ms (3/4 of the lease)")
+            return await self._failed(partition, claimed, name, stopped, attempt)
+        except RedisError:
+            raise  # Redis trouble, not the provider's: the lease lapses and the action is tried again then
+        except Exception as exc:
+            # A connector bug or a reply it could not handle: counted as an attempt and dead-lettered with the
+            # reason, never retried lease after lease without a count (which once posted an action forever).
+            log.exception("connector %s failed on action %s", name, action_id)
+            broken = connector_error("internal_error", f"{name}: {type(exc).__name__}: {exc}"[:300])
+            return await self._failed(partition, claimed, name, broken, attempt)
         done = self._clock.now_ms()
         final = ledger.transition(
             status, done, ledger.DELIVERED, attempts=attempt, reply=clip_reply(reply), delivered_at=done,
@@ -153,8 +172,8 @@ class Deliverer:
         # The wake-up goes first: if we die before the status says "failed", the lease lapses and it fires.
         await ledger.set_hint(self._redis, partition, record["user_id"], record["action_id"], at, earlier_only=False)
         failed = ledger.transition(
-            claimed.status, now, ledger.FAILED, attempts=attempt, reason=error.reason, reply=error.message[:500],
-            next_attempt_at=at, rate_booked_at=None,
+            claimed.status, now, ledger.FAILED, attempts=attempt, reason=error.reason,
+            reply=storable(error.message, 500), next_attempt_at=at, rate_booked_at=None,
         )  # fmt: skip
         await ledger.swap_status(self._redis, self._partitions, claimed, failed)
         metrics.on_delivery(name, ledger.FAILED)
@@ -169,7 +188,7 @@ class Deliverer:
         # Listed before the status turns dead, so a crash in between never hides a dead action.
         await add_dead_letter(self._redis, record, name, error.reason, now, self._settings.dead_letter_maxlen)
         dead = ledger.transition(
-            claimed.status, now, ledger.DEAD, attempts=attempt, reason=error.reason, reply=error.message[:500],
+            claimed.status, now, ledger.DEAD, attempts=attempt, reason=error.reason, reply=storable(error.message, 500),
             dead_at=now, next_attempt_at=None, rate_booked_at=None,
         )  # fmt: skip
         await self._finish(partition, claimed, dead, release=release)
@@ -190,7 +209,7 @@ class Deliverer:
         skipped = ledger.transition(
             claimed.status, self._clock.now_ms(), ledger.SKIPPED, reason=reason,
             attempts=int(claimed.status.get("attempts") or 0) if attempt is None else attempt,
-            next_attempt_at=None, rate_booked_at=None, reply=detail.message[:500] if detail else None,
+            next_attempt_at=None, rate_booked_at=None, reply=storable(detail.message, 500) if detail else None,
         )  # fmt: skip
         await self._finish(partition, claimed, skipped, release=release)
         metrics.on_delivery(name, ledger.SKIPPED)
