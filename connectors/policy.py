@@ -9,8 +9,11 @@ from dataclasses import dataclass
 
 from beacon.errors import ConnectorError
 
-# Failure reasons worth another attempt: the provider may answer differently next time.
-RETRYABLE_REASONS = frozenset({"timeout", "http_5xx", "http_429", "connection_error", "system_busy", "conflict"})
+# Failure reasons worth another attempt: the provider may answer differently next time. `policy_error` (a
+# check before the send failed, e.g. on a user record it could not decode) sent nothing, so retrying is free.
+RETRYABLE_REASONS = frozenset(
+    {"timeout", "http_5xx", "http_429", "connection_error", "system_busy", "conflict", "policy_error"}
+)
 # Reasons that say "this user cannot receive this now": the action is skipped, not dead-lettered,
 # because replaying it would change nothing until the user acts.
 SKIP_REASONS = frozenset({"not_subscribed", "outside_48h_window", "no_recipient", "frequency_capped"})

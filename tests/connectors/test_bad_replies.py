@@ -11,9 +11,23 @@ import redis.asyncio as aioredis
 
 from beacon.clock import ManualClock
 from beacon.errors import ValidationError
-from connectors.settings import ConnectorSettings
-from tests.connectors.kit import fast_settings, put_actions, record, running_connectors, seed_profile, wait_status
+from cep.events import partition_of
+from cep.user_state import STATE, user_key_for
+from connectors import delivery_ledger
+from connectors.caps import cap_key
+from connectors.dead_letters import list_dead_letters, replay
+from connectors.settings import ConnectorSettings, FrequencyCap
+from tests.connectors.kit import (
+    PARTITIONS,
+    fast_settings,
+    put_actions,
+    record,
+    running_connectors,
+    seed_profile,
+    wait_status,
+)
 from tests.connectors.providers import FLOOD_BYTES, FakeMerchant, FakeWeChat
+from tests.harness import eventually
 
 
 async def test_a_reply_with_invalid_utf8_is_read_with_replacement_characters(
@@ -108,3 +122,61 @@ async def test_a_configured_header_that_cannot_be_sent_is_refused_at_start() -> 
     assert caught.value.path == "BEACON_SMS_TOKEN"
     settings = ConnectorSettings.from_env({"BEACON_COUPON_HEADERS": '{"X-Shop": "s1"}'})
     assert settings.coupon.headers == {"X-Shop": "s1"}
+
+
+async def test_an_unreadable_user_record_is_a_counted_attempt_and_dead_not_retried_every_lease(
+    redis_client: aioredis.Redis, merchant: FakeMerchant, wechat: FakeWeChat, clock: ManualClock
+) -> None:
+    """Broke: a user record that could not be decoded failed the 48 h window check or the profile read,
+    before the send and outside the connector error path: the action stayed `delivering`, was tried again
+    every lease without a count, never reached `dead` and could not be replayed."""
+    sms = record("x1", "message", {"channel": "sms", "template": "promo"}, clock.now_ms())
+    cs = record("x2", "message", {"channel": "wechat_cs", "template": "hello"}, clock.now_ms())
+    for user_id in ("x1", "x2"):  # not msgpack: 0xc1 is a byte msgpack never uses
+        await redis_client.set(user_key_for(PARTITIONS, user_id, STATE), b"\xc1 not a record")
+    settings = fast_settings(merchant, wechat)
+    async with running_connectors(redis_client, settings, clock):
+        await put_actions(redis_client, [sms, cs])
+        for attempt in range(1, settings.retry.max_attempts):
+            for action in (sms, cs):
+                await wait_status(redis_client, action, {"failed"}, reason="policy_error", attempts=attempt)
+            clock.advance(1_000)
+        for action in (sms, cs):
+            dead = await wait_status(redis_client, action, {"dead"}, reason="policy_error")
+            assert dead["attempts"] == settings.retry.max_attempts and "DecodeError" in dead["reply"], dead
+        assert merchant.requests == [] and wechat.sent == []
+        letters = await list_dead_letters(redis_client, PARTITIONS, 10)
+        assert sorted(row["action_id"] for row in letters) == sorted([sms["action_id"], cs["action_id"]])
+
+        # The partition owner rewrote the records; the operator replays the dead letters.
+        await seed_profile(redis_client, "x1", {"phone": "+8613800000000"})
+        await seed_profile(redis_client, "x2", {"openid": "o-x2"}, last_seen=clock.now_ms())
+        result = await replay(redis_client, clock, PARTITIONS, letters)
+        assert sorted(result["replayed"]) == sorted([sms["action_id"], cs["action_id"]])
+        for action in (sms, cs):
+            await wait_status(redis_client, action, {"delivered"}, attempts=1)
+    assert [request.body["phone"] for request in merchant.requests] == ["+8613800000000"]
+    assert [request.body["touser"] for request in wechat.sent] == ["o-x2"]
+
+
+async def test_a_redis_error_in_the_checks_still_waits_out_the_lease_uncounted(
+    redis_client: aioredis.Redis, merchant: FakeMerchant, clock: ManualClock
+) -> None:
+    """Redis trouble is not the action's: the frequency-cap script failing (WRONGTYPE) counts no attempt; the
+    action is looked at again when its lease lapses and delivered once Redis answers."""
+    settings = fast_settings(merchant, frequency_caps={"sms": FrequencyCap(5, 86_400_000)})
+    await seed_profile(redis_client, "y1", {"phone": "+8613900000000"})
+    await redis_client.set(cap_key("y1", "sms"), "not a sorted set")
+    sms = record("y1", "message", {"channel": "sms", "template": "promo"}, clock.now_ms())
+    async with running_connectors(redis_client, settings, clock):
+        await put_actions(redis_client, [sms])
+        claimed = await wait_status(redis_client, sms, {"delivering"}, attempts=0)
+        due_key = delivery_ledger.due_key(partition_of("y1", PARTITIONS))
+        member = delivery_ledger.hint_member("y1", sms["action_id"])
+        # The failed attempt left its wake-up at the lease's end.
+        woken_at = await eventually(lambda: redis_client.zscore(due_key, member), lambda at: at is not None)
+        assert woken_at == claimed["lease_until"] and merchant.requests == []
+        await redis_client.delete(cap_key("y1", "sms"))
+        clock.advance(settings.lease_ms)
+        await wait_status(redis_client, sms, {"delivered"}, attempts=1)
+    assert len(merchant.requests) == 1
