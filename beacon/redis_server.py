@@ -15,8 +15,12 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from beacon.errors import BeaconError
+
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger("beacon.redis")
 
@@ -210,6 +214,16 @@ class EmbeddedCluster:
         """A `redis+cluster://` URL naming one node; clients discover the rest."""
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
 
+    def slot_range(self, index: int) -> tuple[int, int]:
+        """The first and last slot of node `index`: `start()` splits the slots evenly, in node order."""
+        per_node = self.SLOTS // len(self.nodes)
+        first = index * per_node
+        return first, self.SLOTS - 1 if index == len(self.nodes) - 1 else first + per_node - 1
+
+    def node_of_slot(self, slot: int) -> int:
+        """The index of the node that serves `slot`."""
+        return min(slot // (self.SLOTS // len(self.nodes)), len(self.nodes) - 1)
+
     def start(self, timeout_s: float = 30.0) -> None:
         """Start the nodes, assign slots, join them, and wait for the cluster to be healthy."""
         import redis as sync_redis
@@ -218,18 +232,43 @@ class EmbeddedCluster:
             node.start()
         clients = [sync_redis.Redis(host="127.0.0.1", port=node.port) for node in self.nodes]
         try:
-            per_node = self.SLOTS // len(self.nodes)
             for i, client in enumerate(clients):
-                first = i * per_node
-                last = self.SLOTS - 1 if i == len(clients) - 1 else first + per_node - 1
-                client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", *self.slot_range(i))
             for node in self.nodes[1:]:
                 clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+        finally:
+            for client in clients:
+                client.close()
+        self._wait_healthy(timeout_s)
+
+    def kill_node(self, index: int) -> None:
+        """Kill -9 one node (crash tests): its slots go unserved, the other nodes keep running."""
+        self.nodes[index].kill()
+
+    def restart_node(self, index: int, timeout_s: float = 30.0) -> None:
+        """Start a stopped or killed node again on its data dir, port and nodes.conf (so the same node id
+        and slots), and block until every node reports the cluster healthy.
+
+        A master that restarts refuses queries for about 2 s before it serves its slots again (it gives
+        the cluster a chance to fail it over first), so this takes that long at least.
+        """
+        self.nodes[index].start(timeout_s)
+        self._wait_healthy(timeout_s)
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for node in self.nodes:
+            node.stop()
+
+    def _wait_healthy(self, timeout_s: float) -> None:
+        """Block until every node reports `cluster_state:ok` and knows all the others."""
+        import redis as sync_redis
+
+        clients = [sync_redis.Redis(host="127.0.0.1", port=node.port) for node in self.nodes]
+        try:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
-                infos = [client.execute_command("CLUSTER", "INFO") for client in clients]
-                texts = [info.decode() if isinstance(info, bytes) else str(info) for info in infos]
-                if all("cluster_state:ok" in text and f"cluster_known_nodes:{len(clients)}" in text for text in texts):
+                if all(self._healthy(client) for client in clients):
                     return
                 time.sleep(0.05)
             raise BeaconError(f"cluster did not become healthy within {timeout_s}s")
@@ -237,7 +276,13 @@ class EmbeddedCluster:
             for client in clients:
                 client.close()
 
-    def stop(self) -> None:
-        """Stop every node."""
-        for node in self.nodes:
-            node.stop()
+    def _healthy(self, client: redis.Redis) -> bool:
+        """Whether the node behind `client` reports `cluster_state:ok` and knows all the others."""
+        import redis as sync_redis
+
+        try:
+            info = client.execute_command("CLUSTER", "INFO")
+        except sync_redis.RedisError:  # refused, or still loading its append-only file
+            return False
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        return "cluster_state:ok" in text and f"cluster_known_nodes:{len(self.nodes)}" in text

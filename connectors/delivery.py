@@ -3,12 +3,15 @@ call its connector, and record the outcome in the ledger, the wake-up set, dead 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from beacon import metrics
 from beacon.clock import Clock
@@ -17,7 +20,7 @@ from cep.events import partition_of
 from cep.interactions import last_interaction
 from cep.profiles import get_profile
 from connectors import delivery_ledger as ledger
-from connectors.base import Connector, clip_reply
+from connectors.base import Connector, clip_reply, storable
 from connectors.caps import quiet_until, release_cap, take_cap
 from connectors.dead_letters import add_dead_letter
 from connectors.policy import SKIP_REASONS, connector_error
@@ -26,6 +29,18 @@ from connectors.settings import ConnectorSettings
 
 log = logging.getLogger("beacon.connectors")
 DEFERRED = "deferred"  # metrics outcome of quiet-hours and rate-limit postponements
+SEND = "send"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the checks before a send decided: SEND (with the recipient's profile), ledger.SKIPPED or DEFERRED."""
+
+    outcome: str
+    reason: str = ""  # why it is skipped or deferred
+    at: int = 0  # DEFERRED: when it is looked at again (ms)
+    booked_at: int | None = None  # DEFERRED by the rate limit: the send slot it booked
+    profile: Mapping[str, Any] = field(default_factory=dict)  # SEND: what `connector.send` reads
 
 
 def connector_name(record: Mapping[str, Any]) -> str:
@@ -75,6 +90,8 @@ class Deliverer:
             return state
         name = connector_name(stored.record)
         lease = now + self._settings.lease_ms
+        # On the loop's clock (the injected one may be a test's): the provider calls end by then.
+        deadline = asyncio.get_running_loop().time() + self._settings.attempt_budget_ms / 1000
         claimed = await ledger.swap_status(
             self._redis,
             self._partitions,
@@ -84,46 +101,57 @@ class Deliverer:
         if claimed is None:
             return "raced"  # another consumer or a replay changed it first; they own its next step
         try:
-            return await self._attempt(partition, claimed, name)
+            return await self._attempt(partition, claimed, name, deadline)
         except Exception:
-            # Our bug or Redis trouble mid-attempt: the lease lapses and this wake-up retries it then.
+            # Redis trouble mid-attempt (the checks and the send count every other failure as an attempt), or a
+            # failure to record an outcome: the lease lapses and this wake-up retries it then.
             log.exception("delivery of action %s failed unexpectedly; retrying after the lease", action_id)
             await ledger.set_hint(self._redis, partition, user_id, action_id, lease, earlier_only=False)
             return "error"
 
-    async def _attempt(self, partition: int, claimed: ledger.Stored, name: str) -> str:
+    async def _attempt(self, partition: int, claimed: ledger.Stored, name: str, deadline: float) -> str:
         record, status = claimed.record, claimed.status
-        user_id, action_id = record["user_id"], record["action_id"]
-        settings, now = self._settings, self._clock.now_ms()
         connector = self._connectors.get(name)
         if connector is None:
             error = connector_error("unsupported", f"no connector for {name!r}")
             return await self._dead(partition, claimed, name, error, int(status.get("attempts") or 0), release=False)
-        if name == "wechat_cs":
-            seen = await last_interaction(self._redis, self._partitions, user_id)
-            if seen is None or now - seen > settings.cs_window_ms:
-                return await self._skip(partition, claimed, name, "outside_48h_window", release=False)
-        if settings.quiet_hours is not None and name in settings.quiet_channels:
-            until = quiet_until(now, settings.quiet_hours)
-            if until is not None:
-                return await self._defer(partition, claimed, name, until, "quiet_hours_deferred")
-        cap = settings.frequency_caps.get(name)
-        if cap is not None and not await take_cap(self._redis, user_id, name, action_id, cap, now):
-            return await self._skip(partition, claimed, name, "frequency_capped", release=False)
-        limit = settings.rate_limits.get(connector.bucket)
-        booked = int(status.get("rate_booked_at") or 0)
-        if limit is not None and not 0 < booked <= now:
-            grant = await take_token(self._redis, connector.bucket, limit, now, settings.rate_limit_max_wait_ms)
-            if grant.wait_ms > 0:
-                at = now + grant.wait_ms
-                booked_at = at if grant.granted else None
-                return await self._defer(partition, claimed, name, at, "rate_limited", booked_at)
         attempt = int(status.get("attempts") or 0) + 1
-        profile = (await get_profile(self._redis, self._partitions, user_id)).attrs if connector.needs_profile else {}
         try:
-            reply = await connector.send(record, profile)
+            verdict = await self._checks(claimed, name, connector)
+        except (RedisError, OSError):
+            # Redis trouble (a socket error redis-py did not wrap too, as the workers see it): not the action's
+            # fault, so no attempt is counted; the lease lapses and the action is tried again then.
+            raise
+        except Exception as exc:
+            # Data the checks cannot read (a corrupt user record, one of a newer version mid-upgrade) or our bug.
+            # Nothing was sent, so it is a counted, retryable attempt that ends dead (replayable) when attempts
+            # run out; the catch-all in `deliver` once retried it every lease, uncounted, for ever.
+            log.exception("checks before sending action %s via %s failed", record["action_id"], name)
+            error = connector_error("policy_error", f"{name}: before the send: {type(exc).__name__}: {exc}"[:300])
+            return await self._failed(partition, claimed, name, error, attempt)
+        if verdict.outcome == ledger.SKIPPED:
+            return await self._skip(partition, claimed, name, verdict.reason, release=False)
+        if verdict.outcome == DEFERRED:
+            return await self._defer(partition, claimed, name, verdict.at, verdict.reason, verdict.booked_at)
+        try:
+            async with asyncio.timeout_at(deadline):
+                reply = await connector.send(record, verdict.profile)
         except ConnectorError as error:
             return await self._failed(partition, claimed, name, error, attempt)
+        except TimeoutError:
+            # Several calls (a WeChat token refresh) ran past the attempt's budget; past the lease another
+            # consumer would claim the action and post it again while this post is still in flight.
+            budget = self._settings.attempt_budget_ms
+            stopped = connector_error("timeout", f"attempt stopped at its budget of {budget} ms (3/4 of the lease)")
+            return await self._failed(partition, claimed, name, stopped, attempt)
+        except RedisError:
+            raise  # Redis trouble, not the provider's: the lease lapses and the action is tried again then
+        except Exception as exc:
+            # A connector bug or a reply it could not handle: counted as an attempt and dead-lettered with the
+            # reason, never retried lease after lease without a count (which once posted an action forever).
+            log.exception("connector %s failed on action %s", name, record["action_id"])
+            broken = connector_error("internal_error", f"{name}: {type(exc).__name__}: {exc}"[:300])
+            return await self._failed(partition, claimed, name, broken, attempt)
         done = self._clock.now_ms()
         final = ledger.transition(
             status, done, ledger.DELIVERED, attempts=attempt, reply=clip_reply(reply), delivered_at=done,
@@ -134,6 +162,34 @@ class Deliverer:
         started = max(int(record.get("created_at") or 0), int(record.get("due_at") or 0))
         metrics.on_delivery(name, ledger.DELIVERED, (done - started) / 1000 if started else None)
         return ledger.DELIVERED
+
+    async def _checks(self, claimed: ledger.Stored, name: str, connector: Connector) -> Verdict:
+        """The policy before a send, in order: 48 h window, quiet hours, frequency cap, rate limit; then the
+        recipient's profile. Only reads and takes counts: the caller writes the outcome."""
+        record, status = claimed.record, claimed.status
+        user_id, action_id = record["user_id"], record["action_id"]
+        settings, now = self._settings, self._clock.now_ms()
+        if name == "wechat_cs":
+            seen = await last_interaction(self._redis, self._partitions, user_id)
+            if seen is None or now - seen > settings.cs_window_ms:
+                return Verdict(ledger.SKIPPED, "outside_48h_window")
+        if settings.quiet_hours is not None and name in settings.quiet_channels:
+            until = quiet_until(now, settings.quiet_hours)
+            if until is not None:
+                return Verdict(DEFERRED, "quiet_hours_deferred", at=until)
+        cap = settings.frequency_caps.get(name)
+        if cap is not None and not await take_cap(self._redis, user_id, name, action_id, cap, now):
+            return Verdict(ledger.SKIPPED, "frequency_capped")
+        limit = settings.rate_limits.get(connector.bucket)
+        booked = int(status.get("rate_booked_at") or 0)
+        if limit is not None and not 0 < booked <= now:
+            grant = await take_token(self._redis, connector.bucket, limit, now, settings.rate_limit_max_wait_ms)
+            if grant.wait_ms > 0:
+                at = now + grant.wait_ms
+                return Verdict(DEFERRED, "rate_limited", at=at, booked_at=at if grant.granted else None)
+        if not connector.needs_profile:
+            return Verdict(SEND)
+        return Verdict(SEND, profile=(await get_profile(self._redis, self._partitions, user_id)).attrs)
 
     async def _failed(
         self, partition: int, claimed: ledger.Stored, name: str, error: ConnectorError, attempt: int
@@ -153,8 +209,8 @@ class Deliverer:
         # The wake-up goes first: if we die before the status says "failed", the lease lapses and it fires.
         await ledger.set_hint(self._redis, partition, record["user_id"], record["action_id"], at, earlier_only=False)
         failed = ledger.transition(
-            claimed.status, now, ledger.FAILED, attempts=attempt, reason=error.reason, reply=error.message[:500],
-            next_attempt_at=at, rate_booked_at=None,
+            claimed.status, now, ledger.FAILED, attempts=attempt, reason=error.reason,
+            reply=storable(error.message, 500), next_attempt_at=at, rate_booked_at=None,
         )  # fmt: skip
         await ledger.swap_status(self._redis, self._partitions, claimed, failed)
         metrics.on_delivery(name, ledger.FAILED)
@@ -169,7 +225,7 @@ class Deliverer:
         # Listed before the status turns dead, so a crash in between never hides a dead action.
         await add_dead_letter(self._redis, record, name, error.reason, now, self._settings.dead_letter_maxlen)
         dead = ledger.transition(
-            claimed.status, now, ledger.DEAD, attempts=attempt, reason=error.reason, reply=error.message[:500],
+            claimed.status, now, ledger.DEAD, attempts=attempt, reason=error.reason, reply=storable(error.message, 500),
             dead_at=now, next_attempt_at=None, rate_booked_at=None,
         )  # fmt: skip
         await self._finish(partition, claimed, dead, release=release)
@@ -190,7 +246,7 @@ class Deliverer:
         skipped = ledger.transition(
             claimed.status, self._clock.now_ms(), ledger.SKIPPED, reason=reason,
             attempts=int(claimed.status.get("attempts") or 0) if attempt is None else attempt,
-            next_attempt_at=None, rate_booked_at=None, reply=detail.message[:500] if detail else None,
+            next_attempt_at=None, rate_booked_at=None, reply=storable(detail.message, 500) if detail else None,
         )  # fmt: skip
         await self._finish(partition, claimed, skipped, release=release)
         metrics.on_delivery(name, ledger.SKIPPED)

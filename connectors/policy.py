@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import email.utils
 import random
+import re
 from dataclasses import dataclass
 
 from beacon.errors import ConnectorError
 
-# Failure reasons worth another attempt: the provider may answer differently next time.
-RETRYABLE_REASONS = frozenset({"timeout", "http_5xx", "http_429", "connection_error", "system_busy", "conflict"})
+# Failure reasons worth another attempt: the provider may answer differently next time. `policy_error` (a
+# check before the send failed, e.g. on a user record it could not decode) sent nothing, so retrying is free.
+RETRYABLE_REASONS = frozenset(
+    {"timeout", "http_5xx", "http_429", "connection_error", "system_busy", "conflict", "policy_error"}
+)
 # Reasons that say "this user cannot receive this now": the action is skipped, not dead-lettered,
 # because replaying it would change nothing until the user acts.
 SKIP_REASONS = frozenset({"not_subscribed", "outside_48h_window", "no_recipient", "frequency_capped"})
@@ -20,18 +24,26 @@ def connector_error(reason: str, message: str, retry_after: float | None = None)
     return ConnectorError(message, reason=reason, retryable=reason in RETRYABLE_REASONS, retry_after=retry_after)
 
 
+# Longer than any RetryPolicy honours; bounds the number so a header of 400 nines is not infinity.
+RETRY_AFTER_MAX_S = 366 * 86_400.0
+
+
 def parse_retry_after(value: str | None, now_s: float) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date); None if absent or unreadable."""
+    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date), at most a year; None if
+    absent or unreadable. It never raises: the header is the provider's text, and an exception here once
+    escaped the connector error path and left the action re-posted every lease."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    # ASCII digits only: str.isdigit() accepts "²", which float() then refuses.
+    if re.fullmatch(r"[0-9]{1,12}", value):
+        return min(float(value), RETRY_AFTER_MAX_S)
     try:
         moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        seconds = moment.timestamp() - now_s
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(moment.timestamp() - now_s, 0.0)
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,5 +70,6 @@ class RetryPolicy:
             return None
         delay = self.backoff_ms(attempt, rng)
         if error.retry_after is not None:
-            delay = max(delay, min(int(error.retry_after * 1000), self.max_retry_after_ms))
+            # min() before int(): an infinite or huge float must not reach int().
+            delay = max(delay, int(min(error.retry_after * 1000, self.max_retry_after_ms)))
         return delay

@@ -9,10 +9,11 @@ import aiohttp
 from redis.asyncio import Redis
 
 from beacon.clock import Clock
-from connectors.base import Connector
+from connectors.base import Connector, HttpClient
 from connectors.consumer import OutboxConsumer
 from connectors.delivery import Deliverer
 from connectors.http_sinks import MerchantApi, SmsGateway, Webhook
+from connectors.outbound import WebhookTargets, webhook_session
 from connectors.settings import ConnectorSettings
 from connectors.wechat import (
     AccessTokens,
@@ -28,35 +29,40 @@ log = logging.getLogger("beacon.connectors")
 
 
 def build_connectors(
-    redis: Redis, session: aiohttp.ClientSession, settings: ConnectorSettings, clock: Clock
+    redis: Redis,
+    providers: aiohttp.ClientSession,
+    hooks: aiohttp.ClientSession,
+    settings: ConnectorSettings,
+    clock: Clock,
 ) -> dict[str, Connector]:
-    """Every connector by name; unconfigured ones still exist and dead-letter with `not_configured`."""
-    timeout = settings.http_timeout_ms
-    tokens = AccessTokens(redis, session, clock, timeout)
-    wechat = WeChatApi(
-        TokenSource("wechat", settings.wechat.api_base, settings.wechat.appid, settings.wechat.secret),
-        tokens,
-        session,
-        timeout,
-    )
-    mini = settings.miniprogram
-    miniprogram = WeChatApi(TokenSource("wechat", mini.api_base, mini.appid, mini.secret), tokens, session, timeout)
-    wecom = WeChatApi(
-        TokenSource("wecom", settings.wecom.api_base, settings.wecom.corpid, settings.wecom.secret),
-        tokens,
-        session,
-        timeout,
-    )
+    """Every connector by name; unconfigured ones still exist and dead-letter with `not_configured`.
+
+    `providers` calls the operator's configured endpoints; `hooks` calls the URLs rules choose and must
+    come from `outbound.webhook_session` (its resolver refuses non-public addresses).
+    """
+    http = HttpClient(providers, settings.http_timeout_ms, settings.max_reply_bytes)
+    tokens = AccessTokens(redis, http, clock)
+    wechat, mini, wecom = settings.wechat, settings.miniprogram, settings.wecom
+    wechat_api = WeChatApi(TokenSource("wechat", wechat.api_base, wechat.appid, wechat.secret), tokens, http)
+    miniprogram_api = WeChatApi(TokenSource("wechat", mini.api_base, mini.appid, mini.secret), tokens, http)
+    wecom_api = WeChatApi(TokenSource("wecom", wecom.api_base, wecom.corpid, wecom.secret), tokens, http)
+    webhook_http = HttpClient(hooks, settings.http_timeout_ms, settings.max_reply_bytes, follow_redirects=False)
     connectors: list[Connector] = [
-        MerchantApi("coupon", settings.coupon, session, timeout),
-        MerchantApi("points", settings.points, session, timeout),
-        SmsGateway(settings.sms, settings.sms_phone_attr, session, timeout),
-        Webhook(settings.webhook_secret, settings.webhook_allowed_hosts, session, clock, timeout),
-        WeChatTemplate(wechat, settings.wechat),
-        WeChatCustomerService(wechat, settings.wechat),
-        MiniProgramSubscribe(miniprogram, settings.miniprogram, settings.miniprogram_state),
-        WeComMessage(wecom, settings.wecom),
-        WeComMessage(wecom, settings.wecom, staff=(settings.owner_attr, settings.superior_attr)),
+        MerchantApi("coupon", settings.coupon, http),
+        MerchantApi("points", settings.points, http),
+        SmsGateway(settings.sms, settings.sms_phone_attr, http),
+        Webhook(
+            settings.webhook_secret,
+            WebhookTargets(settings.webhook_allowed_hosts),
+            webhook_http,
+            clock,
+            settings.webhook_max_redirects,
+        ),
+        WeChatTemplate(wechat_api, settings.wechat),
+        WeChatCustomerService(wechat_api, settings.wechat),
+        MiniProgramSubscribe(miniprogram_api, settings.miniprogram, settings.miniprogram_state),
+        WeComMessage(wecom_api, settings.wecom),
+        WeComMessage(wecom_api, settings.wecom, staff=(settings.owner_attr, settings.superior_attr)),
     ]
     return {connector.name: connector for connector in connectors}
 
@@ -65,8 +71,11 @@ async def run_connectors(
     redis: Redis, settings: ConnectorSettings, partitions: int, clock: Clock, *, stopping: asyncio.Event | None = None
 ) -> None:
     """Deliver outbox actions until cancelled or `stopping` is set (then in-flight deliveries finish first)."""
-    async with aiohttp.ClientSession() as session:
-        deliverer = Deliverer(redis, settings, clock, build_connectors(redis, session, settings, clock), partitions)
+    settings.check()  # settings built in code skip from_env's check; a bad lease must not start consuming
+    hooks_session = webhook_session(WebhookTargets(settings.webhook_allowed_hosts))
+    async with aiohttp.ClientSession() as providers, hooks_session as hooks:
+        connectors = build_connectors(redis, providers, hooks, settings, clock)
+        deliverer = Deliverer(redis, settings, clock, connectors, partitions)
         consumer = OutboxConsumer(redis, deliverer, settings, partitions, clock, stopping)
         log.info("connectors consuming %d outbox partition(s) as %s", partitions, consumer.consumer)
         await consumer.run()

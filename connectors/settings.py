@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -12,12 +13,14 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from beacon.errors import ValidationError
+from connectors.base import RESERVED_HEADERS, header_problem
 from connectors.policy import RetryPolicy
 from rules.durations import parse_duration
 
 MESSAGE_CHANNELS = frozenset({"sms", "wechat_template", "wechat_cs", "miniprogram_subscribe", "wecom"})
 WECHAT_API = "https://api.weixin.qq.com"
 WECOM_API = "https://qyapi.weixin.qq.com"
+WEB_PORTS = frozenset({80, 443})  # what an allow-list entry without a port allows
 T = TypeVar("T")
 
 
@@ -50,6 +53,22 @@ class WeComApp:
     secret: str | None = None
     agentid: int | None = None
     user_attr: str = "wecom_userid"
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedHost:
+    """One `BEACON_WEBHOOK_ALLOWED_HOSTS` entry: a host name, an IP address or a network, and its ports.
+
+    A name matches a webhook URL naming that host; an address or network matches the address a webhook
+    connects to, and exempts it from the deny-list (loopback, private, link-local...).
+    """
+
+    host: str  # a lower-case name without a trailing dot, or an address / network in canonical form
+    ports: frozenset[int] | None = WEB_PORTS  # None: any port (`host:*`)
+
+    def allows_port(self, port: int) -> bool:
+        """Whether the entry covers `port`."""
+        return self.ports is None or port in self.ports
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +111,10 @@ class ConnectorSettings:
     poll_ms: int = 100
     # A claimed delivery belongs to its consumer this long; past it another consumer may take over.
     lease_ms: int = 60_000
+    # One HTTP call, connection included; it must fit an attempt's budget (`attempt_budget_ms`).
     http_timeout_ms: int = 10_000
+    # Bytes of a provider's reply body read at most; the rest is never read (a reply is an acknowledgement).
+    max_reply_bytes: int = 256 * 1024
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     rate_limits: Mapping[str, RateLimit] = field(default_factory=dict)
     # A rate-limited action may book a send slot at most this far ahead; past it, it asks again later.
@@ -106,7 +128,10 @@ class ConnectorSettings:
     sms: HttpEndpoint = HttpEndpoint()
     sms_phone_attr: str = "phone"
     webhook_secret: str | None = None
-    webhook_allowed_hosts: frozenset[str] = frozenset()
+    # Empty: webhooks may call any public address. Otherwise only the listed hosts and ports.
+    webhook_allowed_hosts: frozenset[AllowedHost] = frozenset()
+    # Redirects a webhook follows (307 and 308 only, each checked like the first URL); 0: none.
+    webhook_max_redirects: int = 0
     wechat: WeChatApp = WeChatApp()
     miniprogram: WeChatApp = WeChatApp(openid_attr="mp_openid")
     miniprogram_state: str = "formal"
@@ -114,6 +139,22 @@ class ConnectorSettings:
     owner_attr: str = "owner"
     superior_attr: str = "owner_superior"
     dead_letter_maxlen: int = 100_000
+
+    @property
+    def attempt_budget_ms(self) -> int:
+        """How long one attempt's provider calls may take in all: three quarters of the lease, the last quarter
+        kept for the Redis steps around them. An attempt that outlived its lease would be claimed and posted
+        again by another consumer while its own post was still in flight."""
+        return self.lease_ms * 3 // 4
+
+    def check(self) -> None:
+        """Refuse settings under which every slow call would be posted twice: one call must fit an attempt."""
+        if self.http_timeout_ms > self.attempt_budget_ms:
+            raise ValidationError(
+                f"{self.lease_ms} ms is too short for BEACON_CONNECTOR_HTTP_TIMEOUT_MS={self.http_timeout_ms}: "
+                f"a call may take at most 3/4 of the lease, so use at least {-(-self.http_timeout_ms * 4 // 3)} ms",
+                path="BEACON_CONNECTOR_LEASE_MS",
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ConnectorSettings:
@@ -129,13 +170,14 @@ class ConnectorSettings:
         quiet = read.get("CONNECTOR_QUIET_HOURS")
         mini_base = read.get("MINIPROGRAM_API_BASE") or read.get("WECHAT_API_BASE") or WECHAT_API
         agentid = read.get("WECOM_AGENTID")
-        return cls(
+        settings = cls(
             batch=read.integer("CONNECTOR_BATCH", base.batch, 1),
             concurrency=read.integer("CONNECTOR_CONCURRENCY", base.concurrency, 1),
             block_ms=read.integer("CONNECTOR_BLOCK_MS", base.block_ms, 1),
             poll_ms=read.integer("CONNECTOR_POLL_MS", base.poll_ms, 1),
             lease_ms=read.integer("CONNECTOR_LEASE_MS", base.lease_ms, 1_000),
             http_timeout_ms=read.integer("CONNECTOR_HTTP_TIMEOUT_MS", base.http_timeout_ms, 1),
+            max_reply_bytes=read.integer("CONNECTOR_MAX_REPLY_BYTES", base.max_reply_bytes, 1024),
             retry=retry,
             rate_limits=read.parsed("CONNECTOR_RATE_LIMITS", {}, _rate_limits),
             rate_limit_max_wait_ms=read.integer("CONNECTOR_RATE_LIMIT_MAX_WAIT_MS", base.rate_limit_max_wait_ms),
@@ -148,7 +190,8 @@ class ConnectorSettings:
             sms=read.endpoint("SMS"),
             sms_phone_attr=read.get("SMS_PHONE_ATTR") or base.sms_phone_attr,
             webhook_secret=read.get("WEBHOOK_SECRET"),
-            webhook_allowed_hosts=read.parsed("WEBHOOK_ALLOWED_HOSTS", frozenset(), _names),
+            webhook_allowed_hosts=read.parsed("WEBHOOK_ALLOWED_HOSTS", frozenset(), parse_allowed_hosts),
+            webhook_max_redirects=read.integer("WEBHOOK_MAX_REDIRECTS", base.webhook_max_redirects),
             wechat=read.wechat_app("WECHAT", read.get("WECHAT_API_BASE") or WECHAT_API, base.wechat.openid_attr),
             miniprogram=read.wechat_app("MINIPROGRAM", mini_base, base.miniprogram.openid_attr),
             miniprogram_state=read.get("MINIPROGRAM_STATE") or base.miniprogram_state,
@@ -163,6 +206,8 @@ class ConnectorSettings:
             superior_attr=read.get("STAFF_SUPERIOR_ATTR") or base.superior_attr,
             dead_letter_maxlen=read.integer("CONNECTOR_DEAD_LETTER_MAXLEN", base.dead_letter_maxlen, 100),
         )
+        settings.check()
+        return settings
 
 
 class _Reader:
@@ -195,9 +240,11 @@ class _Reader:
 
     def endpoint(self, prefix: str) -> HttpEndpoint:
         headers = {str(k): str(v) for k, v in self.json_object(f"{prefix}_HEADERS").items()}
+        _check_headers(headers, f"BEACON_{prefix}_HEADERS")
         token = self.get(f"{prefix}_TOKEN")
         if token:
             headers.setdefault("Authorization", f"Bearer {token}")
+            _check_headers({"Authorization": headers["Authorization"]}, f"BEACON_{prefix}_TOKEN")
         return HttpEndpoint(url=self.get(f"{prefix}_URL"), headers=headers, extra=self.json_object(f"{prefix}_EXTRA"))
 
     def wechat_app(self, prefix: str, api_base: str, openid_attr: str) -> WeChatApp:
@@ -208,6 +255,16 @@ class _Reader:
             templates=self.parsed(f"{prefix}_TEMPLATES", {}, _pairs),
             openid_attr=self.get(f"{prefix}_OPENID_ATTR") or openid_attr,
         )
+
+
+def _check_headers(headers: Mapping[str, str], variable: str) -> None:
+    """Refuse at start, not at the first delivery, a configured header that every call would fail on."""
+    for name, value in headers.items():
+        problem = header_problem(name, value)
+        if name.lower() in RESERVED_HEADERS:
+            problem = f"{name} is written by Beacon and cannot be configured"
+        if problem is not None:
+            raise ValidationError(problem, path=variable)
 
 
 def _json_object(raw: str) -> dict[str, Any]:
@@ -226,6 +283,42 @@ def _fraction(raw: str) -> float:
 
 def _names(raw: str) -> frozenset[str]:
     return frozenset(part.strip() for part in raw.split(",") if part.strip())
+
+
+def parse_allowed_hosts(raw: str) -> frozenset[AllowedHost]:
+    """`hooks.example.com,127.0.0.1:8080,[::1]:9000,10.1.0.0/16:*` -> entries; no port means 80 and 443."""
+    return frozenset(_allowed_host(item) for item in _names(raw))
+
+
+def _allowed_host(item: str) -> AllowedHost:
+    host = item
+    ports: frozenset[int] | None = WEB_PORTS
+    if item.startswith("["):
+        host, closed, rest = item[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise ValueError(f"{item!r}: write an IPv6 address as [address] or [address]:port")
+        if rest:
+            ports = _ports(rest[1:], item)
+    elif item.count(":") == 1:
+        host, port_text = item.split(":")
+        ports = _ports(port_text, item)
+    try:
+        canonical = str(ipaddress.ip_network(host, strict=False) if "/" in host else ipaddress.ip_address(host))
+    except ValueError:
+        canonical = host.lower().rstrip(".")
+        if canonical.replace(".", "").isdigit() or ":" in canonical or "/" in canonical:
+            raise ValueError(f"{item!r}: {host!r} is not a canonical IP address or network") from None
+        if not re.fullmatch(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?", canonical):
+            raise ValueError(f"{item!r}: {host!r} is not a host name") from None
+    return AllowedHost(canonical, ports)
+
+
+def _ports(text: str, item: str) -> frozenset[int] | None:
+    if text == "*":
+        return None
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65_535:
+        raise ValueError(f"{item!r}: the port must be 1-65535 or *")
+    return frozenset({int(text)})
 
 
 def _pairs(raw: str) -> dict[str, str]:

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-import aiohttp
 from redis.asyncio import Redis
 
 from beacon.clock import Clock
-from connectors.base import dumps, message_text, request_json, template_data
+from connectors.base import HttpClient, dumps, message_text, template_data
 from connectors.policy import connector_error
 from connectors.settings import WeChatApp, WeComApp
 
@@ -62,11 +61,10 @@ class TokenSource:
 class AccessTokens:
     """Access tokens cached in Redis (shared by processes, so they do not invalidate each other's) until expiry."""
 
-    def __init__(self, redis: Redis, session: aiohttp.ClientSession, clock: Clock, timeout_ms: int) -> None:
+    def __init__(self, redis: Redis, http: HttpClient, clock: Clock) -> None:
         self._redis = redis
-        self._session = session
+        self._http = http
         self._clock = clock
-        self._timeout_ms = timeout_ms
         self._locks: dict[str, asyncio.Lock] = {}
         self.fetches = 0
 
@@ -95,12 +93,15 @@ class AccessTokens:
         if not source.app_id or not source.secret:
             raise connector_error("not_configured", f"{source.kind} app id / secret are not set")
         self.fetches += 1
-        reply = await request_json(self._session, "GET", source.url(), timeout_ms=self._timeout_ms)
+        reply = await self._http.json("GET", source.url())
         if not isinstance(reply, dict) or not reply.get("access_token"):
             code = reply.get("errcode") if isinstance(reply, dict) else None
             reason = "system_busy" if code == -1 else "invalid_credentials"
             raise connector_error(reason, f"{source.kind} token endpoint refused: {reply!r}"[:300])
-        lifetime_ms = int(reply.get("expires_in") or 7200) * 1000
+        expires_in = reply.get("expires_in") or 7200
+        if not isinstance(reply["access_token"], str) or not isinstance(expires_in, int) or expires_in < 1:
+            raise connector_error("bad_reply", f"{source.kind} token endpoint: unusable reply {reply!r}"[:300])
+        lifetime_ms = expires_in * 1000
         usable_ms = max(lifetime_ms - min(EXPIRY_MARGIN_MS, lifetime_ms // 10), 1_000)
         cached = {"token": reply["access_token"], "expires_at": self._clock.now_ms() + usable_ms}
         await self._redis.set(source.cache_key(), json.dumps(cached), px=lifetime_ms)
@@ -110,11 +111,10 @@ class AccessTokens:
 class WeChatApi:
     """Calls one app's `POST /cgi-bin/...?access_token=` APIs; refreshes a rejected token once."""
 
-    def __init__(self, source: TokenSource, tokens: AccessTokens, session: aiohttp.ClientSession, timeout_ms: int):
+    def __init__(self, source: TokenSource, tokens: AccessTokens, http: HttpClient):
         self.source = source
         self._tokens = tokens
-        self._session = session
-        self._timeout_ms = timeout_ms
+        self._http = http
 
     async def post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST `body`; the reply on errcode 0, else a ConnectorError with the errcode's reason."""
@@ -135,9 +135,10 @@ class WeChatApi:
 
     async def _post(self, path: str, token: str, data: bytes) -> dict[str, Any]:
         url = f"{self.source.api_base}{path}?{urlencode({'access_token': token})}"
-        reply = await request_json(self._session, "POST", url, body=data, timeout_ms=self._timeout_ms)
-        if not isinstance(reply, dict):
-            raise connector_error("bad_reply", f"{path}: expected a JSON object, got {reply!r}"[:300])
+        reply = await self._http.json("POST", url, body=data)
+        # errcode is WeChat's number; anything else (a list, a string) would break the lookups in `post`.
+        if not isinstance(reply, dict) or not isinstance(reply.get("errcode") or 0, int):
+            raise connector_error("bad_reply", f"{path}: expected an object with a numeric errcode: {reply!r}"[:300])
         return reply
 
 

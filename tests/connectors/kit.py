@@ -20,7 +20,7 @@ from cep.user_record import UserState, encode_user_state
 from cep.user_state import LEDGER, LEDGER_INDEX, LEDGER_STATUS, STATE, user_key_for
 from connectors.policy import RetryPolicy
 from connectors.runtime import run_connectors
-from connectors.settings import ConnectorSettings, HttpEndpoint, WeChatApp, WeComApp
+from connectors.settings import AllowedHost, ConnectorSettings, HttpEndpoint, WeChatApp, WeComApp, parse_allowed_hosts
 from tests.connectors.providers import FakeMerchant, FakeWeChat
 from tests.harness import eventually
 
@@ -57,6 +57,11 @@ def fast_settings(
             wecom=WeComApp(wechat.url(), wechat.corpid, wechat.corpsecret, 1000002),
         )
     return dataclasses.replace(base, **overrides)
+
+
+def allow(*servers: FakeMerchant) -> frozenset[AllowedHost]:
+    """A webhook allow-list naming each server's address and port (loopback is refused otherwise)."""
+    return parse_allowed_hosts(",".join(f"127.0.0.1:{server.port}" for server in servers))
 
 
 def record(user_id: str, action_type: str, params: dict[str, Any], now_ms: int, **fields: Any) -> dict[str, Any]:

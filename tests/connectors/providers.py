@@ -21,7 +21,11 @@ from aiohttp.test_utils import TestServer
 
 # Failure modes a test can script: "ok", "500", "503", "429:<seconds>", "timeout", "400",
 # and "apply+500" / "apply+timeout" (the effect happens, then the reply fails or never comes).
+# Odd replies: "<status>:<location>" for 301/302/303/307/308 (a redirect), "badutf8:<status>" (a JSON
+# reply with invalid UTF-8), "text:<n>" (200 with n characters of text), "flood" (200 with FLOOD_BYTES).
 HANG_S = 1.0
+FLOOD_BYTES = 64 * 1024 * 1024
+REDIRECTS = ("301", "302", "303", "307", "308")
 
 
 @dataclass
@@ -48,11 +52,20 @@ class FakeMerchant:
     effects: dict[str, Any] = field(default_factory=dict)
     effect_count: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
+    host: str = "127.0.0.1"
+    flooded: int = 0  # bytes of "flood" replies written before the client stopped reading
+    flood_done: asyncio.Event = field(default_factory=asyncio.Event)
     server: TestServer | None = None
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         self._closing = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        """The port it listens on."""
+        assert self.server is not None and self.server.port is not None
+        return self.server.port
 
     def url(self, path: str) -> str:
         """Absolute URL of a path on this server."""
@@ -60,10 +73,10 @@ class FakeMerchant:
         return str(self.server.make_url(path))
 
     async def start(self) -> FakeMerchant:
-        """Listen on 127.0.0.1, a free port."""
+        """Listen on `host` (127.0.0.1 unless told), a free port."""
         app = web.Application()
         app.router.add_post("/{tail:.*}", self._handle)
-        self.server = TestServer(app, host="127.0.0.1")
+        self.server = TestServer(app, host=self.host)
         await self.server.start_server()
         return self
 
@@ -112,9 +125,39 @@ class FakeMerchant:
         if mode.startswith("429"):
             _, _, after = mode.partition(":")
             return self._reply("429", {"error": "slow down"}, 429, {"Retry-After": after or "1"})
+        if mode.startswith(REDIRECTS):
+            status, _, location = mode.partition(":")
+            self.outcomes[status] += 1
+            return web.Response(status=int(status), headers={"Location": location})
+        if mode.startswith("badutf8:"):
+            status = int(mode.partition(":")[2])
+            self.outcomes[mode] += 1
+            raw_reply = b'{"ok": true, "note": "caf\xe9 \xff\xfe"}'
+            return web.Response(body=raw_reply, status=status, content_type="application/json")
+        if mode.startswith("text:"):
+            self.outcomes["text"] += 1
+            return web.Response(text="x" * int(mode.partition(":")[2]))
+        if mode == "flood":
+            return await self._flood(request)
         if mode in ("500", "503", "400"):
             return self._reply(mode, {"error": mode}, int(mode))
         return self._reply("ok", self._apply(key, body), 200)
+
+    async def _flood(self, request: web.Request) -> web.StreamResponse:
+        """A 200 whose body runs to FLOOD_BYTES unless the client stops reading first."""
+        self.outcomes["flood"] += 1
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        chunk = b"[" + b"0," * (32 * 1024 - 1)
+        try:
+            while self.flooded < FLOOD_BYTES:
+                await response.write(chunk)
+                self.flooded += len(chunk)
+        except (ConnectionError, RuntimeError):  # the client closed the connection (RuntimeError: transport gone)
+            pass
+        finally:
+            self.flood_done.set()
+        return response
 
     def _reply(self, outcome: str, body: Any, status: int, headers: dict[str, str] | None = None) -> web.Response:
         self.outcomes[outcome] += 1
@@ -141,6 +184,8 @@ class FakeWeChat:
     sent: list[Request] = field(default_factory=list)  # every send with a valid token
     accepted: list[Request] = field(default_factory=list)  # the sends answered errcode 0
     valid_tokens: set[str] = field(default_factory=set)
+    delay_s: float = 0.0  # how long every request waits before it is answered (a slow provider)
+    arrivals: Counter[str] = field(default_factory=Counter)  # requests per path, counted as they arrive
     server: TestServer | None = None
 
     def url(self, path: str = "") -> str:
@@ -179,7 +224,13 @@ class FakeWeChat:
         self.valid_tokens.add(token)
         return token
 
+    async def _arrive(self, request: web.Request) -> None:
+        self.arrivals[request.path] += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+
     async def _token(self, request: web.Request) -> web.Response:
+        await self._arrive(request)
         query = request.query
         if query.get("grant_type") != "client_credential":
             return web.json_response({"errcode": 40002, "errmsg": "invalid grant_type"})
@@ -188,6 +239,7 @@ class FakeWeChat:
         return web.json_response({"access_token": self._issue(), "expires_in": self.expires_in})
 
     async def _wecom_token(self, request: web.Request) -> web.Response:
+        await self._arrive(request)
         if (request.query.get("corpid"), request.query.get("corpsecret")) != (self.corpid, self.corpsecret):
             return web.json_response({"errcode": 40001, "errmsg": "invalid credential"})
         return web.json_response(
@@ -195,6 +247,7 @@ class FakeWeChat:
         )
 
     async def _send(self, request: web.Request) -> web.Response:
+        await self._arrive(request)
         body = await request.json()
         if request.query.get("access_token") not in self.valid_tokens:
             return web.json_response({"errcode": 40001, "errmsg": "invalid credential, access_token is invalid"})

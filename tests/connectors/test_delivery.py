@@ -197,7 +197,8 @@ async def test_an_entry_read_by_a_dead_consumer_is_reclaimed(
     read: Any
     (read,) = await redis_client.xreadgroup(GROUP, "dead-consumer", {key: ">"}, count=10)
     assert len(read[1]) == 1
-    async with running_connectors(redis_client, fast_settings(merchant, lease_ms=100), clock):
+    # A short lease so the entry is reclaimed soon; the HTTP timeout must fit 3/4 of it.
+    async with running_connectors(redis_client, fast_settings(merchant, lease_ms=400), clock):
         await wait_status(redis_client, coupon, {"delivered"})
         assert await eventually(lambda: _unacked(redis_client), lambda count: count == 0) == 0
     assert len(merchant.requests) == 1

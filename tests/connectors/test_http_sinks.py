@@ -9,8 +9,16 @@ import redis.asyncio as aioredis
 
 from beacon.clock import ManualClock
 from connectors.http_sinks import sign
-from connectors.settings import HttpEndpoint
-from tests.connectors.kit import fast_settings, put_actions, record, running_connectors, seed_profile, wait_status
+from connectors.settings import HttpEndpoint, parse_allowed_hosts
+from tests.connectors.kit import (
+    allow,
+    fast_settings,
+    put_actions,
+    record,
+    running_connectors,
+    seed_profile,
+    wait_status,
+)
 from tests.connectors.providers import FakeMerchant
 
 
@@ -30,7 +38,7 @@ async def test_webhook_is_signed_and_carries_the_rule_headers(
         "headers": {"X-Tenant": "shop-1", "X-Beacon-Signature": "forged"},
     }
     hook = record("h1", "webhook", params, clock.now_ms())
-    async with running_connectors(redis_client, fast_settings(merchant), clock):
+    async with running_connectors(redis_client, fast_settings(merchant, webhook_allowed_hosts=allow(merchant)), clock):
         await put_actions(redis_client, [hook])
         await wait_status(redis_client, hook, {"delivered"})
     (request,) = merchant.requests
@@ -47,7 +55,7 @@ async def test_a_receiver_with_another_secret_refuses_and_the_action_is_dead(
 ) -> None:
     merchant.webhook_secret = "not-ours"
     hook = record("h2", "webhook", {"url": merchant.url("/hooks/crm")}, clock.now_ms())
-    async with running_connectors(redis_client, fast_settings(merchant), clock):
+    async with running_connectors(redis_client, fast_settings(merchant, webhook_allowed_hosts=allow(merchant)), clock):
         await put_actions(redis_client, [hook])
         dead = await wait_status(redis_client, hook, {"dead"})
     assert dead["reason"] == "http_4xx" and merchant.outcomes["bad_signature"] == 1
@@ -57,7 +65,7 @@ async def test_webhook_hosts_can_be_restricted(
     redis_client: aioredis.Redis, merchant: FakeMerchant, clock: ManualClock
 ) -> None:
     hook = record("h3", "webhook", {"url": merchant.url("/hooks/crm")}, clock.now_ms())
-    settings = fast_settings(merchant, webhook_allowed_hosts=frozenset({"crm.example.com"}))
+    settings = fast_settings(merchant, webhook_allowed_hosts=parse_allowed_hosts("crm.example.com"))
     async with running_connectors(redis_client, settings, clock):
         await put_actions(redis_client, [hook])
         await wait_status(redis_client, hook, {"dead"}, reason="host_not_allowed")

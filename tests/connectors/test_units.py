@@ -130,6 +130,9 @@ def test_retry_after_header_forms() -> None:
     date = (now + timedelta(seconds=90)).strftime("%a, %d %b %Y %H:%M:%S GMT")
     assert parse_retry_after(date, now.timestamp()) == 90.0
     assert parse_retry_after("soon", 0) is None and parse_retry_after(None, 0) is None
+    # Once raised (ValueError, OverflowError) outside the error path and left the action stuck.
+    assert parse_retry_after("²", 0) is None and parse_retry_after("9" * 400, 0) is None
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", 0) == 366 * 86_400.0
 
 
 async def test_token_bucket_books_slots_at_its_rate(redis_client: aioredis.Redis) -> None:
