@@ -18,7 +18,11 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER beacon
 ENV BEACON_HOST=0.0.0.0 BEACON_PORT=8080 BEACON_DATA_DIR=/data
-EXPOSE 8080
+# 8080: `beacon serve` (API, /metrics, /healthz); 8081: `beacon worker` and 8082: `beacon connectors`
+# (/metrics and /healthz only; BEACON_OPS_PORT changes them).
+EXPOSE 8080 8081 8082
 VOLUME ["/data"]
-HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz').status != 200)"
+# One check for every role the image runs (CMD ["beacon", "worker"] ...): it asks 8080, then 8081, then 8082,
+# and the first that answers decides; 503 means stalled processing too, not only a dead socket. Exit 0 or 1.
+HEALTHCHECK --interval=10s --timeout=10s --start-period=30s --retries=3 CMD ["beacon", "healthcheck"]
 CMD ["beacon", "serve"]

@@ -6,24 +6,17 @@ from aiohttp import web
 
 from api import keys
 from api.openapi import OPENAPI
-from beacon import metrics
+from beacon.ops_server import health_response, metrics_response
 
 
 async def get_metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition."""
-    body, content_type = metrics.exposition()
-    response = web.Response(body=body)
-    response.headers["Content-Type"] = content_type
-    return response
+    return metrics_response()
 
 
 async def get_health(request: web.Request) -> web.Response:
-    """200 when Redis answers, 503 otherwise."""
-    try:
-        await keys.redis(request).ping()
-    except Exception as exc:
-        return web.json_response({"status": "unavailable", "redis": str(exc)}, status=503)
-    return web.json_response({"status": "ok"})
+    """200 when Redis answers and processing is not stalled, 503 with the problems otherwise (beacon.health)."""
+    return await health_response(request.app[keys.SERVICES].services)
 
 
 async def get_openapi(request: web.Request) -> web.Response:

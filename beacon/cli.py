@@ -1,4 +1,8 @@
-"""The `beacon` command: serve, worker, connectors, rules push / validate, backtest."""
+"""The `beacon` command: serve, worker, connectors, rules push / validate, backtest, healthcheck.
+
+Every failure the command expects ends in one line on stderr and an exit code (see `beacon.cli_http`):
+1 input refused, 2 usage or configuration, 3 a server (Redis, Beacon) unreachable, 4 an HTTP error.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +16,40 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import AuthenticationError as RedisAuthenticationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+import beacon
+from beacon.cli_http import EXIT_UNREACHABLE, EXIT_USAGE, CommandError, healthcheck, push_ruleset
 from beacon.clock import SystemClock
-from beacon.errors import BeaconError
+from beacon.errors import BeaconError, ValidationError
+from beacon.logs import configure_logging, redact
 from beacon.redis_server import EmbeddedRedis
-from beacon.settings import Settings
+from beacon.settings import DEFAULT_OPS_PORTS, MAX_PORT, Settings
 
 log = logging.getLogger("beacon")
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+PUSH_TIMEOUT_S = 30.0
+HEALTHCHECK_TIMEOUT_S = 3.0
+EPILOG = (
+    "Settings come from BEACON_* environment variables (README: Configuration); an unknown or malformed one "
+    "stops the command. Exit codes: 0 done, 1 input refused (an invalid ruleset), 2 usage or configuration "
+    "error, 3 a server (Redis, Beacon) unreachable, 4 the server answered with an HTTP error."
+)
+
+
+def package_version() -> str:
+    """The installed distribution's version (the package's own when it runs from a source tree)."""
+    try:
+        return metadata.version("beacon-cep")
+    except metadata.PackageNotFoundError:
+        return beacon.__version__
 
 
 @contextlib.contextmanager
@@ -29,9 +58,7 @@ def resolved_redis(settings: Settings) -> Iterator[Settings]:
     if settings.redis_url:
         yield settings
         return
-    server = EmbeddedRedis(
-        settings.data_dir / "redis", port=int(os.environ.get("BEACON_EMBEDDED_REDIS_PORT", "0")) or None
-    )
+    server = EmbeddedRedis(settings.data_dir / "redis", port=settings.embedded_redis_port or None)
     server.start()
     try:
         yield dataclasses.replace(settings, redis_url=server.url)
@@ -54,40 +81,72 @@ async def _serve(settings: Settings) -> None:
 
     runner = web.AppRunner(build_app(settings), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    log.info("beacon serving on http://%s:%s (redis %s)", settings.host, settings.port, settings.redis_url)
     try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ValidationError(
+                f"cannot listen on {settings.host}:{settings.port}: {os.strerror(exc.errno) if exc.errno else exc}",
+                path="BEACON_PORT",
+            ) from None
+        port = runner.addresses[0][1]
+        log.info("beacon serving on http://%s:%s (redis %s)", settings.host, port, settings.redis_url)
         await _until_stopped()
     finally:
         await runner.cleanup()
 
 
 async def _work(settings: Settings) -> None:
+    from beacon.ops_server import ops_listener
     from beacon.services import open_services
 
-    async with open_services(settings, SystemClock(), workers=True, connectors=False) as services:
-        log.info("beacon worker %s on %s", services.worker.consumer if services.worker else "?", settings.redis_url)
+    async with (
+        open_services(settings, SystemClock(), workers=True, connectors=False) as services,
+        ops_listener(services, settings, "worker") as ops_url,
+    ):
+        consumer = services.worker.consumer if services.worker else "?"
+        log.info("beacon worker %s on %s; /metrics and /healthz on %s", consumer, settings.redis_url, ops_url)
         await _until_stopped()
 
 
 async def _deliver(settings: Settings) -> None:
+    from beacon.ops_server import ops_listener
     from beacon.services import open_services
 
-    async with open_services(settings, SystemClock(), workers=False, connectors=True):
-        log.info("beacon connectors on %s", settings.redis_url)
+    async with (
+        open_services(settings, SystemClock(), workers=False, connectors=True) as services,
+        ops_listener(services, settings, "connectors") as ops_url,
+    ):
+        log.info("beacon connectors on %s; /metrics and /healthz on %s", settings.redis_url, ops_url)
         await _until_stopped()
+
+
+def _run_process(command: str, settings: Settings) -> int:
+    """Run `serve`, `worker` or `connectors` until SIGINT / SIGTERM; start-up failures become one line."""
+    runners = {"serve": _serve, "worker": _work, "connectors": _deliver}
+    try:
+        with resolved_redis(settings) as ready:
+            try:
+                asyncio.run(runners[command](ready))
+            except RedisAuthenticationError as exc:
+                raise CommandError(f"Redis at {ready.redis_url} refused the credentials: {exc}", EXIT_USAGE) from None
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                raise CommandError(f"cannot reach Redis at {ready.redis_url}: {exc}", EXIT_UNREACHABLE) from None
+    except BeaconError as exc:  # a setting Redis refuses, a port in use, another layout, the private server
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    return 0
 
 
 def _load_document(path: str) -> Any:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    except OSError as exc:
-        raise SystemExit(f"cannot read {path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}", EXIT_USAGE) from None
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise SystemExit(f"{path} is not valid JSON: {exc}") from exc
+        raise CommandError(f"{path} is not valid JSON: {exc}", EXIT_USAGE) from None
 
 
 def _validate(path: str, lateness_ms: int) -> int:
@@ -103,27 +162,124 @@ def _validate(path: str, lateness_ms: int) -> int:
     return 0
 
 
-async def _push(path: str, url: str, key: str | None) -> int:
-    import aiohttp
+def _health_urls(settings: Settings) -> list[str]:
+    """Where this machine's Beacon process answers /healthz: serve's port, then worker's, then connectors'."""
+    ports = [settings.port] + [settings.ops_address(role)[1] for role in DEFAULT_OPS_PORTS]
+    urls = []
+    for host, port in [(settings.host, ports[0])] + [(settings.ops_host or settings.host, p) for p in ports[1:]]:
+        local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        url = f"http://{f'[{local}]' if ':' in local else local}:{port}/healthz"
+        if url not in urls:
+            urls.append(url)
+    return urls
 
-    document = _load_document(path)
-    ruleset_id = document.get("id") if isinstance(document, dict) else None
-    if not isinstance(ruleset_id, str):
-        print(f'{path}: the document needs an "id"', file=sys.stderr)
-        return 1
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.put(f"{url.rstrip('/')}/v1/rulesets/{ruleset_id}", json=document, headers=headers) as response,
-    ):
-        body = await response.json(content_type=None)
-    if response.status != 200:
-        error = body.get("error", {})
-        for item in error.get("errors") or [error]:
-            print(f"{path}: {item.get('path')}: {item.get('message')}", file=sys.stderr)
-        return 1
-    print(f"pushed {ruleset_id} as version {body['version']}")
-    return 0
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0 for any free one."""
+    if not text.isdigit() or int(text) > MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-{MAX_PORT})")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 86_400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `beacon` command line; every command and option carries help (tests/test_cli.py checks it)."""
+    parser = argparse.ArgumentParser(
+        prog="beacon",
+        description="Beacon: a real-time marketing trigger server (complex event processing on Redis).",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"beacon {package_version()}", help="print the version")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="API, workers, timers and connectors in one process",
+        description="Run the HTTP/WebSocket API (with /metrics and /healthz), the workers and the connectors.",
+        epilog=EPILOG,
+    )
+    serve.add_argument("--host", help="listen address (env BEACON_HOST; default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, help="listen port, 0 for any free one (env BEACON_PORT; default 8080)")
+    commands.add_parser(
+        "worker",
+        help="partition owners only: events and their timers (scale-out)",
+        description="Own a fair share of the partitions and process their events and timers. /metrics and "
+        "/healthz on BEACON_OPS_HOST:BEACON_OPS_PORT (default: BEACON_HOST, port 8081).",
+        epilog=EPILOG,
+    )
+    commands.add_parser(
+        "connectors",
+        help="outbox consumer only: deliver actions (scale-out)",
+        description="Deliver the actions in the outbox. /metrics and /healthz on BEACON_OPS_HOST:BEACON_OPS_PORT "
+        "(default: BEACON_HOST, port 8082).",
+        epilog=EPILOG,
+    )
+
+    rules = commands.add_parser("rules", help="ruleset files: push to a server, validate offline", epilog=EPILOG)
+    rule_commands = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")
+    push = rule_commands.add_parser(
+        "push",
+        help="store a ruleset file on a running server",
+        description='PUT the file as the newest version of its ruleset (the document\'s "id").',
+    )
+    push.add_argument("file", help="ruleset JSON file, - for stdin")
+    push.add_argument("--url", help=f"the server's base URL (env BEACON_URL; default {DEFAULT_URL})")
+    push.add_argument("--key", help="API key with the rules scope (env BEACON_API_KEY; default none)")
+    push.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=PUSH_TIMEOUT_S,
+        metavar="S",
+        help=f"seconds to wait for the server (default {PUSH_TIMEOUT_S:g})",
+    )
+    validate = rule_commands.add_parser("validate", help="check a ruleset file offline")
+    validate.add_argument("file", help="ruleset JSON file, - for stdin")
+
+    backtest = commands.add_parser("backtest", help="run ruleset files over a recorded event log, offline")
+    backtest.add_argument(
+        "--ruleset", action="append", required=True, metavar="FILE", help="ruleset JSON file; repeat for several"
+    )
+    backtest.add_argument("--events", required=True, metavar="FILE", help=".jsonl or .jsonl.gz, one event a line")
+    backtest.add_argument("--json", action="store_true", help="print the report as JSON")
+    backtest.add_argument("--until", type=int, metavar="MS", help="stop the simulated clock here (ms since the epoch)")
+    backtest.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=len(os.sched_getaffinity(0)),
+        metavar="N",
+        help="processes, each evaluating a share of the users (default: the CPUs this process may use)",
+    )
+
+    check = commands.add_parser(
+        "healthcheck",
+        help="exit 0 if the local Beacon process is healthy, else 1 (for Docker's HEALTHCHECK)",
+        description="GET /healthz of this machine's Beacon process: serve's BEACON_PORT, then worker's and "
+        "connectors' ops ports; the first that answers decides. Exits 0 or 1 only.",
+    )
+    check.add_argument("--url", help="check this /healthz URL instead (default: the local ports, in that order)")
+    check.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=HEALTHCHECK_TIMEOUT_S,
+        metavar="S",
+        help=f"seconds per address (default {HEALTHCHECK_TIMEOUT_S:g})",
+    )
+    return parser
+
+
+def _fail(message: str, exit_code: int) -> int:
+    print(f"beacon: {redact(' '.join(message.split()))}", file=sys.stderr)
+    return exit_code
 
 
 def _jobs(text: str) -> int:
@@ -139,63 +295,42 @@ def _jobs(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `beacon` console script."""
-    parser = argparse.ArgumentParser(prog="beacon", description="Real-time marketing trigger server")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="API, workers, timers and connectors in one process")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    commands.add_parser("worker", help="partition owners only: events and their timers (scale-out)")
-    commands.add_parser("connectors", help="outbox consumer only: deliver actions (scale-out)")
-    rules = commands.add_parser("rules", help="ruleset files")
-    rule_commands = rules.add_subparsers(dest="rules_command", required=True)
-    push = rule_commands.add_parser("push", help="store a ruleset file on a running server")
-    push.add_argument("file")
-    push.add_argument("--url", default=os.environ.get("BEACON_URL", "http://127.0.0.1:8080"))
-    push.add_argument("--key", default=os.environ.get("BEACON_API_KEY"))
-    validate = rule_commands.add_parser("validate", help="check a ruleset file offline")
-    validate.add_argument("file")
-    backtest = commands.add_parser("backtest", help="run ruleset files over a recorded event log, offline")
-    backtest.add_argument("--ruleset", action="append", required=True, metavar="FILE", help="repeatable")
-    backtest.add_argument("--events", required=True, metavar="FILE", help=".jsonl or .jsonl.gz, one event a line")
-    backtest.add_argument("--json", action="store_true", help="print the report as JSON")
-    backtest.add_argument("--until", type=int, metavar="MS", help="stop the simulated clock here (ms since the epoch)")
-    backtest.add_argument(
-        "--jobs",
-        type=_jobs,
-        default=len(os.sched_getaffinity(0)),
-        metavar="N",
-        help="processes, each evaluating a share of the users (default: the CPUs this process may use)",
-    )
-    args = parser.parse_args(argv)
-
+    args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
     except BeaconError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    if args.command == "rules":
-        if args.rules_command == "validate":
-            return _validate(args.file, settings.lateness_ms)
-        return asyncio.run(_push(args.file, args.url, args.key))
-    if args.command == "backtest":
-        from beacon.backtest_command import backtest as run_backtest_command
-        from beacon.services import tune_gc
+        # Docker's HEALTHCHECK reserves exit code 2: a health check that cannot run is unhealthy (1).
+        return _fail(f"configuration error: {exc}", 1 if args.command == "healthcheck" else EXIT_USAGE)
+    configure_logging(settings.log_level)
+    try:
+        if args.command == "healthcheck":
+            urls = [args.url] if args.url else _health_urls(settings)
+            return min(asyncio.run(healthcheck(urls, args.timeout)), 1)
+        if args.command == "rules":
+            if args.rules_command == "validate":
+                return _validate(args.file, settings.lateness_ms)
+            url = args.url or os.environ.get("BEACON_URL") or DEFAULT_URL
+            key = args.key or os.environ.get("BEACON_API_KEY") or None
+            return asyncio.run(push_ruleset(_load_document(args.file), args.file, url, key, args.timeout))
+        if args.command == "backtest":
+            from beacon.backtest_command import backtest as run_backtest_command
+            from beacon.services import tune_gc
 
-        # Users' state is millions of small long-lived objects, as in a worker's cache: at CPython's default
-        # thresholds the collector rescanning it took a third of the run (300k events of bench/workload.py).
-        tune_gc()
-        return run_backtest_command(
-            args.ruleset, args.events, settings, as_json=args.json, until_ms=args.until, jobs=args.jobs
-        )
-    if args.command == "serve":
-        settings = dataclasses.replace(
-            settings, host=args.host or settings.host, port=args.port if args.port is not None else settings.port
-        )
-    runners = {"serve": _serve, "worker": _work, "connectors": _deliver}
-    with resolved_redis(settings) as ready:
-        asyncio.run(runners[args.command](ready))
-    return 0
+            # Users' state is millions of small long-lived objects, as in a worker's cache: at CPython's default
+            # thresholds the collector rescanning it took a third of the run (300k events of bench/workload.py).
+            tune_gc()
+            return run_backtest_command(
+                args.ruleset, args.events, settings, as_json=args.json, until_ms=args.until, jobs=args.jobs
+            )
+        if args.command == "serve":
+            settings = dataclasses.replace(
+                settings, host=args.host or settings.host, port=args.port if args.port is not None else settings.port
+            )
+        return _run_process(args.command, settings)
+    except CommandError as exc:
+        return _fail(exc.message, 1 if args.command == "healthcheck" else exc.exit_code)
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

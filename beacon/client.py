@@ -299,7 +299,8 @@ class BeaconProducer:
         replied = False
         close_code: int | None = None
         # A fresh outbox: frames sealed from now on join it, and every earlier pending one is resent.
-        self._outbox = outbox = asyncio.Queue()
+        outbox: asyncio.Queue[int] = asyncio.Queue()
+        self._outbox = outbox
         for seq in self._pending:
             outbox.put_nowait(seq)
         writer = asyncio.create_task(self._write_loop(ws, outbox), name="beacon-producer-write")
@@ -352,7 +353,7 @@ class BeaconProducer:
             rejected = [_rejected(frame.events[int(item["index"])], item) for item in reply.get("errors") or ()]
             accepted = len(reply.get("accepted") or ())
         # Only a fully read reply settles the frame; anything unreadable above leaves it pending.
-        del self._pending[seq]
+        del self._pending[frame.seq]  # the frame's own seq: `seq` came from the reply, typed Any
         self.acked_events += accepted
         self.errors.extend(rejected)
         self._slots.release()

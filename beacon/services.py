@@ -13,6 +13,8 @@ from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
 from beacon import metrics
 from beacon.clock import Clock
+from beacon.errors import ValidationError
+from beacon.health import HealthMonitor
 from beacon.pause import pause
 from beacon.settings import Settings
 from cep import scripts, streams
@@ -46,6 +48,7 @@ class Services:
     # Ingest appends end with WAITAOF for this long (0: acks mean "written by Redis", not "fsynced").
     ack_fsync_ms: int = 0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    health: HealthMonitor | None = None  # what /healthz reports (beacon.health)
     # Loops check this between iterations: stopping them this way never cancels a Redis call midway.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -122,7 +125,8 @@ async def open_services(
                 stopping=services.stopping,
             )
             services.tasks.append(asyncio.create_task(services.worker.run(), name="worker"))
-        if settings.run_connectors if connectors is None else connectors:
+        delivering = settings.run_connectors if connectors is None else connectors
+        if delivering:
             delivery = run_connectors(
                 redis, settings.connectors, settings.partitions, clock, stopping=services.stopping
             )
@@ -130,6 +134,15 @@ async def open_services(
         services.tasks.append(
             asyncio.create_task(_report_lag(redis, settings.partitions, services.stopping), name="lag")
         )
+        services.health = HealthMonitor(
+            redis,
+            settings.health_stall_ms,
+            worker=services.worker,
+            outbox_partitions=settings.partitions if delivering else 0,
+            tasks=services.tasks,
+            stopping=services.stopping,
+        )
+        services.tasks.append(asyncio.create_task(services.health.run(), name="health"))
         try:
             yield services
         finally:
@@ -161,7 +174,7 @@ async def _ack_fsync_ms(redis: Redis, settings: Settings) -> int:
     if appendonly in ("yes", b"yes"):
         return settings.ack_fsync_timeout_ms
     if settings.ack_fsync == "on":
-        raise ValueError("BEACON_ACK_FSYNC=on needs a Redis with appendonly yes (or CONFIG readable)")
+        raise ValidationError("on needs a Redis with appendonly yes (or CONFIG readable)", path="BEACON_ACK_FSYNC")
     log.warning("Redis has no append-only file: an ingest ack means written to memory only")
     return 0
 

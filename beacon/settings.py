@@ -1,16 +1,49 @@
-"""The one settings object, read from `BEACON_*` environment variables in `main` and passed down."""
+"""The one settings object, read from `BEACON_*` environment variables in `main` and passed down.
+
+Every variable is parsed strictly and refused with a `ValidationError` naming it: a boolean is one of
+`TRUE_WORDS` / `FALSE_WORDS`, a number must lie in its range, a choice must be one of its values, and a
+`BEACON_*` name that nothing reads is refused with the closest known name. An empty value means unset.
+
+Hand-written rather than on pydantic-settings: the connector settings (`connectors.settings`) already
+parse their variables this way, the checks here are a few dozen lines, and that library would add
+pydantic and its compiled core to every install without refusing unknown `BEACON_*` names by itself.
+"""
 
 from __future__ import annotations
 
+import difflib
+import functools
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from beacon.errors import ValidationError
+from beacon.logs import redact
 from connectors.settings import ConnectorSettings
 
 SCOPES = frozenset({"rules", "events", "admin"})
+PREFIX = "BEACON_"
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster")
+MAX_PORT = 65_535
+# More partitions than Redis Cluster slots could not spread any further over masters.
+MAX_PARTITIONS = 16_384
+# Where `beacon worker` and `beacon connectors` serve /metrics and /healthz unless BEACON_OPS_PORT says.
+DEFAULT_OPS_PORTS = {"worker": 8081, "connectors": 8082}
+
+# Read elsewhere than in `Settings.from_env`, so known without being read there.
+OTHER_VARIABLES = {
+    "BEACON_URL": "the server `beacon rules push` and `beacon healthcheck` call (CLI)",
+    "BEACON_API_KEY": "the API key `beacon rules push` sends (CLI)",
+    "BEACON_REDIS_SERVER": "the redis-server binary of the private server (beacon.redis_server)",
+    # connectors.settings reads it only when BEACON_CONNECTOR_QUIET_HOURS is set.
+    "BEACON_CONNECTOR_TIMEZONE": "the quiet hours' time zone (connectors)",
+}
 
 
 def parse_api_keys(raw: str) -> dict[str, frozenset[str]]:
@@ -19,7 +52,8 @@ def parse_api_keys(raw: str) -> dict[str, frozenset[str]]:
     for item in filter(None, (part.strip() for part in raw.split(","))):
         key, sep, scope_list = item.partition(":")
         if not sep or not key:
-            raise ValidationError(f"{item!r} is not KEY:SCOPE[+SCOPE]", path="BEACON_API_KEYS")
+            # Not the item itself: it may be a key.
+            raise ValidationError("an entry is not KEY:SCOPE[+SCOPE]", path="BEACON_API_KEYS")
         scopes = frozenset(s.strip() for s in scope_list.split("+") if s.strip())
         unknown = scopes - SCOPES
         if unknown or not scopes:
@@ -40,6 +74,7 @@ class Settings:
     redis_url: str | None = None
     redis_cluster: bool = False
     data_dir: Path = Path(".beacon")
+    embedded_redis_port: int = 0  # the private server's port; 0 picks a free one
     api_keys: Mapping[str, frozenset[str]] = field(default_factory=dict)
     # 12 spreads evenly over 1, 2, 3, 4 or 6 Redis Cluster masters (cep.events.partition_tag).
     partitions: int = 12
@@ -68,66 +103,185 @@ class Settings:
     run_workers: bool = True
     run_api: bool = True
     log_level: str = "INFO"
+    # The /metrics and /healthz listener of `beacon worker` / `beacon connectors`: None = `host`, and the
+    # role's port in DEFAULT_OPS_PORTS (another free port, logged, if several processes share a host).
+    ops_host: str | None = None
+    ops_port: int | None = None
+    # /healthz turns 503 when processing has made no progress with work waiting for this long (beacon.health).
+    health_stall_ms: int = 30_000
+
+    def ops_address(self, role: str) -> tuple[str, int, bool]:
+        """(host, port, configured) of a role's ops listener; `configured` is False for the default port."""
+        host = self.ops_host or self.host
+        if self.ops_port is None:
+            return host, DEFAULT_OPS_PORTS[role], False
+        return host, self.ops_port, True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from `BEACON_*` variables (and plain `REDIS_URL`)."""
+        """Build settings from `BEACON_*` variables (and plain `REDIS_URL`); refuse unknown `BEACON_*` names."""
         env = os.environ if env is None else env
+        refuse_unknown(env)
+        return _parse(_Variables(env), env)
 
-        def get(name: str) -> str | None:
-            value = env.get(f"BEACON_{name}")
-            return value if value not in (None, "") else None
 
-        def integer(name: str, default: int, minimum: int = 0) -> int:
-            raw = get(name)
-            if raw is None:
-                return default
-            try:
-                value = int(raw)
-            except ValueError:
-                raise ValidationError(f"{raw!r} is not an integer", path=f"BEACON_{name}") from None
-            if value < minimum:
-                raise ValidationError(f"must be >= {minimum}", path=f"BEACON_{name}")
-            return value
+def _parse(read: _Variables, env: Mapping[str, str]) -> Settings:
+    """Settings from `read`; reads every variable whatever the others say (`known_variables` relies on it)."""
+    base = Settings()
+    redis_url = _redis_url(read.text("REDIS_URL"), "BEACON_REDIS_URL")
+    plain_url = env.get("REDIS_URL") or None
+    return Settings(
+        host=read.text("HOST") or base.host,
+        port=read.integer("PORT", base.port, 0, MAX_PORT),
+        redis_url=redis_url or _redis_url(plain_url, "REDIS_URL"),
+        redis_cluster=read.flag("REDIS_CLUSTER", base.redis_cluster),
+        data_dir=Path(read.text("DATA_DIR") or base.data_dir),
+        embedded_redis_port=read.integer("EMBEDDED_REDIS_PORT", base.embedded_redis_port, 0, MAX_PORT),
+        api_keys=parse_api_keys(read.text("API_KEYS") or ""),
+        partitions=read.integer("PARTITIONS", base.partitions, 1, MAX_PARTITIONS),
+        lateness_ms=read.integer("LATENESS_MS", base.lateness_ms),
+        max_batch_events=read.integer("MAX_BATCH_EVENTS", base.max_batch_events, 1),
+        max_body_bytes=read.integer("MAX_BODY_BYTES", base.max_body_bytes, 1024),
+        worker_batch=read.integer("WORKER_BATCH", base.worker_batch, 1),
+        worker_block_ms=read.integer("WORKER_BLOCK_MS", base.worker_block_ms, 1),
+        dedupe_horizon_ms=read.integer("DEDUPE_HORIZON_MS", base.dedupe_horizon_ms, 1000),
+        ledger_retention_ms=read.integer("LEDGER_RETENTION_MS", base.ledger_retention_ms, 1000),
+        ws_heartbeat_ms=read.integer("WS_HEARTBEAT_MS", base.ws_heartbeat_ms),
+        ws_receive_timeout_ms=read.integer("WS_RECEIVE_TIMEOUT_MS", base.ws_receive_timeout_ms),
+        ws_max_in_flight=read.integer("WS_MAX_IN_FLIGHT", base.ws_max_in_flight, 1),
+        partition_lease_ms=read.integer("PARTITION_LEASE_MS", base.partition_lease_ms, 300),
+        ack_fsync=read.choice("ACK_FSYNC", base.ack_fsync, ("auto", "on", "off")),
+        ack_fsync_timeout_ms=read.integer("ACK_FSYNC_TIMEOUT_MS", base.ack_fsync_timeout_ms, 1),
+        state_cache_users=read.integer("STATE_CACHE_USERS", base.state_cache_users, 1),
+        connectors=ConnectorSettings.from_env(env),
+        run_connectors=read.flag("RUN_CONNECTORS", base.run_connectors),
+        run_workers=read.flag("RUN_WORKERS", base.run_workers),
+        log_level=read.choice("LOG_LEVEL", base.log_level, LOG_LEVELS),
+        ops_host=read.text("OPS_HOST"),
+        ops_port=read.optional_integer("OPS_PORT", 0, MAX_PORT),
+        # Below a second, samples every quarter of it would cost more than they tell.
+        health_stall_ms=read.integer("HEALTH_STALL_MS", base.health_stall_ms, 1_000),
+    )
 
-        def flag(name: str, default: bool) -> bool:
-            raw = get(name)
-            return default if raw is None else raw.lower() in {"1", "true", "yes", "on"}
 
-        def choice(name: str, default: str, options: tuple[str, ...]) -> str:
-            raw = get(name)
-            if raw is None:
-                return default
-            if raw not in options:
-                raise ValidationError(f"{raw!r} is not one of {', '.join(options)}", path=f"BEACON_{name}")
-            return raw
-
-        base = cls()
-        return replace(
-            base,
-            host=get("HOST") or base.host,
-            port=integer("PORT", base.port),
-            redis_url=get("REDIS_URL") or env.get("REDIS_URL") or None,
-            redis_cluster=flag("REDIS_CLUSTER", base.redis_cluster),
-            data_dir=Path(get("DATA_DIR") or base.data_dir),
-            api_keys=parse_api_keys(get("API_KEYS") or ""),
-            partitions=integer("PARTITIONS", base.partitions, 1),
-            lateness_ms=integer("LATENESS_MS", base.lateness_ms),
-            max_batch_events=integer("MAX_BATCH_EVENTS", base.max_batch_events, 1),
-            max_body_bytes=integer("MAX_BODY_BYTES", base.max_body_bytes, 1024),
-            worker_batch=integer("WORKER_BATCH", base.worker_batch, 1),
-            worker_block_ms=integer("WORKER_BLOCK_MS", base.worker_block_ms, 1),
-            dedupe_horizon_ms=integer("DEDUPE_HORIZON_MS", base.dedupe_horizon_ms, 1000),
-            ledger_retention_ms=integer("LEDGER_RETENTION_MS", base.ledger_retention_ms, 1000),
-            ws_heartbeat_ms=integer("WS_HEARTBEAT_MS", base.ws_heartbeat_ms),
-            ws_receive_timeout_ms=integer("WS_RECEIVE_TIMEOUT_MS", base.ws_receive_timeout_ms),
-            ws_max_in_flight=integer("WS_MAX_IN_FLIGHT", base.ws_max_in_flight, 1),
-            partition_lease_ms=integer("PARTITION_LEASE_MS", base.partition_lease_ms, 300),
-            ack_fsync=choice("ACK_FSYNC", base.ack_fsync, ("auto", "on", "off")),
-            ack_fsync_timeout_ms=integer("ACK_FSYNC_TIMEOUT_MS", base.ack_fsync_timeout_ms, 1),
-            state_cache_users=integer("STATE_CACHE_USERS", base.state_cache_users, 1),
-            connectors=ConnectorSettings.from_env(env),
-            run_connectors=flag("RUN_CONNECTORS", base.run_connectors),
-            run_workers=flag("RUN_WORKERS", base.run_workers),
-            log_level=get("LOG_LEVEL") or base.log_level,
+def _redis_url(url: str | None, variable: str) -> str | None:
+    """A Redis URL with a scheme redis-py (or our cluster client) takes; the error never shows its password."""
+    if url is None:
+        return None
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if scheme not in REDIS_SCHEMES:
+        raise ValidationError(
+            f"{redact(url)!r} is not a Redis URL: use {', '.join(s + '://' for s in REDIS_SCHEMES)}", path=variable
         )
+    return url
+
+
+class _Variables:
+    """Reads `BEACON_<name>` variables strictly; every error names the variable; remembers what it read."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.names: set[str] = set()
+
+    def text(self, name: str) -> str | None:
+        """The value of BEACON_<name> without surrounding blanks, or None when unset or empty."""
+        key = PREFIX + name
+        self.names.add(key)
+        value = self._env.get(key)
+        return value.strip() or None if value is not None else None
+
+    def flag(self, name: str, default: bool) -> bool:
+        """A boolean: one of TRUE_WORDS or FALSE_WORDS, in any case."""
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if raw.lower() in TRUE_WORDS:
+            return True
+        if raw.lower() in FALSE_WORDS:
+            return False
+        raise ValidationError(
+            f"{raw!r} is not a boolean: use {', '.join(TRUE_WORDS)} or {', '.join(FALSE_WORDS)}", path=PREFIX + name
+        )
+
+    def integer(self, name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+        """A whole number in decimal digits (`_` allowed between them), within [minimum, maximum]."""
+        value = self.optional_integer(name, minimum, maximum)
+        return default if value is None else value
+
+    def optional_integer(self, name: str, minimum: int = 0, maximum: int | None = None) -> int | None:
+        """Like `integer`, None when unset."""
+        raw = self.text(name)
+        if raw is None:
+            return None
+        if not re.fullmatch(r"-?[0-9]+(_[0-9]+)*", raw):
+            raise ValidationError(f"{raw!r} is not a whole number", path=PREFIX + name)
+        value = int(raw)
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+            raise ValidationError(f"{value} is out of range: use a number {bounds}", path=PREFIX + name)
+        return value
+
+    def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
+        """One of `options`, in any case; returned as the option is spelt."""
+        raw = self.text(name)
+        if raw is None:
+            return default
+        for option in options:
+            if raw.lower() == option.lower():
+                return option
+        raise ValidationError(f"{raw!r} is not one of {', '.join(options)}", path=PREFIX + name)
+
+
+class _ReadLog(Mapping[str, str]):
+    """An empty environment that remembers every name looked up in it."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.names.add(key)
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+@functools.cache
+def _variable_names() -> tuple[frozenset[str], frozenset[str]]:
+    """(names `Settings` reads itself, names the connector settings read): parsing an empty environment
+    reads every name, so this list cannot drift from the code that parses them."""
+    env = _ReadLog()
+    read = _Variables(env)
+    _parse(read, env)
+    own = frozenset(read.names)
+    return own, frozenset(name for name in env.names if name.startswith(PREFIX)) - own
+
+
+def settings_variables() -> frozenset[str]:
+    """The `BEACON_*` names `Settings.from_env` reads itself (the README's configuration table)."""
+    return _variable_names()[0]
+
+
+def known_variables() -> frozenset[str]:
+    """Every `BEACON_*` name some part of Beacon reads."""
+    own, connectors = _variable_names()
+    return own | connectors | frozenset(OTHER_VARIABLES)
+
+
+def refuse_unknown(env: Mapping[str, str]) -> None:
+    """Refuse a set `BEACON_*` variable nothing reads (a typo would otherwise be ignored), naming the closest known
+    one. An empty one is unset, as everywhere, so it is not refused."""
+    known = known_variables()
+    unknown = sorted(name for name, value in env.items() if name.startswith(PREFIX) and value and name not in known)
+    if not unknown:
+        return
+    # Compared without the prefix, which every name shares and which would make any two look alike.
+    close = difflib.get_close_matches(
+        unknown[0].removeprefix(PREFIX), [name[len(PREFIX) :] for name in sorted(known)], 1, 0.6
+    )
+    hint = f"; did you mean {PREFIX}{close[0]}?" if close else ""
+    more = f" ({len(unknown) - 1} more unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
+    raise ValidationError(f"unknown setting{hint}{more}", path=unknown[0])
