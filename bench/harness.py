@@ -235,6 +235,7 @@ async def beacon_stack(
             "BEACON_RUN_WORKERS": "1" if run_workers else "0",
             # Delivery is not measured: the outbox is the end of the measured path (and no sinks exist here).
             "BEACON_RUN_CONNECTORS": "0",
+            "BEACON_OPS_PORT": "0",  # each `beacon worker` serves /metrics on a free port of its own
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
         }
