@@ -54,6 +54,9 @@ def decode_bytes(raw: bytes | str, *, binary: bool, path: str, what: str) -> Any
         raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(f"{what} is not valid JSON: {exc}", path=path) from exc
+    except RecursionError:
+        # The parser recurses per nesting level: a 10,000-deep array must be a 400, not a 500.
+        raise DecodeError(f"{what} is nested too deeply", path=path) from None
 
 
 def _reject_constant(name: str) -> Any:

@@ -13,7 +13,10 @@ from cep.events import Event
 EVENT_FIELDS = ("user_id", "type", "ts", "event_id", "attrs")
 _EVENT_FIELD_SET = frozenset(EVENT_FIELDS)
 # Braces would break the {u:<user>} Redis Cluster hash tag; control characters break logs.
-_NOT_IN_ID = re.compile(r"[\x00-\x1f{}]")
+_NOT_IN_ID = re.compile(r"[\x00-\x1f{}\ud800-\udfff]")
+# A lone surrogate (JSON "\ud800") decodes to a str that cannot be encoded as UTF-8: the stream append
+# would fail after validation. Checked only for non-ASCII strings.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _TYPE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 _MIN_TS = 946_684_800_000  # 2000-01-01: anything earlier is a seconds-for-ms mistake
 _MAX_TS = 4_102_444_800_000  # 2100-01-01
@@ -29,7 +32,7 @@ def check_identifier(value: Any, path: str, what: str, limit: int = 128) -> str:
     if len(value) > limit:
         raise ValidationError(f"{what} longer than {limit} characters", path=path)
     if _NOT_IN_ID.search(value):
-        raise ValidationError(f"{what} must not contain braces or control characters", path=path)
+        raise ValidationError(f"{what} must not contain braces, control characters or lone surrogates", path=path)
     return value
 
 
@@ -42,7 +45,9 @@ def check_json_value(value: Any, path: str, depth: int = 0) -> None:
 def _json_ok(value: Any, depth: int) -> bool:
     """check_json_value's test without building a path per value (paths are only for the error)."""
     kind = type(value)
-    if kind is str or kind is bool or value is None:
+    if kind is str:
+        return value.isascii() or not _SURROGATE.search(value)
+    if kind is bool or value is None:
         return True
     if kind is int:
         return bool(_MIN_INT <= value <= _MAX_INT)
@@ -51,7 +56,9 @@ def _json_ok(value: Any, depth: int) -> bool:
     if depth >= 4:
         return False
     if kind is dict:
-        return all(type(key) is str and _json_ok(item, depth + 1) for key, item in value.items())
+        return all(
+            type(key) is str and _json_ok(key, depth) and _json_ok(item, depth + 1) for key, item in value.items()
+        )
     if kind is list:
         return all(_json_ok(item, depth + 1) for item in value)
     return False
@@ -61,7 +68,11 @@ def _json_error(value: Any, path: str, depth: int) -> None:
     """Raise the error check_json_value reports, with the path of the first offending value."""
     if depth > 4:
         raise ValidationError("nested deeper than 4 levels", path=path)
-    if value is None or isinstance(value, (bool, str)):
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            raise ValidationError("must be valid Unicode (a lone surrogate is not)", path=path)
+        return
+    if value is None or isinstance(value, bool):
         return
     if isinstance(value, int):
         if not _MIN_INT <= value <= _MAX_INT:
@@ -79,13 +90,19 @@ def _json_error(value: Any, path: str, depth: int) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ValidationError("object keys must be strings", path=path)
+            if _SURROGATE.search(key):
+                raise ValidationError("object keys must be valid Unicode (a lone surrogate is not)", path=path)
             _json_error(item, f"{path}.{key}", depth + 1)
         return
     raise ValidationError(f"unsupported value of type {type(value).__name__}", path=path)
 
 
-def parse_event(obj: Any, path: str, now_ms: int) -> Event:
-    """Validate one wire event; `ts` defaults to `now_ms`, `event_id` to a fresh UUID."""
+def parse_event(obj: Any, path: str, now_ms: int, max_ahead_ms: int | None = None) -> Event:
+    """Validate one wire event; `ts` defaults to `now_ms`, `event_id` to a fresh UUID.
+
+    With `max_ahead_ms`, a `ts` further ahead of `now_ms` is refused: one event stamped in 2099 would
+    move its rules' watermarks there and make every real event of the user late.
+    """
     if not isinstance(obj, dict):
         raise ValidationError("an event must be an object", path=path or None)
     prefix = f"{path}." if path else ""
@@ -109,6 +126,11 @@ def parse_event(obj: Any, path: str, now_ms: int) -> Event:
         raise ValidationError("ts must be an integer (ms since the epoch)", path=f"{prefix}ts")
     if not _MIN_TS <= ts <= _MAX_TS:
         raise ValidationError("ts must be ms since the epoch between 2000 and 2100", path=f"{prefix}ts")
+    if max_ahead_ms is not None and ts > now_ms + max_ahead_ms:
+        raise ValidationError(
+            f"ts is {ts - now_ms} ms ahead of the server clock (at most {max_ahead_ms} allowed: BEACON_MAX_FUTURE_MS)",
+            path=f"{prefix}ts",
+        )
     event_id = obj.get("event_id")
     event_id = uuid.uuid4().hex if event_id is None else check_identifier(event_id, f"{prefix}event_id", "event_id")
     attrs = obj.get("attrs") or {}

@@ -220,7 +220,7 @@ class _Connection:
             # A bad frame counts once, whatever it carried: its events were never read.
             metrics.on_event_rejected(TRANSPORT, exc.code)
             return _Answer(binary, {"ack": seq, **exc.to_json()})
-        events, errors = validate_items(items, True, self._clock.now_ms(), TRANSPORT)
+        events, errors = validate_items(items, True, self._clock.now_ms(), TRANSPORT, self._settings.max_future_ms)
         body = {"ack": seq, "accepted": [event.event_id for event in events], "errors": errors}
         return _Answer(binary, body, events)
 

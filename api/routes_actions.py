@@ -17,7 +17,7 @@ MAX_LIMIT = 1000
 async def list_actions(request: web.Request) -> web.Response:
     """`GET /v1/actions?user_id=&rule=&limit=`: newest first."""
     limit_text = request.query.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+    if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= MAX_LIMIT:
         raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}", path="limit")
     limit = int(limit_text)
     rule = request.query.get("rule") or None

@@ -18,7 +18,7 @@ _ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 def _limit(text: str, path: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
         raise ValidationError(f"must be an integer from 1 to {MAX_LIMIT}", path=path)
     return int(text)
 

@@ -32,14 +32,14 @@ def split_batch(body: Any, max_events: int) -> tuple[list[Any], bool]:
 
 
 def validate_items(
-    items: list[Any], batch: bool, now_ms: int, transport: str
+    items: list[Any], batch: bool, now_ms: int, transport: str, max_ahead_ms: int
 ) -> tuple[list[Event], list[dict[str, Any]]]:
     """Parse each item; returns the good events and per-item errors (index, code, message, path)."""
     good: list[Event] = []
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
-            good.append(parse_event(item, f"events[{index}]" if batch else "", now_ms))
+            good.append(parse_event(item, f"events[{index}]" if batch else "", now_ms, max_ahead_ms))
         except ValidationError as exc:
             metrics.on_event_rejected(transport, exc.code)
             errors.append({"index": index, "code": exc.code, "message": exc.message, "path": exc.path})
@@ -52,7 +52,7 @@ async def post_events(request: web.Request) -> web.Response:
     settings = request.app[keys.SETTINGS]
     body = await read_body(request)
     items, batch = split_batch(body, settings.max_batch_events)
-    events, errors = validate_items(items, batch, request.app[keys.CLOCK].now_ms(), "http")
+    events, errors = validate_items(items, batch, request.app[keys.CLOCK].now_ms(), "http", settings.max_future_ms)
     if not batch and errors:
         error = errors[0]
         raise ValidationError(error["message"], path=error["path"])

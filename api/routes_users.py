@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 from aiohttp import web
 
 from api import keys
@@ -15,12 +16,18 @@ from cep.events import ProfilePatch
 from cep.live_state import live_state
 from cep.profiles import Profile, patch_profile
 from cep.rule_index import RuleIndex
+from cep.user_record import UserState
 from cep.user_state import read_state
 
 # How long PATCH waits for the partition owner to apply the change before answering 202.
 PATCH_WAIT_S = 5.0
 
 PATCH_FIELDS = ("attrs", "add_tags", "remove_tags")
+# A profile is read on every event of its user and rewritten with each change: it stays small.
+MAX_PROFILE_ATTRS = 256
+MAX_TAGS = 256
+MAX_NAME_CHARS = 64
+MAX_PATCH_BYTES = 64 * 1024  # the attributes of one PATCH, msgpack-encoded
 
 
 def _user_id(request: web.Request) -> str:
@@ -33,9 +40,24 @@ def _profile_json(user_id: str, profile: Profile) -> dict[str, Any]:
 
 def _tag_list(body: dict[str, Any], name: str) -> list[str]:
     tags = body.get(name, [])
-    if not isinstance(tags, list) or not all(isinstance(tag, str) and tag for tag in tags):
-        raise ValidationError("must be a list of non-empty strings", path=name)
+    if not isinstance(tags, list):
+        raise ValidationError("must be a list of tags", path=name)
+    if len(tags) > MAX_TAGS:
+        raise ValidationError(f"more than {MAX_TAGS} tags", path=name)
+    for index, tag in enumerate(tags):
+        check_identifier(tag, f"{name}[{index}]", "a tag", MAX_NAME_CHARS)
     return tags
+
+
+def _check_size(state: UserState, attrs: dict[str, Any], add_tags: list[str], remove_tags: list[str]) -> None:
+    """Refuse a patch that would take the profile past its bounds (checked against the stored profile)."""
+    names = set(state.profile)
+    names.update(name for name, value in attrs.items() if value is not None)
+    names.difference_update(name for name, value in attrs.items() if value is None)
+    if len(names) > MAX_PROFILE_ATTRS:
+        raise ValidationError(f"the profile would hold more than {MAX_PROFILE_ATTRS} attributes", path="attrs")
+    if len((state.tags | set(add_tags)) - set(remove_tags)) > MAX_TAGS:
+        raise ValidationError(f"the profile would hold more than {MAX_TAGS} tags", path="add_tags")
 
 
 @requires("events")
@@ -60,12 +82,16 @@ async def patch_user(request: web.Request) -> web.Response:
     attrs = body.get("attrs", {})
     if not isinstance(attrs, dict):
         raise ValidationError("attrs must be an object", path="attrs")
+    if len(attrs) > MAX_PROFILE_ATTRS:
+        raise ValidationError(f"more than {MAX_PROFILE_ATTRS} attributes", path="attrs")
     for name, value in attrs.items():
-        if not name:
-            raise ValidationError("attribute names must be non-empty", path="attrs")
+        check_identifier(name, "attrs", "an attribute name", MAX_NAME_CHARS)
         check_json_value(value, f"attrs.{name}")
+    if len(msgpack.packb(attrs, use_bin_type=True)) > MAX_PATCH_BYTES:
+        raise ValidationError(f"attributes larger than {MAX_PATCH_BYTES} bytes encoded", path="attrs")
     add_tags, remove_tags = _tag_list(body, "add_tags"), _tag_list(body, "remove_tags")
     redis, partitions = keys.redis(request), request.app[keys.SETTINGS].partitions
+    _check_size(await read_state(redis, partitions, user_id), attrs, add_tags, remove_tags)
     patch = ProfilePatch(user_id, dict(attrs), tuple(add_tags), tuple(remove_tags))
     if not await patch_profile(redis, partitions, patch, PATCH_WAIT_S):
         return web.json_response({"user_id": user_id, "status": "queued"}, status=202)

@@ -85,6 +85,8 @@ class Settings:
     worker_block_ms: int = 200
     # Events older than this are treated as duplicates-unknown: their ids are forgotten.
     dedupe_horizon_ms: int = 7 * 24 * 3600 * 1000
+    # An event's `ts` may be at most this far ahead of the server clock (producers' clocks drift).
+    max_future_ms: int = 15 * 60 * 1000
     ledger_retention_ms: int = 30 * 24 * 3600 * 1000
     # WebSocket ingest: ping interval (0 = off), idle close, and frames read but not yet acknowledged.
     ws_heartbeat_ms: int = 20_000
@@ -145,6 +147,7 @@ def _parse(read: _Variables, env: Mapping[str, str]) -> Settings:
         worker_batch=read.integer("WORKER_BATCH", base.worker_batch, 1),
         worker_block_ms=read.integer("WORKER_BLOCK_MS", base.worker_block_ms, 1),
         dedupe_horizon_ms=read.integer("DEDUPE_HORIZON_MS", base.dedupe_horizon_ms, 1000),
+        max_future_ms=read.integer("MAX_FUTURE_MS", base.max_future_ms, 0),
         ledger_retention_ms=read.integer("LEDGER_RETENTION_MS", base.ledger_retention_ms, 1000),
         ws_heartbeat_ms=read.integer("WS_HEARTBEAT_MS", base.ws_heartbeat_ms),
         ws_receive_timeout_ms=read.integer("WS_RECEIVE_TIMEOUT_MS", base.ws_receive_timeout_ms),

@@ -39,7 +39,10 @@ MAX_CORRELATE = 8  # each correlation value becomes part of a per-user state key
 MAX_IN_VALUES = 1000
 MAX_DEPTH = 16  # predicates and action params are walked recursively
 MAX_COUNT = 10_000  # a count threshold keeps that many timestamps per user
-MAX_DELAY_MS = 400 * 86_400_000  # a year and some; longer is a pending timer nobody remembers
+# A year and some: longer is a pending timer or a window nobody remembers. Every duration is bounded:
+# an unbounded one (`"99999999999999999999999d"`) validated, then failed every encode of its state.
+MAX_DURATION_MS = 400 * 86_400_000
+MAX_DELAY_MS = MAX_DURATION_MS
 PATTERNS = ("sequence", "absence", "threshold", "first")
 PREDICATE_KINDS = ("field", "profile", "tag", "all", "any", "not")
 REENTRY_POLICIES = ("once", "once_per", "always")
@@ -189,7 +192,7 @@ class _Parser:
         detail = '1-64 letters, digits, "_", "." or "-"; starts with a letter or digit'
         return self.reject(path, f"{_quote(value)} is not a valid id ({detail})")
 
-    def duration(self, value: Any, path: str, minimum_ms: int = 0, maximum_ms: int | None = None) -> int | None:
+    def duration(self, value: Any, path: str, minimum_ms: int = 0, maximum_ms: int = MAX_DURATION_MS) -> int | None:
         if not isinstance(value, str):
             return self.reject(path, 'must be a duration string like "30m"')
         try:
@@ -198,7 +201,7 @@ class _Parser:
             return self.reject(path, f"{_quote(value)} is not a duration")
         if ms < minimum_ms:
             return self.reject(path, "must be longer than 0")
-        if maximum_ms is not None and ms > maximum_ms:
+        if ms > maximum_ms:
             return self.reject(path, f"must be at most {format_duration(maximum_ms)}")
         return ms
 

@@ -8,8 +8,11 @@ import msgpack
 import pytest
 import redis.asyncio as aioredis
 
+from beacon.clock import ManualClock
 from tests.api.test_end_to_end import BIG_SPEND, pay, settled
 from tests.harness import Beacon, running_beacon, server_settings
+
+T0 = 1_800_000_000_000
 
 
 @pytest.fixture
@@ -138,6 +141,11 @@ async def test_unknown_ruleset_and_path(beacon: Beacon) -> None:
     assert status == 404 and body["error"]["code"] == "not_found"
     status, body = await beacon.call("GET", "/v1/actions", params={"limit": "zero"})
     assert_error(status, body, 422, "invalid", "limit")
+    # A digit that int() refuses (isdigit() alone let it through to a ValueError and a 500).
+    status, body = await beacon.call("GET", "/v1/actions", params={"limit": "\u00b2"})
+    assert_error(status, body, 422, "invalid", "limit")
+    status, body = await beacon.call("GET", "/v1/dead-letters", params={"limit": "\u00b2"})
+    assert_error(status, body, 422, "invalid", "limit")
 
 
 async def test_profile_patch_errors(beacon: Beacon) -> None:
@@ -147,6 +155,52 @@ async def test_profile_patch_errors(beacon: Beacon) -> None:
     assert_error(status, body, 422, "invalid", "add_tags")
     status, body = await beacon.call("GET", "/v1/users/u1")
     assert body["tags"] == [] and body["attrs"] == {}
+
+
+@pytest.mark.parametrize(
+    ("patch", "path"),
+    [
+        ({"add_tags": ["x" * 1_000]}, "add_tags[0]"),
+        ({"add_tags": [f"t{i}" for i in range(257)]}, "add_tags"),
+        ({"attrs": {f"a{i}": i for i in range(257)}}, "attrs"),
+        ({"attrs": {"a" * 65: 1}}, "attrs"),
+        ({"attrs": {"n": 2**64}}, "attrs.n"),
+    ],
+)
+async def test_profile_patch_is_bounded(beacon: Beacon, patch: dict[str, Any], path: str) -> None:
+    status, body = await beacon.call("PATCH", "/v1/users/u2", json=patch)
+    assert_error(status, body, 422, "invalid", path)
+
+
+async def test_a_profile_cannot_grow_past_its_bounds_over_several_patches(beacon: Beacon) -> None:
+    for start in (0, 100, 200):
+        status, body = await beacon.call(
+            "PATCH", "/v1/users/u3", json={"attrs": {f"a{i}": i for i in range(start, start + 100)}}
+        )
+    assert_error(status, body, 422, "invalid", "attrs")  # 200 stored + 100 more > 256
+    status, body = await beacon.call("GET", "/v1/users/u3")
+    assert len(body["attrs"]) == 200
+
+
+async def test_unreadable_bodies_are_4xx_not_500(beacon: Beacon) -> None:
+    deep = b"[" * 20_000 + b"]" * 20_000  # within the body limit, far past the parser's recursion limit
+    status, body = await beacon.call("POST", "/v1/events", data=deep, headers={"Content-Type": "application/json"})
+    assert_error(status, body, 400, "malformed", "body")
+    deep_msgpack = b"\x91" * 60_000 + b"\xc0"
+    status, body = await beacon.call(
+        "POST", "/v1/events", data=deep_msgpack, headers={"Content-Type": "application/msgpack"}
+    )
+    assert_error(status, body, 400, "malformed", "body")
+    for text in (
+        '{"user_id": "u\\ud800", "type": "pay"}',
+        '{"user_id": "u", "type": "pay", "attrs": {"k": "\\udfff"}}',
+    ):
+        status, body = await beacon.call("POST", "/v1/events", data=text, headers={"Content-Type": "application/json"})
+        assert status == 422, body
+    status, body = await beacon.call(
+        "POST", "/v1/events", json={"user_id": "u", "type": "pay", "ts": 4_000_000_000_000}
+    )
+    assert_error(status, body, 422, "invalid", "ts")  # 2096: far past BEACON_MAX_FUTURE_MS
 
 
 async def test_auth_scopes(redis_url: str, redis_client: aioredis.Redis) -> None:
@@ -170,3 +224,23 @@ async def test_auth_scopes(redis_url: str, redis_client: aioredis.Redis) -> None
         assert status == 200
         status, _ = await beacon.call("GET", "/healthz")
         assert status == 200
+
+
+async def test_one_patch_s_attributes_are_bounded_in_bytes(redis_url: str, redis_client: aioredis.Redis) -> None:
+    async with running_beacon(server_settings(redis_url, max_body_bytes=1024 * 1024)) as beacon:
+        status, body = await beacon.call("PATCH", "/v1/users/u4", json={"attrs": {"blob": "x" * 70_000}})
+        assert_error(status, body, 422, "invalid", "attrs")
+
+
+async def test_an_event_too_far_ahead_of_the_server_clock_is_refused_alone(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    clock = ManualClock(T0)
+    async with running_beacon(server_settings(redis_url, max_future_ms=60_000), clock=clock) as beacon:
+        events = [
+            {"user_id": "u", "type": "pay", "ts": T0 + 30_000},
+            {"user_id": "u", "type": "pay", "ts": T0 + 120_000},
+        ]
+        status, body = await beacon.post_events(events)
+        assert status == 200 and len(body["accepted"]) == 1, body
+        assert [(error["index"], error["path"]) for error in body["errors"]] == [(1, "events[1].ts")]

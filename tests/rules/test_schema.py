@@ -272,6 +272,14 @@ def test_design_error_example() -> None:
     assert problem(doc) == ("rules[0].when.absence.within", '"30x" is not a duration')
 
 
+@pytest.mark.parametrize("within", ["99999999999999999999999d", "401d", "58w"])
+def test_durations_are_bounded_to_400_days(within: str) -> None:
+    # An unbounded window validated, then failed every encode of its state (issue 15, finding 4).
+    doc = copy.deepcopy(DESIGN_EXAMPLE)
+    doc["rules"][0]["when"]["absence"]["within"] = within
+    assert problem(doc) == ("rules[0].when.absence.within", "must be at most 400d")
+
+
 def test_errors_are_collected_in_document_order() -> None:
     doc = {
         "id": "rs",
