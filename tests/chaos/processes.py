@@ -9,19 +9,36 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import aiohttp
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from beacon.redis_server import stop_process
+from cep.outbox import outbox_key
 from cep.ownership import owner_key
 from cep.streams import PROGRESS_ADDED, PROGRESS_COUNT, progress_key
+from connectors.consumer import GROUP
 
 # The `beacon` console script beside the interpreter running the tests (the venv's), else the same CLI as a module.
 _SCRIPT = Path(sys.executable).with_name("beacon")
 BEACON = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "beacon.cli"]
+
+
+def redis_down(exc: Exception) -> bool:
+    """Whether a Redis call failed because Redis (or a cluster node) is down or restarting: worth asking again.
+
+    Besides RedisError and OSError: RedisClusterException (no RedisError) when the cluster client finds no
+    node to ask, and AttributeError / TypeError raised inside redis-py, which 8.1 leaks when it writes on a
+    connection that was closed under it (redis/redis-py#4287; its cluster client closes them all whenever
+    one node fails).
+    """
+    if isinstance(exc, RedisError | RedisClusterException | OSError):
+        return True
+    frames = traceback.extract_tb(exc.__traceback__)
+    return isinstance(exc, AttributeError | TypeError) and bool(frames) and "redis" in Path(frames[-1].filename).parts
 
 
 def beacon_env(redis_url: str, port: int, partitions: int, **overrides: str) -> dict[str, str]:
@@ -164,10 +181,32 @@ async def wait_owning(process: BeaconProcess, redis: aioredis.Redis, partitions:
         try:
             if await owned_partitions(process, redis, partitions):
                 return
-        except (RedisError, OSError):
-            pass  # Redis restarting: ask again
+        except Exception as exc:  # Redis restarting: ask again
+            if not redis_down(exc):
+                raise
         await asyncio.sleep(0.05)
     raise AssertionError(f"{process.name} owns no partition within {timeout_s}s:\n{process.log_tail()}")
+
+
+async def wait_consuming(
+    process: BeaconProcess, redis: aioredis.Redis, partitions: int, timeout_s: float = 30.0
+) -> None:
+    """Wait until a process delivers: its outbox consumer has joined the group (it reads every partition)."""
+    marker = f":{process.pid}:"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not process.alive:
+            raise AssertionError(f"{process.name} exited while starting:\n{process.log_tail()}")
+        try:
+            for partition in range(partitions):
+                consumers = await redis.xinfo_consumers(outbox_key(partition), GROUP)
+                if any(marker in _text(consumer["name"]) for consumer in consumers):
+                    return
+        except Exception as exc:  # Redis restarting, or the group not created yet: ask again
+            if not redis_down(exc):
+                raise
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{process.name} consumes no outbox within {timeout_s}s:\n{process.log_tail()}")
 
 
 async def progress_counts(redis: aioredis.Redis, partitions: list[int]) -> list[tuple[int, int]]:
@@ -196,8 +235,9 @@ async def stop_mid_batch(
             owned = await owned_partitions(process, redis, partitions)
             if owned and any(added > done for added, done in await progress_counts(redis, owned)):
                 return "mid-batch"
-        except (RedisError, OSError):
-            pass  # Redis restarting: look again
+        except Exception as exc:  # Redis restarting: look again
+            if not redis_down(exc):
+                raise
         process.sigcont()
     process.sigstop()
     return "idle"

@@ -97,6 +97,8 @@ RULESET: dict[str, Any] = {
 }
 EPISODES = ["funnel", "visits", "pay", "cart", "trial", "signup", "late", "noise"]
 EPISODE_WEIGHTS = [4, 3, 4, 2, 2, 1, 1, 1]
+# Actions per firing that go to the provider (a tag is applied by the owner itself).
+POSTED_PER_RULE = {rule["id"]: sum(action["action"] != "tag" for action in rule["then"]) for rule in RULESET["rules"]}
 CHAINED_RULE = "member-welcome"  # outside the reference (it models no tag events): expected by hand
 TRIAL_RULE = "trial-unpaid"
 
