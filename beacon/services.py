@@ -8,6 +8,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
@@ -163,12 +164,14 @@ async def _ack_fsync_ms(redis: Redis, settings: Settings) -> int:
     """Whether ingest acks wait for the AOF fsync: on request, or ("auto") when the server has AOF on."""
     if settings.ack_fsync == "off":
         return 0
-    if is_cluster(settings):
-        # WAITAOF covers one connection's writes; a cluster pipeline spreads them over several nodes.
-        log.warning("BEACON_ACK_FSYNC: acks on a Redis Cluster mean written, not fsynced (WAITAOF is per node)")
-        return 0
     try:
-        appendonly = (await redis.config_get("appendonly")).get("appendonly")
+        if is_cluster(settings):
+            # One WAITAOF per node that took writes (cep.scripts): every primary needs its AOF.
+            replies: Any = await redis.config_get("appendonly", target_nodes=RedisCluster.PRIMARIES)
+            values = {reply.get("appendonly") for reply in replies.values()}
+            appendonly = values.pop() if len(values) == 1 else None
+        else:
+            appendonly = (await redis.config_get("appendonly")).get("appendonly")
     except Exception:  # CONFIG may be disabled on managed servers
         appendonly = None
     if appendonly in ("yes", b"yes"):

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError
 
 
@@ -86,14 +86,30 @@ async def _pipeline(redis: Redis, calls: Sequence[ScriptCall], fsync_timeout_ms:
     async with redis.pipeline(transaction=False) as pipe:
         for call in calls:
             pipe.execute_command("EVALSHA", script_sha(call.source), len(call.keys), *call.keys, *call.args)
-        if fsync_timeout_ms:
-            # WAITAOF numlocal=1: this connection's writes are in the local AOF on disk.
-            pipe.execute_command("WAITAOF", 1, 0, fsync_timeout_ms)
+        waits = _queue_waitaof(redis, pipe, calls, fsync_timeout_ms) if fsync_timeout_ms else 0
         replies = list(await pipe.execute(raise_on_error=False))
-    if fsync_timeout_ms:
-        synced = replies.pop()
-        if isinstance(synced, Exception):
-            raise synced
-        if int(synced[0]) < 1:
-            raise NotDurableError(f"writes not fsynced within {fsync_timeout_ms} ms")
+    if waits:
+        for synced in replies[-waits:]:
+            if isinstance(synced, Exception):
+                raise synced
+            if int(synced[0]) < 1:
+                raise NotDurableError(f"writes not fsynced within {fsync_timeout_ms} ms")
+        del replies[-waits:]
     return replies
+
+
+def _queue_waitaof(redis: Redis, pipe: Any, calls: Sequence[ScriptCall], timeout_ms: int) -> int:
+    """Queue WAITAOF numlocal=1 after the calls, once per server that runs some; returns how many.
+
+    WAITAOF covers the writes made before it on its connection. On one server that is the pipeline's
+    connection. A cluster pipeline sends each node its commands in order on one connection, so one
+    WAITAOF per node that received a call follows that node's writes. (A call redirected by MOVED or
+    ASK during a resharding is re-sent apart from its node's WAITAOF: not covered.)
+    """
+    if not isinstance(redis, RedisCluster):
+        pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
+        return 1
+    nodes = {node.name: node for node in (redis.get_node_from_key(call.keys[0]) for call in calls if call.keys)}
+    for node in nodes.values():
+        pipe.execute_command("WAITAOF", 1, 0, timeout_ms, target_nodes=node)
+    return len(nodes)

@@ -112,7 +112,7 @@ async def progress_totals(redis: aioredis.Redis, partitions: list[int]) -> tuple
 
 # Valkey with `appendfsync everysec` postpones writing its AOF buffer while a background fsync still runs, for
 # up to 2 s, and answers clients meanwhile: a SIGKILL then loses writes it acknowledged (retried on its 100 ms
-# cron, hence the margin). Ingest acks that wait for WAITAOF are immune; acks on a cluster do not wait.
+# cron, hence the margin). Ingest acks wait for WAITAOF and are immune: a loss is a bug, dated by this.
 UNWRITTEN_MS = 2_500
 
 
