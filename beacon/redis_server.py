@@ -255,6 +255,12 @@ class EmbeddedCluster:
         self.nodes[index].start(timeout_s)
         self._wait_healthy(timeout_s)
 
+    def restart(self, timeout_s: float = 30.0) -> None:
+        """Start every node again after `stop` (each on its data dir, port and nodes.conf: the same cluster)."""
+        for node in self.nodes:
+            node.start(timeout_s)
+        self._wait_healthy(timeout_s)
+
     def stop(self) -> None:
         """Stop every node."""
         for node in self.nodes:

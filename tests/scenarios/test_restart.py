@@ -1,25 +1,29 @@
-"""Pending absences and delayed actions survive a process restart and a Redis restart (AOF)."""
+"""Pending absences and delayed actions survive a process restart and a Redis restart (AOF), on a single
+server and on a 3-master cluster (every node restarted)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import redis.asyncio as aioredis
+import pytest
 
 from beacon.clock import ManualClock
-from beacon.redis_server import EmbeddedRedis
+from beacon.redis_server import EmbeddedCluster, EmbeddedRedis
+from beacon.services import connect
 from cep.outbox import outbox_key
 from tests.harness import running_beacon, server_settings
 from tests.scenarios.library import library_ruleset
 from tests.scenarios.test_seed_scenarios import DAY, MINUTE, T0, advance, event, kinds, settled
 
 
-async def test_restarts_lose_no_timer_and_fire_none_twice(tmp_path: Path) -> None:
-    server = EmbeddedRedis(tmp_path / "redis")
+@pytest.mark.parametrize("kind", ["single", "cluster"])
+async def test_restarts_lose_no_timer_and_fire_none_twice(tmp_path: Path, kind: str) -> None:
+    server: EmbeddedRedis | EmbeddedCluster
+    server = EmbeddedCluster(tmp_path / "cluster") if kind == "cluster" else EmbeddedRedis(tmp_path / "redis")
     server.start()
     clock = ManualClock(T0)
     settings = server_settings(server.url, partitions=2)
-    redis = aioredis.Redis.from_url(server.url)
+    redis = connect(settings)
     try:
         async with running_beacon(settings, clock=clock) as beacon:
             await beacon.put_ruleset(library_ruleset("cart-recovery"))
@@ -38,9 +42,9 @@ async def test_restarts_lose_no_timer_and_fire_none_twice(tmp_path: Path) -> Non
             await advance(beacon, redis, clock, T0 + 3 * DAY + 10)  # every cart, every intro
         await redis.aclose()
 
-        server.stop()  # Redis restart: SIGTERM flushes the append-only file
-        server.start()
-        redis = aioredis.Redis.from_url(server.url)
+        server.stop()  # Redis restart (every node of a cluster): SIGTERM flushes the append-only file
+        server.restart() if isinstance(server, EmbeddedCluster) else server.start()
+        redis = connect(settings)
         async with running_beacon(settings, clock=clock) as beacon:
             await advance(beacon, redis, clock, T0 + 10 * DAY)
             for i in range(20):
