@@ -233,9 +233,9 @@ class EmbeddedCluster:
         clients = [sync_redis.Redis(host="127.0.0.1", port=node.port) for node in self.nodes]
         try:
             for i, client in enumerate(clients):
-                client.execute_command("CLUSTER", "ADDSLOTSRANGE", *self.slot_range(i))
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", *self.slot_range(i))  # type: ignore[no-untyped-call]
             for node in self.nodes[1:]:
-                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)  # type: ignore[no-untyped-call]
         finally:
             for client in clients:
                 client.close()
@@ -287,7 +287,7 @@ class EmbeddedCluster:
         import redis as sync_redis
 
         try:
-            info = client.execute_command("CLUSTER", "INFO")
+            info = client.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
         except sync_redis.RedisError:  # refused, or still loading its append-only file
             return False
         text = info.decode() if isinstance(info, bytes) else str(info)
