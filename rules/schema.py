@@ -207,7 +207,7 @@ class _Parser:
 
     def number(self, value: Any, path: str) -> float | None:
         problem = _number_problem(value)
-        return self.reject(path, problem) if problem else value  # type: ignore[no-any-return]
+        return self.reject(path, problem) if problem else value
 
     def positive_duration(self, value: Any, path: str) -> int | None:
         return self.duration(value, path, minimum_ms=1)
@@ -418,7 +418,12 @@ class _Parser:
         parsed = self.fields(value, path, {kind: inner if kind == "not" else items}, (kind,))
         if parsed is None:
             return None
-        return {"not": model.Not, "all": model.AllOf, "any": model.AnyOf}[kind](parsed[kind])  # type: ignore[return-value]
+        combine: type[model.Not | model.AllOf | model.AnyOf] = {
+            "not": model.Not,
+            "all": model.AllOf,
+            "any": model.AnyOf,
+        }[kind]
+        return combine(parsed[kind])
 
     def compare(self, value: dict[str, Any], path: str, source: str) -> model.Compare | None:
         spec: dict[str, Parse] = {source: self.name, "op": self.operator, "value": lambda item, where: item}
