@@ -72,11 +72,7 @@ def expected_row_ids(size: Size, names: list[str]) -> list[str]:
     """The ids of every row the named benchmarks report at `size`, in order (skipped rows included)."""
     ids = {
         "throughput": [
-            *(
-                f"ingest.{t}.{m}"
-                for t in ("http", "ws", "http+worker")
-                for m in ("accepted", "processed", "sustained")
-            ),
+            *(f"ingest.{t}.{m}" for t in ("http", "ws", "http+worker") for m in ("accepted", "processed", "sustained")),
             *(f"cpu.{t}.{role}_us_per_event" for t in ("http", "ws") for role in ("serve", "redis", "total")),
             *(f"cpu.http+worker.{role}_us_per_event" for role in ("serve", "workers", "redis", "total")),
         ],
