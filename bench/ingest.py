@@ -176,6 +176,8 @@ async def throughput(size: Size) -> list[Row]:
             try:
                 if transport.endswith("+worker"):
                     await stack.start_workers(1)
+                    # Measure once the worker has taken its share of the partitions from `serve`.
+                    await load.wait_owning(redis, stack.partitions, stack.workers[0].process.pid, size.drain_timeout_s)
                 workload = Workload(size.users, prefix="t")
                 await load_profiles(redis, workload, stack.partitions)
                 await warm_up(stack, redis, workload, min(1_000, size.burst_events), size.drain_timeout_s)

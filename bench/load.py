@@ -273,3 +273,18 @@ def timer_latenesses(records: Sequence[tuple[int, dict[str, Any]]], user_prefix:
         if str(record.get("trigger_id", "")).startswith("due:")
         and str(record.get("user_id", "")).startswith(user_prefix)
     ]
+
+
+async def wait_owning(redis: Redis, partitions: int, pid: int, timeout_s: float, poll_s: float = 0.05) -> int:
+    """Wait until the process `pid` holds some partition leases (a worker joining takes its share over a
+    few lease renewals); returns how many it holds (0 at the deadline)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        async with redis.pipeline(transaction=False) as pipe:
+            for partition in range(partitions):
+                pipe.get(owner_key(partition))
+            owners = await pipe.execute()
+        held = sum(1 for owner in owners if owner and f":{pid}:" in owner.decode())
+        if held or time.monotonic() > deadline:
+            return held
+        await asyncio.sleep(poll_s)

@@ -101,6 +101,7 @@ async def replay_rows(stack: BeaconStack, size: Size) -> list[Row]:
 BACKTEST_USERS = 200_000
 BACKTEST_SPAN_MS = 7 * 86_400_000  # the log covers a week of event time, whatever its length
 BACKTEST_CHUNK = 100_000
+BACKTEST_COMMAND = (sys.executable, "-m", "beacon.cli", "backtest")
 
 
 def backtest_jobs() -> list[int]:
@@ -126,8 +127,7 @@ def _run_backtest(log: Path, jobs: int) -> tuple[dict[str, Any], float, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "beacon.cli", "backtest", "--ruleset", str(RULESET_PATH), "--events", str(log)]
-        + ["--json", "--jobs", str(jobs)],
+        [*BACKTEST_COMMAND, "--ruleset", str(RULESET_PATH), "--events", str(log), "--json", "--jobs", str(jobs)],
         capture_output=True,
         text=True,
         check=False,
