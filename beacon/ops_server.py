@@ -7,7 +7,8 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -18,7 +19,30 @@ from beacon.settings import Settings
 
 log = logging.getLogger("beacon.ops")
 
-SERVICES = web.AppKey("services", Services)
+
+@dataclass(slots=True)
+class ProcessSlot:
+    """A process's services once they run, and until then why not (what /healthz answers meanwhile)."""
+
+    services: Services | None = None
+    starting: str = "starting"
+
+    @contextlib.contextmanager
+    def serving(self, services: Services) -> Iterator[None]:
+        """Hold `services` for the block; /healthz says "stopping" once they start to stop."""
+        self.services = services
+        try:
+            yield
+        finally:
+            self.services, self.starting = None, "stopping"
+
+    def waiting_for_redis(self, attempt: int) -> None:
+        """`open_services`' `on_redis_wait`: attempt `attempt` to reach Redis failed, another follows."""
+        # No address or error text: /healthz may be reachable by more people than the logs are.
+        self.starting = f"starting: Redis not available yet ({attempt} attempt(s) failed; see the log)"
+
+
+SERVICES = web.AppKey("services", ProcessSlot)
 
 
 def metrics_response() -> web.Response:
@@ -29,10 +53,11 @@ def metrics_response() -> web.Response:
     return response
 
 
-async def health_response(services: Services | None) -> web.Response:
-    """200 `{"status": "ok", "problems": []}`, or 503 with the problems (see `beacon.health`)."""
+async def health_response(services: Services | None, starting: str = "not started") -> web.Response:
+    """200 `{"status": "ok", "problems": []}`, or 503 with the problems (see `beacon.health`); before the
+    services run, the one problem is `starting` (why they do not run yet)."""
     if services is None or services.health is None:
-        problems = ["not started"]
+        problems = [starting]
     else:
         problems = await services.health.check()
     if problems:
@@ -45,18 +70,20 @@ async def _get_metrics(request: web.Request) -> web.Response:
 
 
 async def _get_health(request: web.Request) -> web.Response:
-    return await health_response(request.app[SERVICES])
+    slot = request.app[SERVICES]
+    return await health_response(slot.services, slot.starting)
 
 
 @contextlib.asynccontextmanager
-async def ops_listener(services: Services, settings: Settings, role: str) -> AsyncIterator[str]:
-    """Serve /metrics and /healthz for `role` while the context runs; yields the base URL it listens on.
+async def ops_listener(slot: ProcessSlot, settings: Settings, role: str) -> AsyncIterator[str]:
+    """Serve /metrics and /healthz for `role` while the context runs, for the services `slot` holds (503 while
+    it holds none: the process is starting, waiting for Redis); yields the base URL it listens on.
 
     Port 0 picks a free port. The role's default port, when taken (several processes on one host), is
     replaced by a free one with a warning; a configured port that is taken is a `ValidationError`.
     """
     app = web.Application()
-    app[SERVICES] = services
+    app[SERVICES] = slot
     app.router.add_get("/metrics", _get_metrics)
     app.router.add_get("/healthz", _get_health)
     runner = web.AppRunner(app, access_log=None)

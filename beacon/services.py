@@ -6,16 +6,20 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from beacon import metrics
 from beacon.clock import Clock
 from beacon.errors import ValidationError
 from beacon.health import HealthMonitor
+from beacon.logs import redact
 from beacon.pause import pause
 from beacon.settings import Settings
 from cep import scripts, streams
@@ -25,11 +29,13 @@ from cep.ownership import MEMBERS_SCRIPT, PARTITION_LEASE_SCRIPT
 from cep.partition_owner import OwnerLimits
 from cep.streams import APPEND_SCRIPT
 from cep.worker import Worker
+from connectors.redis_trouble import REDIS_BACKOFF, REFUSALS, describe, is_redis_trouble
 from connectors.runtime import run_connectors
 from rules.registry import RulesetRegistry
 from rules.store import RulesetStore
 
 log = logging.getLogger("beacon")
+T = TypeVar("T")
 
 LAG_EVERY_S = 2.0
 # The hot path's scripts: ingest appends, partition leases, batch commits.
@@ -95,18 +101,26 @@ async def open_services(
     *,
     workers: bool,
     connectors: bool | None = None,
+    role: str = "serve",
+    on_redis_wait: Callable[[int], None] | None = None,
 ) -> AsyncIterator[Services]:
-    """Connect, compile the active rulesets, start background loops; undo it all on exit."""
+    """Connect (waiting for Redis as long as `role` may, see `wait_for_redis`), compile the active rulesets,
+    start background loops; undo it all on exit."""
     redis = connect(settings)
     try:
-        await redis.ping()
-        await check_layout(redis, settings.partitions)
-        await scripts.register(redis, ENGINE_SCRIPTS)
         store = RulesetStore(redis)
         registry = RulesetRegistry(store, settings.lateness_ms)
-        await registry.refresh()
+
+        async def start() -> int:
+            await redis.ping()
+            await check_layout(redis, settings.partitions)
+            await scripts.register(redis, ENGINE_SCRIPTS)
+            await registry.refresh()
+            return await _ack_fsync_ms(redis, settings)
+
+        ack_fsync_ms = await wait_for_redis(settings, role, start, on_redis_wait)
         services = Services(settings, clock, redis, store, registry)
-        services.ack_fsync_ms = await _ack_fsync_ms(redis, settings)
+        services.ack_fsync_ms = ack_fsync_ms
         if workers:
             tune_gc()
             limits = OwnerLimits(
@@ -151,6 +165,43 @@ async def open_services(
             registry.close()
     finally:
         await redis.aclose()
+
+
+async def wait_for_redis(
+    settings: Settings, role: str, start: Callable[[], Awaitable[T]], on_wait: Callable[[int], None] | None = None
+) -> T:
+    """`start()` (the start-up's Redis calls), retried while Redis cannot serve it (down, loading, failing over,
+    out of memory...) with a backoff from 0.1 s to 5 s, for up to `settings.redis_wait_limit_ms(role)`:
+    by default for ever for workers and connectors, not at all for `serve`. Each failed attempt is one
+    WARNING line (the URL without its password), a count in `beacon_redis_errors_total{component="startup"}`
+    and a call of `on_wait(attempt)`. Past the limit, the last error is raised as a redis ConnectionError
+    (`beacon` exits with code 3); refused credentials and anything that is not Redis trouble at once."""
+    limit_ms = settings.redis_wait_limit_ms(role)
+    began = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await start()
+        except Exception as exc:
+            if isinstance(exc, REFUSALS) or not is_redis_trouble(exc):
+                raise
+            delay_ms = REDIS_BACKOFF.backoff_ms(attempt)
+            waited_ms = (time.monotonic() - began) * 1000
+            if limit_ms is not None and waited_ms + delay_ms > limit_ms:
+                if attempt == 1 and isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                    raise
+                tried = f"{attempt} attempt(s) in {waited_ms / 1000:.0f}s, the last: " if attempt > 1 else ""
+                raise RedisConnectionError(f"{tried}{describe(exc)}") from exc
+            metrics.on_redis_error("startup")
+            left = "for ever" if limit_ms is None else f"for {max(limit_ms - waited_ms, 0) / 1000:.0f}s more"
+            log.warning(
+                "Redis at %s is not available (%s); attempt %d, retrying in %.1fs, waiting %s",
+                redact(settings.redis_url or ""), describe(exc), attempt, delay_ms / 1000, left,
+            )  # fmt: skip
+            if on_wait is not None:
+                on_wait(attempt)
+            await asyncio.sleep(delay_ms / 1000)
 
 
 def tune_gc() -> None:

@@ -35,6 +35,10 @@ MAX_PORT = 65_535
 MAX_PARTITIONS = 16_384
 # Where `beacon worker` and `beacon connectors` serve /metrics and /healthz unless BEACON_OPS_PORT says.
 DEFAULT_OPS_PORTS = {"worker": 8081, "connectors": 8082}
+# How long each process waits for Redis at start unless BEACON_REDIS_WAIT_MS says (None: for ever). Workers and
+# connectors serve /healthz (503) meanwhile and have nothing else to do; `serve` opens its API port only once
+# Redis answers, so it reports an unreachable Redis at once (exit code 3) and leaves restarting to its supervisor.
+DEFAULT_REDIS_WAIT_MS: dict[str, int | None] = {"serve": 0, "worker": None, "connectors": None}
 
 # Read elsewhere than in `Settings.from_env`, so known without being read there.
 OTHER_VARIABLES = {
@@ -111,6 +115,8 @@ class Settings:
     ops_port: int | None = None
     # /healthz turns 503 when processing has made no progress with work waiting for this long (beacon.health).
     health_stall_ms: int = 30_000
+    # How long a process retries Redis at start before it gives up; None: the role's DEFAULT_REDIS_WAIT_MS.
+    redis_wait_ms: int | None = None
 
     def ops_address(self, role: str) -> tuple[str, int, bool]:
         """(host, port, configured) of a role's ops listener; `configured` is False for the default port."""
@@ -118,6 +124,10 @@ class Settings:
         if self.ops_port is None:
             return host, DEFAULT_OPS_PORTS[role], False
         return host, self.ops_port, True
+
+    def redis_wait_limit_ms(self, role: str) -> int | None:
+        """How long `role` ("serve", "worker", "connectors") waits for Redis at start; None: for ever."""
+        return self.redis_wait_ms if self.redis_wait_ms is not None else DEFAULT_REDIS_WAIT_MS[role]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -164,6 +174,7 @@ def _parse(read: _Variables, env: Mapping[str, str]) -> Settings:
         ops_port=read.optional_integer("OPS_PORT", 0, MAX_PORT),
         # Below a second, samples every quarter of it would cost more than they tell.
         health_stall_ms=read.integer("HEALTH_STALL_MS", base.health_stall_ms, 1_000),
+        redis_wait_ms=read.optional_integer("REDIS_WAIT_MS", 0),
     )
 
 

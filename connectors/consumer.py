@@ -14,20 +14,23 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from beacon import metrics
 from beacon.clock import Clock
+from beacon.pause import pause
 from cep.outbox import OUTBOX_FIELD, outbox_key
 from cep.streams import ensure_group, trim_acknowledged
 from connectors import delivery_ledger as ledger
 from connectors.delivery import Deliverer
+from connectors.redis_trouble import REDIS_BACKOFF, describe, is_redis_trouble, log_retried
 from connectors.settings import ConnectorSettings
 
 log = logging.getLogger("beacon.connectors")
 
 GROUP = "beacon-connectors"
 TRIM_EVERY_S = 10.0
+# A loop that ran this long before failing starts its backoff again from the first step.
+BACKOFF_RESET_S = 30.0
 
 
 async def ensure_outbox_groups(redis: Redis, partitions: int) -> None:
@@ -72,9 +75,7 @@ class OutboxConsumer:
 
     async def run(self) -> None:
         """Run until `stopping` is set (deliveries in flight then finish) or until cancelled (they are cancelled
-        too: their leases lapse and they are retried)."""
-        await ensure_outbox_groups(self._redis, self._partitions)
-        raise_if_cancelled()
+        too: their leases lapse and they are retried). Redis trouble never ends it: each loop waits it out."""
         async with asyncio.TaskGroup() as group:
             self._group = group
             for partition in range(self._partitions):
@@ -82,19 +83,31 @@ class OutboxConsumer:
                 group.create_task(self._guarded(self._due_loop, partition), name=f"outbox-due-p{partition}")
 
     async def _guarded(self, loop: Callable[[int], Awaitable[None]], partition: int) -> None:
+        """Run `loop` until `stopping`, restarting it after a failure with a backoff that grows while failures
+        follow each other. Redis trouble (down, failing over, refusing writes; redis-py's cluster client
+        leaks some of it as AttributeError) is one counted WARNING line per retry: the loops recover by
+        themselves, and a traceback every half second during a fail-over buried everything else. Any other
+        exception is a bug and keeps its traceback."""
+        failures = 0
         while not self._stopping.is_set():
             raise_if_cancelled()
+            started = time.monotonic()
             try:
                 await loop(partition)
                 return  # a loop returns only once `stopping` is set
             except asyncio.CancelledError:
                 raise
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                log.warning("outbox p%d: redis unavailable (%s); retrying in 0.5s", partition, exc)
-            except Exception:
-                # A bug must not stop delivery: unacknowledged entries are reclaimed and retried.
-                log.exception("outbox p%d: loop failed; restarting in 0.5s", partition)
-            await asyncio.sleep(0.5)
+            except Exception as exc:
+                failures = 1 if time.monotonic() - started >= BACKOFF_RESET_S else failures + 1
+                delay_s = REDIS_BACKOFF.backoff_ms(failures) / 1000
+                name = loop.__name__.strip("_")
+                if is_redis_trouble(exc):
+                    metrics.on_redis_error("connectors")
+                    log.warning("%s p%d: %s; retrying in %.1fs", name, partition, describe(exc), delay_s)
+                else:
+                    # A bug must not stop delivery: unacknowledged entries are reclaimed and retried.
+                    log.exception("%s p%d: loop failed; restarting in %.1fs", name, partition, delay_s)
+            await pause(self._stopping, delay_s)
 
     async def _room(self) -> int:
         """Free delivery slots, waiting until there is at least one."""
@@ -110,6 +123,8 @@ class OutboxConsumer:
 
     async def _outbox_loop(self, partition: int) -> None:
         key = outbox_key(partition)
+        # Here rather than once at start: Redis may be down then, or restart without our group (NOGROUP).
+        await ensure_group(self._redis, key, GROUP)
         next_reclaim = next_trim = 0.0
         cursor: Any = "0-0"  # XAUTOCLAIM scans the pending list a page at a time; resume where it stopped
         while not self._stopping.is_set():
@@ -148,10 +163,12 @@ class OutboxConsumer:
             # Tags were applied by the worker; the ledger status decides the rest (duplicates included).
             if record is not None and record.get("type") != "tag":
                 await self._deliverer.deliver(user_id, action_id)
+            # Whatever `deliver` returned, the entry has done its job: every status it may leave unfinished
+            # ("delivering", "failed", deferred "pending") carries a wake-up in the due set (delivery_ledger).
             await self._redis.xack(outbox_key(partition), GROUP, entry_id)
-        except Exception:
+        except Exception as exc:
             # Redis trouble: the entry stays unacknowledged and is reclaimed after the lease.
-            log.exception("outbox p%d: entry %s left for retry", partition, entry_id)
+            log_retried(log, exc, "outbox p%d: entry %s left for retry", partition, entry_id)
 
     async def _due_loop(self, partition: int) -> None:
         # Polls on wall time; due times follow the injected clock, so tests move time without sleeping.
@@ -173,6 +190,6 @@ class OutboxConsumer:
     async def _from_due(self, user_id: str, action_id: str) -> None:
         try:
             await self._deliverer.deliver(user_id, action_id, owns_hint=True)
-        except Exception:
+        except Exception as exc:
             # The wake-up stays leased in the due set and fires again when the lease ends.
-            log.exception("due delivery of %s failed; it wakes again later", action_id)
+            log_retried(log, exc, "due delivery of %s failed; it wakes again later", action_id)

@@ -8,13 +8,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from beacon.clock import Clock
-from cep.events import partition_of
 from connectors import delivery_ledger as ledger
 
 DEAD_LETTERS_KEY = "b:{dead}:letters"  # stream of {u: user, a: action id, c: connector, r: reason, t: ms}
-# A replay's wake-up is set this far ahead before the record flips, so a crash in between still
-# delivers, and a consumer that looks early finds the record not yet replayed and waits.
-REPLAY_GRACE_MS = 2_000
 SCAN_PAGE = 500
 
 
@@ -86,16 +82,14 @@ async def replay(redis: Redis, clock: Clock, partitions: int, rows: Sequence[dic
             refused.append({"action_id": action_id, "reason": "not_dead"})
             continue
         now = clock.now_ms()
-        partition = partition_of(user_id, partitions)
-        await ledger.set_hint(redis, partition, user_id, action_id, now + REPLAY_GRACE_MS, earlier_only=True)
         fresh = ledger.transition(
             stored.status, now, ledger.PENDING, attempts=0, reason="replayed",
             replays=int(stored.status.get("replays") or 0) + 1, next_attempt_at=None, dead_at=None, reply=None,
         )  # fmt: skip
-        if await ledger.swap_status(redis, partitions, stored, fresh) is None:
+        # Pending again with a wake-up for now, in one step: a replayed action has no outbox entry.
+        if await ledger.swap_status(redis, partitions, stored, fresh, wake_at=now) is None:
             refused.append({"action_id": action_id, "reason": "changed"})
             continue
-        await ledger.set_hint(redis, partition, user_id, action_id, now, earlier_only=True)
         replayed.append(action_id)
     return {"replayed": replayed, "refused": refused}
 

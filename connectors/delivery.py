@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from beacon import metrics
 from beacon.clock import Clock
@@ -25,6 +24,7 @@ from connectors.caps import quiet_until, release_cap, take_cap
 from connectors.dead_letters import add_dead_letter
 from connectors.policy import SKIP_REASONS, connector_error
 from connectors.ratelimit import take_token
+from connectors.redis_trouble import is_redis_error, is_redis_trouble, log_retried
 from connectors.settings import ConnectorSettings
 
 log = logging.getLogger("beacon.connectors")
@@ -83,7 +83,7 @@ class Deliverer:
             return "missing"
         state, wake_at = ledger.claim_state(stored.status, now)
         if state == "done":
-            await ledger.drop_hint(self._redis, partition, user_id, action_id)
+            await ledger.forget_wake_up(self._redis, self._partitions, stored)
             return str(stored.status.get("status"))
         if state != "claim":
             await ledger.set_hint(self._redis, partition, user_id, action_id, wake_at, earlier_only=not owns_hint)
@@ -92,72 +92,78 @@ class Deliverer:
         lease = now + self._settings.lease_ms
         # On the loop's clock (the injected one may be a test's): the provider calls end by then.
         deadline = asyncio.get_running_loop().time() + self._settings.attempt_budget_ms / 1000
+        # The claim wakes the action at its lease's end, in the same step: if this consumer dies, hangs or
+        # never hears the reply (a dropped connection; redis-py then resends the claim, which finds its own
+        # "delivering" and reports "raced"), the action is still looked at again once the lease lapses.
+        # Before, only the outbox entry stood for it, and "raced" acknowledged that entry: stuck for good.
         claimed = await ledger.swap_status(
             self._redis,
             self._partitions,
             stored,
             ledger.transition(stored.status, now, ledger.DELIVERING, lease_until=lease, connector=name),
+            wake_at=lease,
         )
         if claimed is None:
-            return "raced"  # another consumer or a replay changed it first; they own its next step
+            # Another consumer, a replay, or our own claim whose reply was lost changed it first; whichever
+            # it was set the action's wake-up with its status, so nothing is left to do here.
+            return "raced"
         try:
-            return await self._attempt(partition, claimed, name, deadline)
-        except Exception:
+            return await self._attempt(claimed, name, deadline)
+        except Exception as exc:
             # Redis trouble mid-attempt (the checks and the send count every other failure as an attempt), or a
-            # failure to record an outcome: the lease lapses and this wake-up retries it then.
-            log.exception("delivery of action %s failed unexpectedly; retrying after the lease", action_id)
-            await ledger.set_hint(self._redis, partition, user_id, action_id, lease, earlier_only=False)
+            # failure to record an outcome: the lease lapses and the claim's wake-up retries it then.
+            log_retried(log, exc, "delivery of action %s stopped; retrying after the lease", action_id)
             return "error"
 
-    async def _attempt(self, partition: int, claimed: ledger.Stored, name: str, deadline: float) -> str:
+    async def _attempt(self, claimed: ledger.Stored, name: str, deadline: float) -> str:
         record, status = claimed.record, claimed.status
         connector = self._connectors.get(name)
         if connector is None:
             error = connector_error("unsupported", f"no connector for {name!r}")
-            return await self._dead(partition, claimed, name, error, int(status.get("attempts") or 0), release=False)
+            return await self._dead(claimed, name, error, int(status.get("attempts") or 0), release=False)
         attempt = int(status.get("attempts") or 0) + 1
         try:
             verdict = await self._checks(claimed, name, connector)
-        except (RedisError, OSError):
-            # Redis trouble (a socket error redis-py did not wrap too, as the workers see it): not the action's
-            # fault, so no attempt is counted; the lease lapses and the action is tried again then.
-            raise
         except Exception as exc:
+            if is_redis_trouble(exc):
+                # Redis trouble (a socket error redis-py did not wrap too, as the workers see it): not the
+                # action's fault, so no attempt is counted; the lease lapses and the action is tried again then.
+                raise
             # Data the checks cannot read (a corrupt user record, one of a newer version mid-upgrade) or our bug.
             # Nothing was sent, so it is a counted, retryable attempt that ends dead (replayable) when attempts
             # run out; the catch-all in `deliver` once retried it every lease, uncounted, for ever.
             log.exception("checks before sending action %s via %s failed", record["action_id"], name)
             error = connector_error("policy_error", f"{name}: before the send: {type(exc).__name__}: {exc}"[:300])
-            return await self._failed(partition, claimed, name, error, attempt)
+            return await self._failed(claimed, name, error, attempt)
         if verdict.outcome == ledger.SKIPPED:
-            return await self._skip(partition, claimed, name, verdict.reason, release=False)
+            return await self._skip(claimed, name, verdict.reason, release=False)
         if verdict.outcome == DEFERRED:
-            return await self._defer(partition, claimed, name, verdict.at, verdict.reason, verdict.booked_at)
+            return await self._defer(claimed, name, verdict.at, verdict.reason, verdict.booked_at)
         try:
             async with asyncio.timeout_at(deadline):
                 reply = await connector.send(record, verdict.profile)
         except ConnectorError as error:
-            return await self._failed(partition, claimed, name, error, attempt)
+            return await self._failed(claimed, name, error, attempt)
         except TimeoutError:
             # Several calls (a WeChat token refresh) ran past the attempt's budget; past the lease another
             # consumer would claim the action and post it again while this post is still in flight.
             budget = self._settings.attempt_budget_ms
             stopped = connector_error("timeout", f"attempt stopped at its budget of {budget} ms (3/4 of the lease)")
-            return await self._failed(partition, claimed, name, stopped, attempt)
-        except RedisError:
-            raise  # Redis trouble, not the provider's: the lease lapses and the action is tried again then
+            return await self._failed(claimed, name, stopped, attempt)
         except Exception as exc:
+            if is_redis_error(exc):
+                raise  # Redis trouble (a WeChat token read), not the provider's: retried after the lease
             # A connector bug or a reply it could not handle: counted as an attempt and dead-lettered with the
             # reason, never retried lease after lease without a count (which once posted an action forever).
             log.exception("connector %s failed on action %s", name, record["action_id"])
             broken = connector_error("internal_error", f"{name}: {type(exc).__name__}: {exc}"[:300])
-            return await self._failed(partition, claimed, name, broken, attempt)
+            return await self._failed(claimed, name, broken, attempt)
         done = self._clock.now_ms()
         final = ledger.transition(
             status, done, ledger.DELIVERED, attempts=attempt, reply=clip_reply(reply), delivered_at=done,
             reason=None, next_attempt_at=None, rate_booked_at=None,
         )  # fmt: skip
-        await self._finish(partition, claimed, final)
+        await self._finish(claimed, final)
         # Trigger-to-delivery latency; a delayed action's clock starts when it fell due.
         started = max(int(record.get("created_at") or 0), int(record.get("due_at") or 0))
         metrics.on_delivery(name, ledger.DELIVERED, (done - started) / 1000 if started else None)
@@ -191,14 +197,12 @@ class Deliverer:
             return Verdict(SEND)
         return Verdict(SEND, profile=(await get_profile(self._redis, self._partitions, user_id)).attrs)
 
-    async def _failed(
-        self, partition: int, claimed: ledger.Stored, name: str, error: ConnectorError, attempt: int
-    ) -> str:
+    async def _failed(self, claimed: ledger.Stored, name: str, error: ConnectorError, attempt: int) -> str:
         if error.reason in SKIP_REASONS:
-            return await self._skip(partition, claimed, name, error.reason, release=True, attempt=attempt, detail=error)
+            return await self._skip(claimed, name, error.reason, release=True, attempt=attempt, detail=error)
         retry_in = self._settings.retry.retry_in_ms(error, attempt, self._rng)
         if retry_in is None:
-            return await self._dead(partition, claimed, name, error, attempt, release=True)
+            return await self._dead(claimed, name, error, attempt, release=True)
         record = claimed.record
         now = self._clock.now_ms()
         at = now + retry_in
@@ -206,18 +210,17 @@ class Deliverer:
             "action %s via %s failed (%s): attempt %d of %d, retrying in %d ms",
             record["action_id"], name, error.reason, attempt, self._settings.retry.max_attempts, retry_in,
         )  # fmt: skip
-        # The wake-up goes first: if we die before the status says "failed", the lease lapses and it fires.
-        await ledger.set_hint(self._redis, partition, record["user_id"], record["action_id"], at, earlier_only=False)
+        # If we die before this, the claim's wake-up at the lease's end retries it then.
         failed = ledger.transition(
             claimed.status, now, ledger.FAILED, attempts=attempt, reason=error.reason,
             reply=storable(error.message, 500), next_attempt_at=at, rate_booked_at=None,
         )  # fmt: skip
-        await ledger.swap_status(self._redis, self._partitions, claimed, failed)
+        await ledger.swap_status(self._redis, self._partitions, claimed, failed, wake_at=at)
         metrics.on_delivery(name, ledger.FAILED)
         return ledger.FAILED
 
     async def _dead(
-        self, partition: int, claimed: ledger.Stored, name: str, error: ConnectorError, attempt: int, *, release: bool
+        self, claimed: ledger.Stored, name: str, error: ConnectorError, attempt: int, *, release: bool
     ) -> str:
         record = claimed.record
         now = self._clock.now_ms()
@@ -228,13 +231,12 @@ class Deliverer:
             claimed.status, now, ledger.DEAD, attempts=attempt, reason=error.reason, reply=storable(error.message, 500),
             dead_at=now, next_attempt_at=None, rate_booked_at=None,
         )  # fmt: skip
-        await self._finish(partition, claimed, dead, release=release)
+        await self._finish(claimed, dead, release=release)
         metrics.on_delivery(name, ledger.DEAD)
         return ledger.DEAD
 
     async def _skip(
         self,
-        partition: int,
         claimed: ledger.Stored,
         name: str,
         reason: str,
@@ -248,33 +250,26 @@ class Deliverer:
             attempts=int(claimed.status.get("attempts") or 0) if attempt is None else attempt,
             next_attempt_at=None, rate_booked_at=None, reply=storable(detail.message, 500) if detail else None,
         )  # fmt: skip
-        await self._finish(partition, claimed, skipped, release=release)
+        await self._finish(claimed, skipped, release=release)
         metrics.on_delivery(name, ledger.SKIPPED)
         return ledger.SKIPPED
 
-    async def _defer(
-        self, partition: int, claimed: ledger.Stored, name: str, at: int, reason: str, booked: int | None = None
-    ) -> str:
-        record = claimed.record
-        await ledger.set_hint(self._redis, partition, record["user_id"], record["action_id"], at, earlier_only=False)
+    async def _defer(self, claimed: ledger.Stored, name: str, at: int, reason: str, booked: int | None = None) -> str:
         deferred = ledger.transition(
             claimed.status, self._clock.now_ms(), ledger.PENDING, next_attempt_at=at, reason=reason,
             rate_booked_at=booked,
         )  # fmt: skip
-        await ledger.swap_status(self._redis, self._partitions, claimed, deferred)
+        await ledger.swap_status(self._redis, self._partitions, claimed, deferred, wake_at=at)
         metrics.on_delivery(name, DEFERRED)
         return DEFERRED
 
-    async def _finish(
-        self, partition: int, claimed: ledger.Stored, final: dict[str, Any], *, release: bool = False
-    ) -> None:
+    async def _finish(self, claimed: ledger.Stored, final: dict[str, Any], *, release: bool = False) -> None:
         # `release`: a frequency-cap count was taken for a send that never happened; give it back.
         user_id, action_id = claimed.record["user_id"], claimed.record["action_id"]
-        if await ledger.swap_status(self._redis, self._partitions, claimed, final) is None:
+        if await ledger.swap_status(self._redis, self._partitions, claimed, final, wake_at=None) is None:
             # Our lease lapsed and someone else took over: their outcome stands (the key kept it idempotent).
             log.warning("action %s changed while we delivered it; leaving it to its new owner", action_id)
             return
-        await ledger.drop_hint(self._redis, partition, user_id, action_id)
         name = str(final.get("connector"))
         if release and name in self._settings.frequency_caps:
             await release_cap(self._redis, user_id, name, action_id)

@@ -3,7 +3,12 @@
 An action is two entries of the user's ledger: the immutable record (`acts`, written by the worker) and
 its status (`astat`: {status, updated_at, attempts, ...}). The state machine is pure Python
 (`claim_state`, `transition`); each transition is made atomic by one CAS script call that replaces the
-status only if it still reads what the caller decided from.
+status only if it still reads what the caller decided from, and sets or removes the action's wake-up
+(the partition's due set, same slot) in the same step. So every unfinished status the consumers write
+carries its wake-up: a claim wakes the action at its lease's end, a retry or deferral when it is due,
+a replay at once, and a final status has none. Nothing else removes a wake-up of an unfinished action,
+so an action can never stay `delivering` (or `failed`) with nobody to look at it again, even when the
+claim's reply was lost and its outbox entry was acknowledged.
 
     pending --claim--> delivering --ok--> delivered
        ^                   |-- retryable failure --> failed (next_attempt_at) --claim when due--> delivering
@@ -19,7 +24,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from cep.events import partition_tag
+from cep.events import partition_of, partition_tag
 from cep.scripts import ScriptCall, run_scripts
 from cep.user_state import LEDGER, LEDGER_STATUS, user_key_for
 
@@ -30,13 +35,20 @@ DELIVERED = "delivered"
 SKIPPED = "skipped"
 DEAD = "dead"
 
-# KEYS[1] = the user's ledger status HASH (action id -> JSON status).
-# ARGV[1] = action id, ARGV[2] = the status text the caller decided from, ARGV[3] = the new status text.
-# Returns 1 when the status still read ARGV[2] and now reads ARGV[3]; 0 when it changed meanwhile
-# (another consumer, a replay, retention) and nothing was written.
+# KEYS[1] = the user's ledger status HASH (action id -> JSON status), KEYS[2] = the partition's wake-up ZSET
+# (`due_key`; the same slot: both carry the partition's hash tag).
+# ARGV[1] = action id, ARGV[2] = the status text the caller decided from, ARGV[3] = the new status text,
+# ARGV[4] = the action's wake-up member, ARGV[5] = when to wake it (ms), or '' to remove its wake-up.
+# Returns 1 when the status still read ARGV[2] and now reads ARGV[3], its wake-up set or removed with it;
+# 0 when it changed meanwhile (another consumer, a replay, retention) and nothing was written.
 SWAP_SCRIPT = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[3] ~= ARGV[2] then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+if ARGV[5] == '' then
+    redis.call('ZREM', KEYS[2], ARGV[4])
+else
+    redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+end
 return 1
 """
 
@@ -76,14 +88,31 @@ async def read_action(redis: Redis, partitions: int, user_id: str, action_id: st
     return stored
 
 
-async def swap_status(redis: Redis, partitions: int, expected: Stored, status: dict[str, Any]) -> Stored | None:
-    """Replace the action's status if it is still `expected`'s; the new Stored, or None when it had changed."""
+async def swap_status(
+    redis: Redis, partitions: int, expected: Stored, status: dict[str, Any], *, wake_at: int | None
+) -> Stored | None:
+    """Replace the action's status if it is still `expected`'s, and in the same step wake the action at
+    `wake_at` (ms) or, with None, forget its wake-up; the new Stored, or None when it had changed.
+
+    Every transition names its wake-up: an unfinished status without one would never be looked at again.
+    """
     text = json.dumps(status, separators=(",", ":"), ensure_ascii=False)
+    return Stored(expected.record, status, text) if await _swap(redis, partitions, expected, text, wake_at) else None
+
+
+async def forget_wake_up(redis: Redis, partitions: int, stored: Stored) -> bool:
+    """Remove the wake-up of an action read as needing none (final, or the worker's: scheduled, cancelled) if
+    its status still reads so: a replay that put it back to pending meanwhile keeps the wake-up it set."""
+    return await _swap(redis, partitions, stored, stored.raw_status, None)
+
+
+async def _swap(redis: Redis, partitions: int, expected: Stored, text: str, wake_at: int | None) -> bool:
     user_id, action_id = expected.record["user_id"], expected.record["action_id"]
-    key = user_key_for(partitions, user_id, LEDGER_STATUS)
-    call = ScriptCall(SWAP_SCRIPT, [key], [action_id, expected.raw_status, text])
+    keys = [user_key_for(partitions, user_id, LEDGER_STATUS), due_key(partition_of(user_id, partitions))]
+    wake = "" if wake_at is None else str(int(wake_at))
+    call = ScriptCall(SWAP_SCRIPT, keys, [action_id, expected.raw_status, text, hint_member(user_id, action_id), wake])
     (swapped,) = await run_scripts(redis, [call])
-    return Stored(expected.record, status, text) if swapped else None
+    return bool(swapped)
 
 
 def claim_state(status: dict[str, Any], now_ms: int) -> tuple[str, int]:
@@ -113,7 +142,9 @@ def transition(status: dict[str, Any], now_ms: int, state: str, **fields: Any) -
 
 # -- due-delivery wake-ups ----------------------------------------------------------------------------
 # A per-partition ZSET of (user, action) -> when to look at the action again: retries, deferrals, replays
-# and expired leases. A hint is only a wake-up call; the ledger status decides what happens.
+# and the ends of leases. A hint is only a wake-up call; the ledger status decides what happens. The
+# transitions set and remove hints (SWAP_SCRIPT); the functions below only move one or drop one whose
+# action is gone.
 
 
 def due_key(partition: int) -> str:
@@ -153,10 +184,13 @@ async def pop_due(redis: Redis, partition: int, now_ms: int, count: int, lease_m
 async def set_hint(
     redis: Redis, partition: int, user_id: str, action_id: str, at_ms: int, *, earlier_only: bool
 ) -> None:
-    """Wake the action at `at_ms`; `earlier_only` never postpones a hint that is already set sooner."""
+    """Wake the action at `at_ms`; `earlier_only` never postpones a hint that is already set sooner.
+
+    Only for an action read as waiting (busy, not due yet): its status is not changed, so its own hint,
+    set by the transition that made it wait, stays whatever this call does to the score."""
     await redis.zadd(due_key(partition), {hint_member(user_id, action_id): at_ms}, lt=earlier_only)
 
 
 async def drop_hint(redis: Redis, partition: int, user_id: str, action_id: str) -> None:
-    """Forget the action's wake-up (its status is final)."""
+    """Forget the wake-up of an action the ledger no longer has (`forget_if_final` for a final one)."""
     await redis.zrem(due_key(partition), hint_member(user_id, action_id))

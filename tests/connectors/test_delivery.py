@@ -160,12 +160,14 @@ async def test_an_abandoned_claim_is_taken_over_after_its_lease(
     settings = fast_settings(merchant)
     stored_action = await delivery_ledger.read_action(redis_client, PARTITIONS, "gus", coupon["action_id"])
     assert stored_action is not None
-    # A consumer claimed it and died: its lease runs for another second.
+    # A consumer claimed it (waking it at the lease's end, as every claim does) and died: its lease runs for
+    # another second.
     lease_until = clock.now_ms() + 1_000
     claimed = delivery_ledger.transition(stored_action.status, clock.now_ms(), "delivering", lease_until=lease_until)
-    assert await delivery_ledger.swap_status(redis_client, PARTITIONS, stored_action, claimed) is not None
+    swapped = await delivery_ledger.swap_status(redis_client, PARTITIONS, stored_action, claimed, wake_at=lease_until)
+    assert swapped is not None
     async with running_connectors(redis_client, settings, clock):
-        # The outbox entry finds it busy and leaves a wake-up for the lease's end.
+        # The outbox entry finds it busy and leaves the wake-up at the lease's end.
         due_key = delivery_ledger.due_key(partition_of("gus", PARTITIONS))
         score = await eventually(lambda: redis_client.zscore(due_key, _member(coupon)), lambda found: found is not None)
         assert score == lease_until
