@@ -32,6 +32,7 @@ class RulesetRegistry:
         self._revision = -1
         self._compiled: dict[str, CompiledRuleset] = {}
         self._lock = asyncio.Lock()
+        self._reading: asyncio.Task[int] | None = None  # a revision read not sent yet, shared by its callers
 
     def current(self) -> list[CompiledRuleset]:
         """The compiled rulesets as of the last refresh."""
@@ -43,7 +44,7 @@ class RulesetRegistry:
 
     async def refresh(self) -> list[CompiledRuleset]:
         """Recompile what changed since the last call; returns the current rulesets."""
-        if await self._store.revision() == self._revision:
+        if await self._stored_revision() == self._revision:
             return self.current()
         async with self._lock:
             revision, stored = await self._store.active()
@@ -66,7 +67,31 @@ class RulesetRegistry:
             metrics.set_active_rulesets(len(fresh))
             return self.current()
 
+    async def _stored_revision(self) -> int:
+        """The stored revision, read by one GET that every caller asking before it is sent shares.
+
+        Each caller needs a read made after its call: a ruleset stored before an event was read applies
+        to that event. A read still queued (its task has not started) is such a read for every caller
+        that finds it. A process's partition owners tend to wake together (one ingest request appends
+        to every partition), so they share one GET per wake-up instead of making one each per batch.
+        """
+        reading = self._reading
+        if reading is None:
+            reading = self._reading = asyncio.ensure_future(self._read_revision())
+            reading.add_done_callback(_retrieved)
+        return await asyncio.shield(reading)
+
+    async def _read_revision(self) -> int:
+        self._reading = None  # from here on the GET is sent: later callers need a later read
+        return await self._store.revision()
+
     def close(self) -> None:
         """Forget every compiled ruleset (the next refresh compiles afresh)."""
         self._compiled.clear()
         self._revision = -1
+
+
+def _retrieved(task: asyncio.Task[int]) -> None:
+    # Every caller may have been cancelled: the failure is theirs to see, not the event loop's to log.
+    if not task.cancelled():
+        task.exception()
