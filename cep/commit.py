@@ -34,7 +34,7 @@ STALE = "STALE"
 # ARGV[1] the epoch the caller holds
 # ARGV[2] msgpack plan {now, retention, recent_max, quarantine_max, from, id?, n,
 #   n: items committed (added to progress.n), put: [ki, record, ttl_ms, ...] (ttl 0: no expiry), del: [ki, ...],
-#   acts: [[acts ki, actx ki, astat ki, action id, record JSON, status JSON, queue now?, user], ...],
+#   acts: [[acts ki, actx ki, astat ki, user, [action id, record JSON, status JSON, queue now?], ...], ...],
 #   rel: [[acts ki, astat ki, action id, cancel?], ...]   (delayed actions falling due)
 #   tadd: [due, member, ...], trem: [member, ...], quar: [[field, value, ...], ...]}
 # Returns 1; an error reply starting with FENCED when the epoch moved, or STALE when the stored position
@@ -70,28 +70,45 @@ for i = 1, #plan.put, 3 do
 end
 for _, ki in ipairs(plan.del) do redis.call('DEL', KEYS[ki]) end
 
-local trimmed = {}
-for _, act in ipairs(plan.acts) do
-  local acts, actx, astat = KEYS[act[1]], KEYS[act[2]], KEYS[act[3]]
-  if redis.call('HSETNX', acts, act[4], act[5]) == 1 then
-    redis.call('ZADD', actx, now, act[4])
-    redis.call('HSET', astat, act[4], act[6])
-    if act[7] then redis.call('XADD', KEYS[4], '*', 'a', act[5]) end
-    redis.call('XADD', KEYS[5], 'MAXLEN', '~', plan.recent_max, '*', 'u', act[8], 'a', act[4])
+for _, group in ipairs(plan.acts) do
+  -- One user's new actions: [acts ki, actx ki, astat ki, user, [id, record, status, queue?], ...]. Each is
+  -- written once (an id already in the ledger is a batch processed again), with one command per ledger
+  -- key for the whole group rather than three per action.
+  local acts, actx, astat, user = KEYS[group[1]], KEYS[group[2]], KEYS[group[3]], group[4]
+  local ids = {}
+  for i = 5, #group do ids[#ids + 1] = group[i][1] end
+  local found = {}
+  for first = 1, #ids, 1000 do
+    local known = redis.call('HMGET', acts, unpack(ids, first, math.min(first + 999, #ids)))
+    for j = 1, #known do found[first + j - 1] = known[j] end
   end
-  if not trimmed[act[2]] then
-    trimmed[act[2]] = true
-    -- Ledger retention: this user's oldest entries go as new ones arrive; idle ledgers expire whole.
-    local old = redis.call('ZRANGEBYSCORE', actx, '-inf', now - retention, 'LIMIT', 0, 256)
-    if #old > 0 then
-      redis.call('ZREM', actx, unpack(old))
-      redis.call('HDEL', acts, unpack(old))
-      redis.call('HDEL', astat, unpack(old))
+  local records, stamps, statuses, fresh = {}, {}, {}, {}
+  for i = 5, #group do
+    local act = group[i]
+    if not found[i - 4] and not fresh[act[1]] then
+      fresh[act[1]] = true
+      records[#records + 1] = act[1]; records[#records + 1] = act[2]
+      stamps[#stamps + 1] = now; stamps[#stamps + 1] = act[1]
+      statuses[#statuses + 1] = act[1]; statuses[#statuses + 1] = act[3]
+      if act[4] then redis.call('XADD', KEYS[4], '*', 'a', act[2]) end
+      redis.call('XADD', KEYS[5], 'MAXLEN', '~', plan.recent_max, '*', 'u', user, 'a', act[1])
     end
-    redis.call('PEXPIRE', acts, retention)
-    redis.call('PEXPIRE', actx, retention)
-    redis.call('PEXPIRE', astat, retention)
   end
+  if #records > 0 then
+    sliced('HSET', acts, records, 2)
+    sliced('ZADD', actx, stamps, 2)
+    sliced('HSET', astat, statuses, 2)
+  end
+  -- Ledger retention: this user's oldest entries go as new ones arrive; idle ledgers expire whole.
+  local old = redis.call('ZRANGEBYSCORE', actx, '-inf', now - retention, 'LIMIT', 0, 256)
+  if #old > 0 then
+    redis.call('ZREM', actx, unpack(old))
+    redis.call('HDEL', acts, unpack(old))
+    redis.call('HDEL', astat, unpack(old))
+  end
+  redis.call('PEXPIRE', acts, retention)
+  redis.call('PEXPIRE', actx, retention)
+  redis.call('PEXPIRE', astat, retention)
 end
 
 for _, rel in ipairs(plan.rel) do
@@ -152,6 +169,7 @@ class CommitPlan:
     last_id: bytes | None = None
     entries: int = 0
     _index: dict[str, int] = field(default_factory=dict)
+    _action_groups: dict[str, list[Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         p = self.partition
@@ -174,11 +192,15 @@ class CommitPlan:
         self.deletes.append(self._key(user_key(self.partition, user_id, STATE)))
 
     def add_action(self, user_id: str, action_id: str, text: str, status: str, *, queue: bool) -> None:
-        """A new ledger entry (written once: HSETNX), appended to the outbox when `queue`."""
+        """A new ledger entry (written once: an id already there is left alone), appended to the outbox
+        when `queue`. Grouped by user: the script writes each user's new entries with one command per key."""
         status_text = f'{{"status":"{status}","updated_at":{self.now_ms},"attempts":0}}'
-        self.actions.append(
-            [*self._ledger(user_id, LEDGER, LEDGER_INDEX, LEDGER_STATUS), action_id, text, status_text, queue, user_id]
-        )
+        group = self._action_groups.get(user_id)
+        if group is None:
+            group = [*self._ledger(user_id, LEDGER, LEDGER_INDEX, LEDGER_STATUS), user_id]
+            self._action_groups[user_id] = group
+            self.actions.append(group)
+        group.append([action_id, text, status_text, queue])
 
     def release(self, user_id: str, action_id: str, *, cancel: bool) -> None:
         """A delayed action fell due: to the outbox if still scheduled (or cancelled)."""
