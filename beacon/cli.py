@@ -98,35 +98,37 @@ async def _serve(settings: Settings) -> None:
 
 
 async def _work(settings: Settings) -> None:
+    await _scale_out(settings, "worker")
+
+
+async def _deliver(settings: Settings) -> None:
+    await _scale_out(settings, "connectors")
+
+
+async def _scale_out(settings: Settings, role: str) -> None:
+    """`beacon worker` or `beacon connectors`: one part of what `serve` runs, with its own ops port."""
     from beacon.ops_server import ProcessSlot, ops_listener
     from beacon.services import open_services
 
     # The ops port first: /healthz answers 503 while the process waits for Redis (as long as it takes).
     slot = ProcessSlot()
-    async with ops_listener(slot, settings, "worker") as ops_url:
-        wait = slot.waiting_for_redis
-        async with open_services(
-            settings, SystemClock(), workers=True, connectors=False, role="worker", on_redis_wait=wait
-        ) as services:
-            with slot.serving(services):
-                consumer = services.worker.consumer if services.worker else "?"
-                log.info("beacon worker %s on %s; /metrics and /healthz on %s", consumer, settings.redis_url, ops_url)
-                await _until_stopped()
-
-
-async def _deliver(settings: Settings) -> None:
-    from beacon.ops_server import ProcessSlot, ops_listener
-    from beacon.services import open_services
-
-    slot = ProcessSlot()
-    async with ops_listener(slot, settings, "connectors") as ops_url:
-        wait = slot.waiting_for_redis
-        async with open_services(
-            settings, SystemClock(), workers=False, connectors=True, role="connectors", on_redis_wait=wait
-        ) as services:
-            with slot.serving(services):
-                log.info("beacon connectors on %s; /metrics and /healthz on %s", settings.redis_url, ops_url)
-                await _until_stopped()
+    async with (
+        ops_listener(slot, settings, role) as ops_url,
+        open_services(
+            settings,
+            SystemClock(),
+            workers=role == "worker",
+            connectors=role == "connectors",
+            role=role,
+            on_redis_wait=slot.waiting_for_redis,
+        ) as services,
+    ):
+        with slot.serving(services):
+            name = f"beacon {role}"
+            if services.worker is not None:
+                name += f" {services.worker.consumer}"
+            log.info("%s on %s; /metrics and /healthz on %s", name, settings.redis_url, ops_url)
+            await _until_stopped()
 
 
 def _run_process(command: str, settings: Settings) -> int:
