@@ -138,6 +138,8 @@ async def open_services(
                 partitions=settings.partitions,
                 lease_ms=settings.partition_lease_ms,
                 stopping=services.stopping,
+                # serve also runs the API: beside `beacon worker` processes it takes a smaller share.
+                weight=settings.serve_partition_weight if role == "serve" else 1.0,
             )
             services.tasks.append(asyncio.create_task(services.worker.run(), name="worker"))
         delivering = settings.run_connectors if connectors is None else connectors

@@ -91,6 +91,8 @@ class Settings:
     dedupe_horizon_ms: int = 7 * 24 * 3600 * 1000
     # An event's `ts` may be at most this far ahead of the server clock (producers' clocks drift).
     max_future_ms: int = 15 * 60 * 1000
+    # serve's share of the partitions beside `beacon worker` processes (weight 1 each): it also ingests.
+    serve_partition_weight: float = 0.5
     ledger_retention_ms: int = 30 * 24 * 3600 * 1000
     # WebSocket ingest: ping interval (0 = off), idle close, and frames read but not yet acknowledged.
     ws_heartbeat_ms: int = 20_000
@@ -158,6 +160,7 @@ def _parse(read: _Variables, env: Mapping[str, str]) -> Settings:
         worker_block_ms=read.integer("WORKER_BLOCK_MS", base.worker_block_ms, 1),
         dedupe_horizon_ms=read.integer("DEDUPE_HORIZON_MS", base.dedupe_horizon_ms, 1000),
         max_future_ms=read.integer("MAX_FUTURE_MS", base.max_future_ms, 0),
+        serve_partition_weight=read.fraction("SERVE_PARTITION_WEIGHT", base.serve_partition_weight, 0.01, 100),
         ledger_retention_ms=read.integer("LEDGER_RETENTION_MS", base.ledger_retention_ms, 1000),
         ws_heartbeat_ms=read.integer("WS_HEARTBEAT_MS", base.ws_heartbeat_ms),
         ws_receive_timeout_ms=read.integer("WS_RECEIVE_TIMEOUT_MS", base.ws_receive_timeout_ms),
@@ -233,6 +236,18 @@ class _Variables:
         if value < minimum or (maximum is not None and value > maximum):
             bounds = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
             raise ValidationError(f"{value} is out of range: use a number {bounds}", path=PREFIX + name)
+        return value
+
+    def fraction(self, name: str, default: float, minimum: float, maximum: float) -> float:
+        """A decimal number within [minimum, maximum]."""
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)?|\.[0-9]+", raw):
+            raise ValidationError(f"{raw!r} is not a decimal number", path=PREFIX + name)
+        value = float(raw)
+        if not minimum <= value <= maximum:
+            raise ValidationError(f"{value:g} is out of range: use {minimum:g} to {maximum:g}", path=PREFIX + name)
         return value
 
     def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:

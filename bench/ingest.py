@@ -15,6 +15,7 @@ from bench.report import Row, skipped
 from bench.sizes import Size
 from bench.workload import Workload
 from cep.events import ProfilePatch
+from cep.ownership import fair_shares
 from cep.profiles import patch_profile
 
 log = logging.getLogger("bench.ingest")
@@ -176,8 +177,11 @@ async def throughput(size: Size) -> list[Row]:
             try:
                 if transport.endswith("+worker"):
                     await stack.start_workers(1)
-                    # Measure once the worker has taken its share of the partitions from `serve`.
-                    await load.wait_owning(redis, stack.partitions, stack.workers[0].process.pid, size.drain_timeout_s)
+                    # Measure once the worker has taken its share of the partitions from `serve`: with
+                    # serve's default weight of 0.5 against the worker's 1, two thirds of them.
+                    share = fair_shares(["serve@0.5", "worker@1"], stack.partitions)["worker@1"]
+                    pid = stack.workers[0].process.pid
+                    await load.wait_owning(redis, stack.partitions, pid, share, size.drain_timeout_s)
                 workload = Workload(size.users, prefix="t")
                 await load_profiles(redis, workload, stack.partitions)
                 await warm_up(stack, redis, workload, min(1_000, size.burst_events), size.drain_timeout_s)

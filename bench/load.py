@@ -275,9 +275,11 @@ def timer_latenesses(records: Sequence[tuple[int, dict[str, Any]]], user_prefix:
     ]
 
 
-async def wait_owning(redis: Redis, partitions: int, pid: int, timeout_s: float, poll_s: float = 0.05) -> int:
-    """Wait until the process `pid` holds some partition leases (a worker joining takes its share over a
-    few lease renewals); returns how many it holds (0 at the deadline)."""
+async def wait_owning(
+    redis: Redis, partitions: int, pid: int, at_least: int, timeout_s: float, poll_s: float = 0.05
+) -> int:
+    """Wait until the process `pid` holds `at_least` partition leases (a worker joining takes its share
+    over a few lease renewals); returns how many it holds (fewer at the deadline)."""
     deadline = time.monotonic() + timeout_s
     while True:
         async with redis.pipeline(transaction=False) as pipe:
@@ -285,6 +287,6 @@ async def wait_owning(redis: Redis, partitions: int, pid: int, timeout_s: float,
                 pipe.get(owner_key(partition))
             owners = await pipe.execute()
         held = sum(1 for owner in owners if owner and f":{pid}:" in owner.decode())
-        if held or time.monotonic() > deadline:
+        if held >= at_least or time.monotonic() > deadline:
             return held
         await asyncio.sleep(poll_s)

@@ -4,9 +4,11 @@ A consumer group alone would hand one user's events to several consumers, which 
 concurrently and out of order; and a dead consumer's unacknowledged entries would be replayed after
 newer ones. So a process consumes a partition only while it holds the partition's lease
 (`b:{p:<n>}:owner`), and on taking one over it first replays whatever the previous owner left
-unacknowledged. Processes announce themselves in `b:{workers}:members` (scored by lease expiry); with
-L live processes sorted by name, the i-th one's share is P // L, plus one for the first P % L of them,
-so the shares add up to P exactly and a newcomer always gets partitions released to it.
+unacknowledged. Processes announce themselves in `b:{workers}:members` (scored by lease expiry) with a
+weight; each live process's share is P split in proportion to the weights, the remainders going to the
+largest fractions (ties in name order), so the shares add up to P exactly, every process computes the
+same split, and a newcomer always gets partitions released to it. `beacon serve` announces a smaller
+weight than a `beacon worker` (BEACON_SERVE_PARTITION_WEIGHT) because it also runs the API.
 
 Taking a lease increments the partition's epoch (`b:{p:<n>}:epoch`), and every commit checks it
 (`cep.commit`): a process whose lease lapsed — a long pause, a lost connection — cannot write after
@@ -21,6 +23,7 @@ from cep.events import partition_tag
 from cep.scripts import ScriptCall, run_scripts
 
 MEMBERS_KEY = "b:{workers}:members"
+WEIGHT_SEPARATOR = "@"  # a member is `<owner>@<weight>`; a member without one weighs 1
 
 
 def owner_key(partition: int) -> str:
@@ -85,22 +88,21 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 class Ownership:
     """This process's leases; `heartbeat()` renews, acquires its fair share and names what to release."""
 
-    def __init__(self, redis: Redis, partitions: int, owner: str, lease_ms: int) -> None:
+    def __init__(self, redis: Redis, partitions: int, owner: str, lease_ms: int, weight: float = 1.0) -> None:
         self._redis = redis
         self._partitions = partitions
         self.owner = owner
         self.lease_ms = lease_ms
         self.owned: dict[int, int] = {}  # partition -> the epoch this process holds it under
+        self._member = f"{owner}{WEIGHT_SEPARATOR}{weight:g}"
 
     async def heartbeat(self, now_ms: int) -> tuple[set[int], set[int]]:
         """Renew held leases and take free ones up to the fair share: returns (acquired, to_release)."""
         (members,) = await run_scripts(
-            self._redis, [ScriptCall(MEMBERS_SCRIPT, [MEMBERS_KEY], [self.owner, now_ms, self.lease_ms])]
+            self._redis, [ScriptCall(MEMBERS_SCRIPT, [MEMBERS_KEY], [self._member, now_ms, self.lease_ms])]
         )
-        live = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
-        rank = live.index(self.owner) if self.owner in live else len(live)
-        count = max(len(live), 1)
-        share = self._partitions // count + (1 if rank < self._partitions % count else 0)
+        live = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+        share = fair_shares(live, self._partitions).get(self._member, 0)
         renewals = sorted(self.owned)
         held = await run_scripts(
             self._redis, [partition_lease_call(p, self.owner, self.lease_ms, take=False) for p in renewals]
@@ -134,4 +136,26 @@ class Ownership:
         """Release every partition and leave the member set (clean shutdown)."""
         for partition in sorted(self.owned):
             await self.release(partition)
-        await self._redis.zrem(MEMBERS_KEY, self.owner)
+        await self._redis.zrem(MEMBERS_KEY, self._member)
+
+
+def fair_shares(members: list[str], partitions: int) -> dict[str, int]:
+    """Each member's number of partitions: `partitions` split in proportion to the weights in the member
+    names, the remainders to the largest fractions, ties in name order (the same split for everyone)."""
+    weights = {}
+    for member in sorted(members):
+        _, separator, text = member.rpartition(WEIGHT_SEPARATOR)
+        try:
+            weight = float(text) if separator else 1.0
+        except ValueError:
+            weight = 1.0
+        weights[member] = weight if weight > 0 else 1.0
+    total = sum(weights.values())
+    if not total:
+        return {}
+    quotas = {member: partitions * weight / total for member, weight in weights.items()}
+    shares = {member: int(quota) for member, quota in quotas.items()}
+    left = partitions - sum(shares.values())
+    for member in sorted(quotas, key=lambda name: (-(quotas[name] - shares[name]), name))[:left]:
+        shares[member] += 1
+    return shares

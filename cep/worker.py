@@ -41,6 +41,7 @@ class Worker:
         partitions: int,
         stopping: asyncio.Event,
         lease_ms: int = 10_000,
+        weight: float = 1.0,
     ) -> None:
         self._redis = redis
         self._registry = registry
@@ -49,7 +50,7 @@ class Worker:
         self._partitions = partitions
         self._stopping = stopping
         self.consumer = consumer_name()
-        self.ownership = Ownership(redis, partitions, self.consumer, lease_ms)
+        self.ownership = Ownership(redis, partitions, self.consumer, lease_ms, weight)
         self._owners: dict[int, PartitionOwner] = {}
         self._index = RuleIndex(())
         self._index_of: tuple[int, ...] = ()

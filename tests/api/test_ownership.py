@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 from beacon.clock import ManualClock
 from cep import streams
 from cep.commit import FencedError, StalePositionError
-from cep.ownership import epoch_key, owner_key, partition_lease_call
+from cep.ownership import Ownership, epoch_key, fair_shares, owner_key, partition_lease_call
 from cep.partition_owner import OwnerLimits, PartitionOwner
 from cep.rule_index import RuleIndex
 from cep.scripts import run_scripts
@@ -94,3 +94,26 @@ async def test_a_stale_owner_is_fenced_and_writes_nothing(redis_url: str, redis_
     assert await streams.progress(redis_client, 0) == committed
     async with running_beacon(server_settings(redis_url, partitions=1, run_workers=False)) as api:
         assert [a["trigger_id"] for a in await api.actions("alice")] == ["v1"]
+
+
+def test_fair_shares_follow_the_weights_and_add_up() -> None:
+    assert fair_shares(["serve@0.5", "worker@1"], 12) == {"serve@0.5": 4, "worker@1": 8}
+    assert fair_shares(["a@1", "b@1", "c@1"], 5) == {"a@1": 2, "b@1": 2, "c@1": 1}  # remainders in name order
+    assert fair_shares(["old-style", "new@1"], 4) == {"old-style": 2, "new@1": 2}  # no weight: 1
+    shares = fair_shares([f"w{i}@{0.3 + i / 7:.2f}" for i in range(5)], 12)
+    assert sum(shares.values()) == 12 and all(count >= 1 for count in shares.values())
+
+
+async def test_a_lighter_process_takes_a_smaller_share(redis_client: aioredis.Redis) -> None:
+    """Two processes' heartbeats settle on the weighted split: serve (0.5) 4 of 12, a worker (1) 8."""
+    serve = Ownership(redis_client, 12, "serve", 60_000, weight=0.5)
+    worker = Ownership(redis_client, 12, "worker", 60_000, weight=1.0)
+    await serve.heartbeat(T0)  # alone at first: it takes every partition
+    assert len(serve.owned) == 12
+    for beat in range(1, 4):
+        _, to_release = await serve.heartbeat(T0 + beat)
+        for partition in to_release:
+            await serve.release(partition)
+        await worker.heartbeat(T0 + beat)
+    assert (len(serve.owned), len(worker.owned)) == (4, 8)
+    assert not set(serve.owned) & set(worker.owned)
