@@ -21,6 +21,7 @@ from beacon.errors import ValidationError
 from beacon.health import HealthMonitor
 from beacon.logs import redact
 from beacon.pause import pause
+from beacon.redis_errors import REFUSALS, describe, is_redis_trouble
 from beacon.settings import Settings
 from cep import scripts, streams
 from cep.commit import COMMIT_SCRIPT
@@ -29,7 +30,7 @@ from cep.ownership import MEMBERS_SCRIPT, PARTITION_LEASE_SCRIPT
 from cep.partition_owner import OwnerLimits
 from cep.streams import APPEND_SCRIPT
 from cep.worker import Worker
-from connectors.redis_trouble import REDIS_BACKOFF, REFUSALS, describe, is_redis_trouble
+from connectors.redis_trouble import REDIS_BACKOFF
 from connectors.runtime import run_connectors
 from rules.registry import RulesetRegistry
 from rules.store import RulesetStore

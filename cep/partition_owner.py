@@ -17,11 +17,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
 
 from beacon import metrics
 from beacon.clock import Clock
 from beacon.pause import pause
+from beacon.redis_errors import describe, is_redis_trouble
 from cep import streams, timers
 from cep.commit import CommitPlan, FencedError, StalePositionError, commit
 from cep.evaluator import Effects, Evaluator, apply_patch, timer_user
@@ -121,17 +121,16 @@ class PartitionOwner:
                 self._reset()
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
-                # OOM, MISCONF (disk full), connection loss...: nothing was committed, so start over from
-                # what Redis holds, after a pause that grows while the trouble lasts.
-                log.warning("partition %d: redis error (%s); retrying in %.1fs", self.partition, exc, backoff)
-                metrics.on_redis_error("worker")
-                self._reset()
-                await pause(stopping, backoff)
-                backoff = min(backoff * 2, 5.0)
-            except Exception:
-                # A bug outside evaluation (evaluation failures are isolated and quarantined): same recovery.
-                log.exception("partition %d: batch failed; retrying from the committed position", self.partition)
+            except Exception as exc:
+                # Redis trouble — OOM, MISCONF (disk full), connection loss, a cluster client resetting —
+                # is one line; anything else is a bug outside evaluation (evaluation failures are isolated
+                # and quarantined) and keeps its traceback. Either way nothing was committed: start over
+                # from what Redis holds, after a pause that grows while the trouble lasts.
+                if is_redis_trouble(exc):
+                    log.warning("partition %d: %s; retrying in %.1fs", self.partition, describe(exc), backoff)
+                    metrics.on_redis_error("worker")
+                else:
+                    log.exception("partition %d: batch failed; retrying from the committed position", self.partition)
                 self._reset()
                 await pause(stopping, backoff)
                 backoff = min(backoff * 2, 5.0)

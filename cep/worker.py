@@ -10,11 +10,11 @@ import time
 import uuid
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from beacon import metrics
 from beacon.clock import Clock
 from beacon.pause import pause
+from beacon.redis_errors import describe, is_redis_trouble
 from cep.ownership import Ownership
 from cep.partition_owner import OwnerLimits, PartitionOwner
 from cep.rule_index import RuleIndex
@@ -75,8 +75,10 @@ class Worker:
             while not self._stopping.is_set():
                 try:
                     acquired, to_release = await self.ownership.heartbeat(time.time_ns() // 1_000_000)
-                except (RedisError, OSError) as exc:
-                    log.warning("partition leases not renewed (%s); retrying", exc)
+                except Exception as exc:
+                    if not is_redis_trouble(exc):
+                        raise
+                    log.warning("partition leases not renewed (%s); retrying", describe(exc))
                     metrics.on_redis_error("ownership")
                     acquired, to_release = set(), set()
                 owned = self.ownership.owned

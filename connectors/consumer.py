@@ -18,11 +18,12 @@ from redis.asyncio import Redis
 from beacon import metrics
 from beacon.clock import Clock
 from beacon.pause import pause
+from beacon.redis_errors import describe, is_redis_trouble
 from cep.outbox import OUTBOX_FIELD, outbox_key
 from cep.streams import ensure_group, trim_acknowledged
 from connectors import delivery_ledger as ledger
 from connectors.delivery import Deliverer
-from connectors.redis_trouble import REDIS_BACKOFF, describe, is_redis_trouble, log_retried
+from connectors.redis_trouble import REDIS_BACKOFF, log_retried
 from connectors.settings import ConnectorSettings
 
 log = logging.getLogger("beacon.connectors")

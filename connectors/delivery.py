@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from beacon import metrics
 from beacon.clock import Clock
 from beacon.errors import ConnectorError
+from beacon.redis_errors import is_redis_error, is_redis_trouble
 from cep.events import partition_of
 from cep.interactions import last_interaction
 from cep.profiles import get_profile
@@ -24,7 +25,7 @@ from connectors.caps import quiet_until, release_cap, take_cap
 from connectors.dead_letters import add_dead_letter
 from connectors.policy import SKIP_REASONS, connector_error
 from connectors.ratelimit import take_token
-from connectors.redis_trouble import is_redis_error, is_redis_trouble, log_retried
+from connectors.redis_trouble import log_retried
 from connectors.settings import ConnectorSettings
 
 log = logging.getLogger("beacon.connectors")

@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import aiohttp
 import redis.asyncio as aioredis
-from redis.exceptions import RedisClusterException, RedisError
 
+from beacon.redis_errors import is_redis_trouble
 from beacon.redis_server import stop_process
 from cep.outbox import outbox_key
 from cep.ownership import owner_key
@@ -30,15 +29,12 @@ BEACON = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "beacon.
 def redis_down(exc: Exception) -> bool:
     """Whether a Redis call failed because Redis (or a cluster node) is down or restarting: worth asking again.
 
-    Besides RedisError and OSError: RedisClusterException (no RedisError) when the cluster client finds no
-    node to ask, and AttributeError / TypeError raised inside redis-py, which 8.1 leaks when it writes on a
-    connection that was closed under it (redis/redis-py#4287; its cluster client closes them all whenever
-    one node fails).
+    The engine's rule (`beacon.redis_errors`): RedisError, RedisClusterException, OSError, and the
+    AttributeError / TypeError that redis-py 8.1 leaks from itself or from the asyncio transport it calls
+    when it writes on a connection closed under it (redis/redis-py#4287; its cluster client closes them all
+    whenever one node fails).
     """
-    if isinstance(exc, RedisError | RedisClusterException | OSError):
-        return True
-    frames = traceback.extract_tb(exc.__traceback__)
-    return isinstance(exc, AttributeError | TypeError) and bool(frames) and "redis" in Path(frames[-1].filename).parts
+    return is_redis_trouble(exc)
 
 
 def beacon_env(redis_url: str, port: int, partitions: int, **overrides: str) -> dict[str, str]:

@@ -17,10 +17,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from beacon.clock import ManualClock
 from beacon.metrics import REGISTRY
+from beacon.redis_errors import is_redis_error, is_redis_trouble
 from beacon.redis_server import EmbeddedRedis
 from cep.outbox import outbox_key
 from connectors.consumer import GROUP
-from connectors.redis_trouble import is_redis_error, is_redis_trouble
 from tests.connectors.kit import PARTITIONS, fast_settings, put_actions, record, running_connectors, wait_status
 from tests.connectors.providers import FakeMerchant
 from tests.harness import eventually
