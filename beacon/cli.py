@@ -27,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 import beacon
 from beacon.cli_http import EXIT_UNREACHABLE, EXIT_USAGE, CommandError, healthcheck, push_ruleset
 from beacon.clock import SystemClock
+from beacon.data_dir_lock import DataDirLock
 from beacon.errors import BeaconError, ValidationError
 from beacon.logs import configure_logging, redact
 from beacon.redis_server import EmbeddedRedis
@@ -58,12 +59,17 @@ def resolved_redis(settings: Settings) -> Iterator[Settings]:
     if settings.redis_url:
         yield settings
         return
-    server = EmbeddedRedis(settings.data_dir / "redis", port=settings.embedded_redis_port or None)
-    server.start()
+    lock = DataDirLock(settings.data_dir)
+    lock.acquire()  # before anything touches the directory's server: a second process stops here
     try:
-        yield dataclasses.replace(settings, redis_url=server.url)
+        server = EmbeddedRedis(settings.data_dir / "redis", port=settings.embedded_redis_port or None)
+        server.start()
+        try:
+            yield dataclasses.replace(settings, redis_url=server.url)
+        finally:
+            server.stop()
     finally:
-        server.stop()
+        lock.release()
 
 
 async def _until_stopped() -> None:
