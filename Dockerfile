@@ -1,8 +1,8 @@
 # Beacon server image. Point REDIS_URL at your Redis (or Redis Cluster with BEACON_REDIS_CLUSTER=1);
 # without it the container starts a private Valkey under /data (AOF on) — mount a volume there.
+# Untested here: the machine this is developed on has no Docker engine. CI builds and smoke-starts the
+# same wheel outside Docker (.ci/run).
 FROM python:3.11-slim-bookworm AS build
-# durable-rules builds a C extension from source.
-RUN apt-get update && apt-get install -y --no-install-recommends build-essential && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY beacon beacon
