@@ -9,6 +9,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from beacon.settings import Settings
 from bench import cpu, load
 from bench.harness import BeaconStack, beacon_stack
 from bench.report import Row, skipped
@@ -177,9 +178,10 @@ async def throughput(size: Size) -> list[Row]:
             try:
                 if transport.endswith("+worker"):
                     await stack.start_workers(1)
-                    # Measure once the worker has taken its share of the partitions from `serve`: with
-                    # serve's default weight of 0.5 against the worker's 1, two thirds of them.
-                    share = fair_shares(["serve@0.5", "worker@1"], stack.partitions)["worker@1"]
+                    # Measure once the worker has taken its share of the partitions from `serve` (with
+                    # serve's default weight against the worker's 1).
+                    serve = f"serve@{Settings().serve_partition_weight:g}"
+                    share = fair_shares([serve, "worker@1"], stack.partitions)["worker@1"]
                     pid = stack.workers[0].process.pid
                     await load.wait_owning(redis, stack.partitions, pid, share, size.drain_timeout_s)
                 workload = Workload(size.users, prefix="t")

@@ -292,6 +292,10 @@ def run_backtest(
     )
 
 
+# Totals that add up over shards (each user, and so each firing and timer, belongs to one shard).
+_SUMMED = ("events", "users", "firings", "late", "duplicates", "chained_events", "timers_fired", "pending_timers")
+
+
 def merge_reports(
     reports: Sequence[BacktestReport], elapsed_s: float, sample_size: int = SAMPLE_SIZE
 ) -> BacktestReport:
@@ -320,9 +324,8 @@ def merge_reports(
             merged.firings += counts.firings
             merged.by_rule.update(counts.by_rule)
         part = report.totals
-        for name in ("events", "users", "firings", "late", "duplicates", "chained_events", "timers_fired"):
+        for name in _SUMMED:
             setattr(totals, name, getattr(totals, name) + getattr(part, name))
-        totals.pending_timers += part.pending_timers
         totals.first_event_ts = _earliest(totals.first_event_ts, part.first_event_ts)
         totals.last_event_ts = _latest(totals.last_event_ts, part.last_event_ts)
         totals.clock_end_ms = _latest(totals.clock_end_ms, part.clock_end_ms)
