@@ -15,6 +15,7 @@ from api import (
     routes_dead_letters,
     routes_dryrun,
     routes_events,
+    routes_journeys,
     routes_ops,
     routes_rulesets,
     routes_users,
@@ -36,6 +37,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     for module in (
         routes_events,
         routes_rulesets,
+        routes_journeys,
         routes_dryrun,
         routes_backtest,
         routes_users,

@@ -11,7 +11,7 @@ from beacon.clock import Clock
 from beacon.services import Services
 from beacon.settings import Settings
 from rules.registry import RulesetRegistry
-from rules.store import RulesetStore
+from rules.store import JOURNEYS, RulesetStore
 
 
 @dataclass(slots=True)
@@ -42,6 +42,11 @@ def redis(request: web.Request) -> Redis:
 def store(request: web.Request) -> RulesetStore:
     """The ruleset store."""
     return services(request).store
+
+
+def journey_store(request: web.Request) -> RulesetStore:
+    """The journey store (the ruleset store's sibling, under `b:{rs}:j:*`)."""
+    return RulesetStore(services(request).redis, JOURNEYS)
 
 
 def registry(request: web.Request) -> RulesetRegistry:

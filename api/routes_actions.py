@@ -13,13 +13,18 @@ from cep.ledger import recent_actions, user_actions
 MAX_LIMIT = 1000
 
 
+def query_limit(request: web.Request, default: int = 100, maximum: int = MAX_LIMIT) -> int:
+    """The `?limit=` query parameter, checked."""
+    limit_text = request.query.get("limit", str(default))
+    if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= maximum:
+        raise ValidationError(f"limit must be an integer from 1 to {maximum}", path="limit")
+    return int(limit_text)
+
+
 @requires("events")
 async def list_actions(request: web.Request) -> web.Response:
     """`GET /v1/actions?user_id=&rule=&limit=`: newest first."""
-    limit_text = request.query.get("limit", "100")
-    if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= MAX_LIMIT:
-        raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}", path="limit")
-    limit = int(limit_text)
+    limit = query_limit(request)
     rule = request.query.get("rule") or None
     user_id = request.query.get("user_id")
     redis = keys.redis(request)

@@ -13,6 +13,7 @@ from api.middleware import requires
 from api.routes_rulesets import ruleset_id_of
 from beacon.errors import TooLargeError, ValidationError
 from cep.dryrun import dry_run
+from cep.events import Event
 from rules.registry import compile_ruleset
 
 DRY_RUN_FIELDS = ("events", "profiles", "until", "document")
@@ -36,6 +37,22 @@ def _profiles(raw: Any) -> dict[str, dict[str, Any]]:
     return raw
 
 
+def parse_dry_run_inputs(
+    body: dict[str, Any], now_ms: int
+) -> tuple[list[Event], dict[str, dict[str, Any]], int | None]:
+    """A dry-run body's `events`, `profiles` and `until`, checked (shared by rulesets and journeys)."""
+    raw_events = body.get("events")
+    if not isinstance(raw_events, list) or not raw_events:
+        raise ValidationError("events must be a non-empty list", path="events")
+    if len(raw_events) > MAX_DRY_RUN_EVENTS:
+        raise TooLargeError(f"at most {MAX_DRY_RUN_EVENTS} events per dry-run", path="events")
+    events = [parse_event(item, f"events[{i}]", now_ms) for i, item in enumerate(raw_events)]
+    until = body.get("until")
+    if until is not None and (isinstance(until, bool) or not isinstance(until, int)):
+        raise ValidationError("until must be an integer (ms since the epoch)", path="until")
+    return events, _profiles(body.get("profiles")), until
+
+
 @requires("rules")
 async def post_dry_run(request: web.Request) -> web.Response:
     """Run the stored ruleset (or `document`, unsaved) on `events` with a simulated clock."""
@@ -50,17 +67,8 @@ async def post_dry_run(request: web.Request) -> web.Response:
         ruleset = compile_ruleset(
             stored.document, ruleset_id=ruleset_id, lateness_ms=settings.lateness_ms, version=stored.version
         )
-    raw_events = body.get("events")
-    if not isinstance(raw_events, list) or not raw_events:
-        raise ValidationError("events must be a non-empty list", path="events")
-    if len(raw_events) > MAX_DRY_RUN_EVENTS:
-        raise TooLargeError(f"at most {MAX_DRY_RUN_EVENTS} events per dry-run", path="events")
-    now = request.app[keys.CLOCK].now_ms()
-    events = [parse_event(item, f"events[{i}]", now) for i, item in enumerate(raw_events)]
-    until = body.get("until")
-    if until is not None and (isinstance(until, bool) or not isinstance(until, int)):
-        raise ValidationError("until must be an integer (ms since the epoch)", path="until")
-    report = dry_run(ruleset, events, _profiles(body.get("profiles")), settings.dedupe_horizon_ms, until)
+    events, profiles, until = parse_dry_run_inputs(body, request.app[keys.CLOCK].now_ms())
+    report = dry_run(ruleset, events, profiles, settings.dedupe_horizon_ms, until)
     return web.json_response({"ruleset_id": ruleset.id, "version": ruleset.version, **report})
 
 

@@ -17,11 +17,21 @@ _ID = re.compile(ID_PATTERN)
 
 
 def ruleset_id_of(request: web.Request) -> str:
-    """The `{id}` path segment, checked."""
+    """The `{id}` path segment (of a ruleset or a journey), checked."""
     ruleset_id = request.match_info["id"]
     if not _ID.fullmatch(ruleset_id):
-        raise ValidationError("ruleset id must match " + ID_PATTERN, path="id")
+        raise ValidationError("id must match " + ID_PATTERN, path="id")
     return ruleset_id
+
+
+def version_of(request: web.Request) -> int | None:
+    """The `?version=N` query parameter, checked (None when absent)."""
+    version_text = request.query.get("version")
+    if version_text is None:
+        return None
+    if not (version_text.isascii() and version_text.isdigit()):
+        raise ValidationError("version must be a positive integer", path="version")
+    return int(version_text)
 
 
 @requires("rules")
@@ -60,12 +70,7 @@ async def list_rulesets(request: web.Request) -> web.Response:
 async def get_ruleset(request: web.Request) -> web.Response:
     """The active version (or `?version=N`) of one ruleset, with its kept versions."""
     ruleset_id = ruleset_id_of(request)
-    version_text = request.query.get("version")
-    version = None
-    if version_text is not None:
-        if not version_text.isdigit():
-            raise ValidationError("version must be a positive integer", path="version")
-        version = int(version_text)
+    version = version_of(request)
     store = keys.store(request)
     stored = await store.get(ruleset_id, version)
     return web.json_response(

@@ -11,11 +11,14 @@ from api import keys
 from api.bodies import object_with_fields, read_body
 from api.event_wire import check_identifier, check_json_value
 from api.middleware import requires
+from api.routes_actions import query_limit
 from beacon.errors import ValidationError
 from cep.events import ProfilePatch
-from cep.live_state import live_state
+from cep.ledger import action_outcomes
+from cep.live_state import journey_state, live_state
 from cep.profiles import Profile, patch_profile
 from cep.rule_index import RuleIndex
+from cep.trace import read_trace
 from cep.user_record import UserState
 from cep.user_state import read_state
 
@@ -66,7 +69,10 @@ async def get_user(request: web.Request) -> web.Response:
     user_id = _user_id(request)
     state = await read_state(keys.redis(request), request.app[keys.SETTINGS].partitions, user_id)
     body = _profile_json(user_id, Profile(state.profile, frozenset(state.tags)))
-    body["rules"] = live_state(state, RuleIndex(await keys.registry(request).refresh()))
+    registry = keys.registry(request)
+    index = RuleIndex(await registry.refresh(), registry.journeys())
+    body["rules"] = live_state(state, index)
+    body["journeys"] = journey_state(state, index)
     return web.json_response(body)
 
 
@@ -99,7 +105,26 @@ async def patch_user(request: web.Request) -> web.Response:
     return web.json_response(_profile_json(user_id, Profile(state.profile, frozenset(state.tags))))
 
 
+@requires("events")
+async def get_trace(request: web.Request) -> web.Response:
+    """Every evaluation of rules and journeys for the user, newest first (`?limit=`, default 100), with
+    each action's delivery outcome: the "why didn't they get the message?" answer."""
+    user_id = _user_id(request)
+    limit = query_limit(request, default=100, maximum=10_000)
+    redis, partitions = keys.redis(request), request.app[keys.SETTINGS].partitions
+    entries = await read_trace(redis, partitions, user_id, limit)
+    wanted = {action_id for entry in entries for action_id in entry.get("actions", ())}
+    outcomes = await action_outcomes(redis, partitions, user_id, sorted(wanted)) if wanted else {}
+    for entry in entries:
+        if "actions" in entry:
+            entry["actions"] = [{"action_id": a, **outcomes.get(a, {"status": "unknown"})} for a in entry["actions"]]
+    return web.json_response(
+        {"user_id": user_id, "trace": entries, "tracing": request.app[keys.SETTINGS].trace_depth > 0}
+    )
+
+
 def add_routes(app: web.Application) -> None:
     """Register the profile endpoints."""
     app.router.add_get("/v1/users/{user_id}", get_user)
+    app.router.add_get("/v1/users/{user_id}/trace", get_trace)
     app.router.add_patch("/v1/users/{user_id}", patch_user)

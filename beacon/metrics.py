@@ -44,6 +44,18 @@ REDIS_ERRORS = Counter(
 RULE_MATCHES = Counter(
     "beacon_rule_matches_total", "Rule firings admitted by re-entry policy", ["ruleset", "rule"], registry=REGISTRY
 )
+JOURNEY_INSTANCES = Counter(
+    "beacon_journey_instances_total",
+    "Journey instances entered / exited / completed / converted, by node (node empty: the whole journey)",
+    ["journey", "node", "outcome"],
+    registry=REGISTRY,
+)
+JOURNEY_WAITING = Gauge(
+    "beacon_journey_waiting_instances",
+    "Instances of a journey waiting at a wait or wait_for node, summed over its versions and partitions",
+    ["journey"],
+    registry=REGISTRY,
+)
 ACTIONS_EMITTED = Counter(
     "beacon_actions_emitted_total", "Actions written to the ledger and outbox", ["type"], registry=REGISTRY
 )
@@ -128,6 +140,16 @@ def on_redis_error(component: str) -> None:
 def on_late_event(ruleset_id: str, rule_id: str) -> None:
     """An event past a rule's deadline plus lateness."""
     EVENTS_LATE.labels(ruleset_id, rule_id).inc()
+
+
+def on_journey(journey_id: str, node: str, outcome: str, count: int) -> None:
+    """Journey instances entered / exited / completed / converted, per node ("" for the whole journey)."""
+    JOURNEY_INSTANCES.labels(journey_id, node, outcome).inc(count)
+
+
+def set_journey_waiting(journey_id: str, waiting: int) -> None:
+    """Instances of a journey waiting now (from its statistics, refreshed by `beacon serve`)."""
+    JOURNEY_WAITING.labels(journey_id).set(waiting)
 
 
 def on_rule_fired(ruleset_id: str, rule_id: str, count: int = 1) -> None:

@@ -130,6 +130,7 @@ async def open_services(
                 cache_users=max(settings.state_cache_users // settings.partitions, 1_000),
                 dedupe_horizon_ms=settings.dedupe_horizon_ms,
                 ledger_retention_ms=settings.ledger_retention_ms,
+                trace_depth=settings.trace_depth,
             )
             services.worker = Worker(
                 redis,

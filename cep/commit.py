@@ -17,12 +17,13 @@ import msgpack
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from cep.journey_stats import stats_key
 from cep.outbox import RECENT_MAXLEN, outbox_key, recent_key
 from cep.ownership import epoch_key
 from cep.scripts import ScriptCall, run_scripts
 from cep.streams import PROGRESS_COUNT, PROGRESS_ID, QUARANTINE_MAXLEN, progress_key, quarantine_key
 from cep.timers import timers_key
-from cep.user_state import LEDGER, LEDGER_INDEX, LEDGER_STATUS, STATE, user_key
+from cep.user_state import LEDGER, LEDGER_INDEX, LEDGER_STATUS, STATE, TRACE, user_key
 
 FENCED = "FENCED"
 STALE = "STALE"
@@ -36,7 +37,9 @@ STALE = "STALE"
 #   n: items committed (added to progress.n), put: [ki, record, ttl_ms, ...] (ttl 0: no expiry), del: [ki, ...],
 #   acts: [[acts ki, actx ki, astat ki, user, [action id, record JSON, status JSON, queue now?], ...], ...],
 #   rel: [[acts ki, astat ki, action id, cancel?], ...]   (delayed actions falling due)
-#   tadd: [due, member, ...], trem: [member, ...], quar: [[field, value, ...], ...]}
+#   tadd: [due, member, ...], trem: [member, ...], quar: [[field, value, ...], ...],
+#   cnt: [[stats ki, field, delta, ...], ...]      (journey statistics, cep.journey_stats)
+#   trace: [[trace ki, depth, ttl_ms, entry, ...], ...]  (per-user trace, oldest entry first)}
 # Returns 1; an error reply starting with FENCED when the epoch moved, or STALE when the stored position
 # is not `from` (then nothing was written).
 COMMIT_SCRIPT = r"""
@@ -134,6 +137,17 @@ if #plan.trem > 0 then sliced('ZREM', KEYS[3], plan.trem, 1) end
 for _, fields in ipairs(plan.quar) do
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', plan.quarantine_max, '*', unpack(fields))
 end
+for _, counts in ipairs(plan.cnt) do
+  for i = 2, #counts, 2 do redis.call('HINCRBY', KEYS[counts[1]], counts[i], counts[i + 1]) end
+end
+for _, trace in ipairs(plan.trace) do
+  local key = KEYS[trace[1]]
+  for first = 4, #trace, 1000 do
+    redis.call('LPUSH', key, unpack(trace, first, math.min(first + 999, #trace)))
+  end
+  redis.call('LTRIM', key, 0, trace[2] - 1)
+  redis.call('PEXPIRE', key, trace[3])
+end
 if plan.id then redis.call('HSET', KEYS[2], 'id', plan.id) end
 if plan.n > 0 then redis.call('HINCRBY', KEYS[2], 'n', plan.n) end
 return 1
@@ -165,6 +179,8 @@ class CommitPlan:
     timers_added: list[Any] = field(default_factory=list)
     timers_removed: list[str] = field(default_factory=list)
     quarantined: list[list[bytes]] = field(default_factory=list)
+    counts: list[list[Any]] = field(default_factory=list)
+    traces: list[list[Any]] = field(default_factory=list)
     read_after: bytes = b"0-0"  # the position the batch was read after (checked by the commit)
     last_id: bytes | None = None
     entries: int = 0
@@ -206,6 +222,17 @@ class CommitPlan:
         """A delayed action fell due: to the outbox if still scheduled (or cancelled)."""
         self.releases.append([*self._ledger(user_id, LEDGER, LEDGER_STATUS), action_id, cancel])
 
+    def count(self, journey_id: str, deltas: list[tuple[str, int]]) -> None:
+        """Add to a journey's statistics in this partition."""
+        group: list[Any] = [self._key(stats_key(self.partition, journey_id))]
+        for name, delta in deltas:
+            group.extend((name, delta))
+        self.counts.append(group)
+
+    def trace(self, user_id: str, entries: list[str], depth: int, ttl_ms: int) -> None:
+        """Push a user's trace entries (oldest first), keeping the newest `depth`."""
+        self.traces.append([self._key(user_key(self.partition, user_id, TRACE)), depth, ttl_ms, *entries])
+
     def quarantine(self, fields: dict[bytes, bytes]) -> None:
         """Move an entry that fails on its own out of the way, in the same commit that skips it."""
         self.quarantined.append([item for pair in fields.items() for item in pair])
@@ -229,6 +256,8 @@ class CommitPlan:
             "tadd": self.timers_added,
             "trem": self.timers_removed,
             "quar": self.quarantined,
+            "cnt": self.counts,
+            "trace": self.traces,
         }
         if self.last_id is not None:
             plan["id"] = self.last_id

@@ -9,16 +9,15 @@ event of the same batch sees the tag and the chained rule sees the cause's time 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cep.correlation import correlation_key
 from cep.events import ORIGIN_ACTION, ORIGIN_PRODUCER, ORIGIN_TIMER, Event, ProfilePatch
 from cep.firing import CreatedAction, build_actions
+from cep.journeys import JOURNEY_TIMER, JourneyFiring, Journeys
 from cep.rule_index import RuleEntry, RuleIndex
 from cep.user_record import NEVER, PatternState, UserState, event_id_hash
 from rules.model import Absence, First, Sequence, Single, Threshold
@@ -55,34 +54,10 @@ class Effects:
     duplicates: int = 0
     hop_limited: int = 0
     chained: list[Event] = field(default_factory=list)  # events emitted by actions and evaluated
-
-
-def correlation_key(fields: tuple[str, ...], attrs: Mapping[str, Any]) -> str | None:
-    """The correlation value of an event, or None when it lacks a field (it cannot correlate).
-
-    A single short printable string or an integral number is kept as it is (readable in the user view,
-    no hashing); anything else is hashed. The prefixes keep "3" and 3 apart; 3 and 3.0 meet.
-    """
-    if not fields:
-        return "_"
-    if len(fields) == 1:
-        value = attrs.get(fields[0])
-        if value is None:
-            return None
-        kind: type = type(value)
-        if kind is str and len(value) <= 32 and value.isprintable():
-            return "s" + str(value)
-        if kind is int or (kind is float and value.is_integer()):
-            return "i" + str(int(value))
-    values = []
-    for name in fields:
-        value = attrs.get(name)
-        if value is None:
-            return None
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        values.append(value)
-    return "h" + hashlib.blake2b(json.dumps(values, sort_keys=True).encode(), digest_size=8).hexdigest()
+    journey_firings: list[JourneyFiring] = field(default_factory=list)
+    journey_counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (journey, stats field) -> delta
+    # (user, entry) for the per-user trace (`GET /v1/users/{id}/trace`); None: not traced (backtests).
+    trace: list[tuple[str, dict[str, Any]]] | None = None
 
 
 def absence_timer(user_id: str, state_id: str, correlation: str, a_event_id: str) -> str:
@@ -105,6 +80,7 @@ class Evaluator:
 
     def __init__(self, index: RuleIndex) -> None:
         self.index = index
+        self.journeys = Journeys(index)
         self._correlations: dict[tuple[str, ...], str | None] = {}  # of the event being evaluated
 
     # -- entry points ------------------------------------------------------------------------------
@@ -129,8 +105,14 @@ class Evaluator:
         effects.timers_removed.append(member)
         kind, user_id, *rest = member.split(TIMER_SEPARATOR)
         if kind == ACTION_TIMER:
-            action_id, ruleset_id = rest
-            effects.releases.append((user_id, action_id, ruleset_id not in self.index.rulesets))
+            action_id, owner = rest
+            # The owner is a ruleset id, or "journey:<id>" for a journey's delayed action.
+            journey_id = owner.removeprefix("journey:") if owner.startswith("journey:") else None
+            gone = owner not in self.index.rulesets if journey_id is None else journey_id not in self.index.journeys
+            effects.releases.append((user_id, action_id, gone))
+            return
+        if kind == JOURNEY_TIMER:
+            self._chain(state, self.journeys.on_timer(state, member, due_ms, now_ms, effects), now_ms, effects)
             return
         state_id, correlation, a_event_id = rest
         pattern = state.patterns.get(state_id)
@@ -160,7 +142,11 @@ class Evaluator:
             received_ms=due_ms,
             origin=ORIGIN_TIMER,
         )
-        for event in self._fire(state, entry, trigger, now_ms, effects):
+        self._chain(state, self._fire(state, entry, trigger, now_ms, effects), now_ms, effects)
+
+    def _chain(self, state: UserState, caused: list[Event], now_ms: int, effects: Effects) -> None:
+        """Events a timer's actions caused, evaluated at once (one hop from the timer)."""
+        for event in caused:
             effects.chained.append(event)
             self.on_event(state, event, now_ms, effects, hops=1)
 
@@ -177,18 +163,37 @@ class Evaluator:
             state.last_seen = event.ts
         roles: dict[RuleEntry, set[str]] = {}
         attrs = event.attrs
-        for candidate in self.index.by_type.get(event.type, ()):
+        candidates = self.index.by_type.get(event.type, ())
+        for candidate in candidates:
             if candidate.where(attrs, NO_ATTRS, NO_TAGS):
                 found = roles.get(candidate.entry)
                 if found is None:
                     roles[candidate.entry] = {candidate.role}
                 else:
                     found.add(candidate.role)
+        if effects.trace is not None and candidates:
+            matched = sorted({entry.key for entry in roles})
+            missed = sorted({c.entry.key for c in candidates if c.entry not in roles})
+            effects.trace.append(
+                (
+                    event.user_id,
+                    {
+                        "kind": "event",
+                        "ts": event.ts,
+                        "event_id": event.event_id,
+                        "type": event.type,
+                        "matched": matched,
+                        "where_false": missed,
+                    },
+                )
+            )
         caused: list[Event] = []
         self._correlations = {}
         for entry, entry_roles in roles.items():
             if self._step(state, entry, event, entry_roles, now_ms, effects):
                 caused.extend(self._fire(state, entry, event, now_ms, effects))
+        if self.index.journey_roles or state.journeys:
+            caused.extend(self.journeys.on_event(state, event, now_ms, effects))
         return caused
 
     def _step(
@@ -228,11 +233,13 @@ class Evaluator:
             cancelled, pending_a = member
             for a_event_id in cancelled:
                 effects.timers_removed.append(absence_timer(event.user_id, entry.state_id, correlation, a_event_id))
+                _trace(effects, entry, event, "timer_cancelled", cancelled_by=event.event_id, first_event=a_event_id)
             if pending_a:
                 due = event.ts + when.within_ms + entry.rule.lateness_ms
                 effects.timers_added.append(
                     (due, absence_timer(event.user_id, entry.state_id, correlation, event.event_id))
                 )
+                _trace(effects, entry, event, "timer_set", due=due)
         return False  # an absence completes on its timer
 
     def _correlation(self, fields: tuple[str, ...], event: Event) -> str | None:
@@ -252,6 +259,7 @@ class Evaluator:
             pattern = state.patterns[entry.state_id] = PatternState(event.ts, 0)
         elif event.ts < pattern.watermark - lateness:
             effects.late.append((entry, event))
+            _trace(effects, entry, event, "late", watermark=pattern.watermark)
             return None
         elif event.ts > pattern.watermark:
             pattern.watermark = event.ts
@@ -264,21 +272,23 @@ class Evaluator:
     def _fire(self, state: UserState, entry: RuleEntry, trigger: Event, now_ms: int, effects: Effects) -> list[Event]:
         """A completed pattern: `if`, then re-entry, then the actions; returns the events tag actions cause."""
         if not entry.condition(trigger.attrs, state.profile, state.tags):
+            _trace(effects, entry, trigger, "condition_false")
             return []
         rule = entry.rule
         policy = rule.reentry.policy
         last = state.fired.get(entry.short_key)
-        if last is not None:
-            if policy == "once":
-                return []
-            if policy == "once_per" and trigger.ts < last[0] + rule.reentry.period_ms:
-                return []
+        if last is not None and (
+            policy == "once" or (policy == "once_per" and trigger.ts < last[0] + rule.reentry.period_ms)
+        ):
+            _trace(effects, entry, trigger, "reentry_blocked", policy=policy, last_fired_ts=last[0])
+            return []
         if policy == "once":
             state.fired[entry.short_key] = [trigger.ts, NEVER]
         elif policy == "once_per":
             state.fired[entry.short_key] = [trigger.ts, now_ms + rule.reentry.period_ms + TTL_MARGIN_MS]
         actions = build_actions(entry.compiled.ruleset, rule, entry.renderers, trigger, state.profile, now_ms)
         effects.firings.append(Firing(entry, trigger.user_id, trigger, actions))
+        _trace(effects, entry, trigger, "fired", actions=[action.action_id for action in actions])
         caused: list[Event] = []
         for action in actions:
             if action.timer_due is not None:
@@ -462,6 +472,13 @@ def _prune(pattern: PatternState, role: str, keep_from: int) -> None:
         pattern.floor_a = oldest
     else:
         pattern.floor_b = oldest
+
+
+def _trace(effects: Effects, entry: RuleEntry, event: Event, what: str, **details: Any) -> None:
+    """A rule's outcome for an event (or timer) in the user's trace, when tracing."""
+    if effects.trace is not None:
+        found = {"kind": "rule", "ts": event.ts, "rule": entry.key, "event_id": event.event_id, "what": what}
+        effects.trace.append((event.user_id, {**found, **details}))
 
 
 def _tag_event(cause: Event, event_type: str, tag: str) -> Event:

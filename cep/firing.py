@@ -12,17 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from cep.events import Event
-from rules.model import Rule, Ruleset
+from rules.model import Action, Rule, Ruleset
 
 STATUS_PENDING = "pending"
 STATUS_SCHEDULED = "scheduled"
 STATUS_DELIVERED = "delivered"
 
 
-def action_id(ruleset: Ruleset, rule_id: str, user_id: str, trigger_id: str, index: int) -> str:
-    """The action's idempotency key: (ruleset version, rule, user, trigger id) plus its place in `then`."""
-    material = "\x1f".join((ruleset.id, str(ruleset.version), rule_id, user_id, trigger_id, str(index)))
-    return hashlib.sha256(material.encode()).hexdigest()[:32]
+def _action_id(material: tuple[str, ...], index: int) -> str:
+    """The idempotency key of the action at `index` of a firing identified by `material`."""
+    return hashlib.sha256("\x1f".join((*material, str(index))).encode()).hexdigest()[:32]
 
 
 def template_context(ruleset: Ruleset, rule: Rule, event: Event, profile_attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -62,15 +61,40 @@ def build_actions(
     profile_attrs: Mapping[str, Any],
     now_ms: int,
 ) -> tuple[CreatedAction, ...]:
-    """The rule's actions rendered for an admitted firing on `trigger`.
+    """The rule's actions rendered for an admitted firing on `trigger`."""
+    source = ActionSource(
+        {"ruleset_id": ruleset.id, "ruleset_version": ruleset.version, "rule_id": rule.id},
+        (ruleset.id, str(ruleset.version), rule.id, trigger.user_id, trigger.event_id),
+    )
+    context = template_context(ruleset, rule, trigger, profile_attrs)
+    return render_actions(source, rule.actions, renderers, context, trigger, now_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSource:
+    """Who creates actions: the fields every record of theirs carries, and the idempotency key's material
+    (everything that identifies the firing; the action's place in its list is added per action)."""
+
+    fields: dict[str, Any]
+    material: tuple[str, ...]
+
+
+def render_actions(
+    source: ActionSource,
+    actions: tuple[Action, ...],
+    renderers: tuple[Callable[[Mapping[str, Any]], Any], ...],
+    context: Mapping[str, Any],
+    trigger: Event,
+    now_ms: int,
+) -> tuple[CreatedAction, ...]:
+    """Actions rendered for a firing (a rule's, or a journey node's) on `trigger`.
 
     A delay runs in event time, like absences: due = trigger ts + delay, and a due time already past
     releases the action at once, so live processing and a backtest agree.
     """
-    context = template_context(ruleset, rule, trigger, profile_attrs)
     created = []
-    for index, (action, render) in enumerate(zip(rule.actions, renderers, strict=True)):
-        identifier = action_id(ruleset, rule.id, trigger.user_id, trigger.event_id, index)
+    for index, (action, render) in enumerate(zip(actions, renderers, strict=True)):
+        identifier = _action_id(source.material, index)
         params = render(context)
         due = trigger.ts + action.delay_ms
         timer_due: int | None = None
@@ -83,9 +107,7 @@ def build_actions(
         record = {
             "action_id": identifier,
             "idempotency_key": identifier,
-            "ruleset_id": ruleset.id,
-            "ruleset_version": ruleset.version,
-            "rule_id": rule.id,
+            **source.fields,
             "user_id": trigger.user_id,
             "type": action.type,
             "params": params,

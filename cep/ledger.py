@@ -28,6 +28,13 @@ async def _load(redis: Redis, partitions: int, wanted: list[tuple[str, bytes]]) 
     return [merge_status(replies[i], replies[i + 1]) for i in range(0, len(replies), 2) if replies[i]]
 
 
+async def action_outcomes(redis: Redis, partitions: int, user_id: str, action_ids: list[str]) -> dict[str, Any]:
+    """The delivery status of some of a user's actions, by id (missing: not in the ledger any more)."""
+    key = user_key_for(partitions, user_id, LEDGER_STATUS)
+    raws = await redis.hmget(key, action_ids)
+    return {action_id: json.loads(raw) for action_id, raw in zip(action_ids, raws, strict=True) if raw}
+
+
 async def user_actions(
     redis: Redis, partitions: int, user_id: str, rule_id: str | None = None, limit: int = 100
 ) -> list[dict[str, Any]]:

@@ -1,11 +1,11 @@
-"""The "why didn't it fire?" view: a user's live pattern state, read from the user's packed record."""
+"""The "why didn't it fire?" view: a user's live pattern state and journey instances, from the packed record."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from cep.rule_index import RuleIndex
-from cep.user_record import UserState
+from cep.user_record import FINISHED, UserState
 
 PART_NAMES = {"a": "first_seen", "b": "then_or_missing_seen", "p": "pending_absence", "t": "window"}
 
@@ -19,7 +19,11 @@ def live_state(state: UserState, index: RuleIndex) -> dict[str, Any]:
 
     for state_id, pattern in state.patterns.items():
         entry = index.by_state.get(state_id)
-        view = rule(entry.key if entry else f"(retired pattern {state_id})")
+        shape = index.histories.get(state_id)
+        if shape is not None:
+            view = rule(f"(behaviour history of {shape.match.event})")
+        else:
+            view = rule(entry.key if entry else f"(retired pattern {state_id})")
         view["watermark"] = pattern.watermark
         for role, lists in pattern.parts.items():
             for correlation, items in lists.items():
@@ -35,6 +39,33 @@ def live_state(state: UserState, index: RuleIndex) -> dict[str, Any]:
     for short, ts in state.first.items():
         rule(_rule_key(index, short))["first_seen_ts"] = ts
     return rules
+
+
+def journey_state(state: UserState, index: RuleIndex) -> dict[str, Any]:
+    """Per journey: how often the user entered, and each instance's version, node and pending timer."""
+    journeys: dict[str, Any] = {}
+    for short, marks in state.journeys.items():
+        entry = index.journey_by_short.get(short)
+        instances = []
+        for key, inst in marks.instances.items():
+            compiled = entry.versions.get(inst.version) if entry else None
+            node = compiled.node_ids[inst.node] if compiled and inst.node != FINISHED else None
+            instances.append(
+                {
+                    "key": key,
+                    "version": inst.version,
+                    "node": node,
+                    "finished": inst.node == FINISHED,
+                    "entered_ts": inst.entry_ts,
+                    "step_ts": inst.step_ts,
+                    "due": inst.due or None,
+                    "goal_by": inst.goal_by or None,
+                    "entry_event_id": inst.entry_id,
+                }
+            )
+        name = entry.id if entry else f"(deleted journey {short})"
+        journeys[name] = {"entries": marks.entries, "last_entry_ts": marks.last_entry_ts, "instances": instances}
+    return journeys
 
 
 def _rule_key(index: RuleIndex, short_key: str) -> str:

@@ -27,12 +27,14 @@ from cep.commit import CommitPlan, FencedError, StalePositionError, commit
 from cep.evaluator import Effects, Evaluator, apply_patch, timer_user
 from cep.events import Event, ProfilePatch
 from cep.rule_index import RuleIndex
+from cep.trace import encode_entry
 from cep.user_record import UserState, decode_user_state, encode_user_state
 from cep.user_state import load_states
 
 log = logging.getLogger("beacon.worker")
 
 TRIM_EVERY_S = 10.0
+JOURNEY_OUTCOMES = ("entered", "exited", "converted", "completed")  # counted in metrics (waiting: stats)
 NO_TIMERS = 2**63  # the next due time when the partition has no timer at all
 
 
@@ -45,6 +47,7 @@ class OwnerLimits:
     cache_users: int
     dedupe_horizon_ms: int
     ledger_retention_ms: int
+    trace_depth: int = 0  # trace entries kept per user (0: no trace)
 
 
 class PartitionOwner:
@@ -225,7 +228,7 @@ class PartitionOwner:
         isolate: bool,
     ) -> tuple[CommitPlan, Effects]:
         evaluator = Evaluator(index)
-        effects = Effects()
+        effects = Effects(trace=[] if self._limits.trace_depth else None)
         touched: set[str] = set()
         plan = CommitPlan(self.partition, now, self._limits.ledger_retention_ms)
         for member, due_ms in due:
@@ -264,6 +267,27 @@ class PartitionOwner:
                 plan.add_action(
                     firing.user_id, action.action_id, action.text, action.status, queue=action.status == "pending"
                 )
+        for journey_firing in effects.journey_firings:
+            for action in journey_firing.actions:
+                plan.add_action(
+                    journey_firing.user_id,
+                    action.action_id,
+                    action.text,
+                    action.status,
+                    queue=action.status == "pending",
+                )
+        by_journey: dict[str, list[tuple[str, int]]] = {}
+        for (journey_id, name), delta in effects.journey_counts.items():
+            if delta:
+                by_journey.setdefault(journey_id, []).append((name, delta))
+        for journey_id, deltas in by_journey.items():
+            plan.count(journey_id, deltas)
+        if effects.trace:
+            by_user: dict[str, list[str]] = {}
+            for user_id, found in effects.trace:
+                by_user.setdefault(user_id, []).append(encode_entry({"at": now, **found}))
+            for user_id, entries in by_user.items():
+                plan.trace(user_id, entries, self._limits.trace_depth, self._limits.dedupe_horizon_ms)
         for user_id, action_id, cancel in effects.releases:
             plan.release(user_id, action_id, cancel=cancel)
         for due_ms, member in effects.timers_added:
@@ -283,7 +307,7 @@ class PartitionOwner:
             work(effects)
             return ""
         saved = {user_id: _copy(self._cache[user_id]) for user_id in users}
-        trial = Effects()
+        trial = Effects(trace=[] if effects.trace is not None else None)
         try:
             work(trial)
         except Exception as exc:
@@ -340,8 +364,15 @@ class PartitionOwner:
                     metrics.on_ingest_to_outbox((now - received) / 1000)
         for (ruleset_id, rule_id), count in fired.items():
             metrics.on_rule_fired(ruleset_id, rule_id, count)
+        for journey_firing in effects.journey_firings:
+            for action in journey_firing.actions:
+                emitted[action.record["type"]] = emitted.get(action.record["type"], 0) + 1
         for action_type, count in emitted.items():
             metrics.on_actions_emitted(action_type, count)
+        for (journey_id, name), delta in effects.journey_counts.items():
+            _, node, what = name.split("|", 2)
+            if what in JOURNEY_OUTCOMES and delta > 0:
+                metrics.on_journey(journey_id, node, what, delta)
         for entry, _ in effects.late:
             metrics.on_late_event(entry.compiled.ruleset.id, entry.rule.id)
         for _ in range(effects.duplicates):
@@ -375,3 +406,8 @@ def _merge(into: Effects, other: Effects) -> None:
     into.duplicates += other.duplicates
     into.hop_limited += other.hop_limited
     into.chained.extend(other.chained)
+    into.journey_firings.extend(other.journey_firings)
+    for name, delta in other.journey_counts.items():
+        into.journey_counts[name] = into.journey_counts.get(name, 0) + delta
+    if into.trace is not None and other.trace:
+        into.trace.extend(other.trace)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rules.compiled import CompiledRuleset
+from rules.journey_compiled import CompiledJourney, HistoryShape, JourneyRole
 from rules.model import Rule
 from rules.predicates import Check
 
@@ -49,10 +50,42 @@ class RoleEntry:
     where: Check
 
 
-class RuleIndex:
-    """Matchers by event type (by descending rule priority, then ruleset and rule order), rules by state id."""
+def journey_key(journey_id: str) -> str:
+    """What users' records store for a journey (its marks and instances): 8 characters."""
+    return short_rule_key("journey/" + journey_id)
 
-    def __init__(self, rulesets: Sequence[CompiledRuleset]) -> None:
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JourneyEntry:
+    """One active journey: its current version (new instances start on it) and every kept version
+    (running instances finish on the version they started)."""
+
+    id: str
+    short_key: str
+    active: CompiledJourney
+    versions: dict[int, CompiledJourney]
+
+
+@dataclass(frozen=True, slots=True)
+class JourneyMatch:
+    """A matcher of one journey version for one event type."""
+
+    entry: JourneyEntry
+    compiled: CompiledJourney
+    role: JourneyRole
+
+
+class RuleIndex:
+    """Matchers by event type (by descending rule priority, then ruleset and rule order), rules by state id;
+    journeys by id and record key, their matchers by event type, and the behaviour shapes they read."""
+
+    def __init__(self, rulesets: Sequence[CompiledRuleset], journeys: Sequence[Sequence[CompiledJourney]] = ()) -> None:
+        """`journeys`: per journey, its kept versions with the active one last."""
+        self.journeys: dict[str, JourneyEntry] = {}
+        self.journey_by_short: dict[str, JourneyEntry] = {}
+        self.journey_roles: dict[str, tuple[JourneyMatch, ...]] = {}
+        self.histories: dict[str, HistoryShape] = {}
+        self._index_journeys(journeys)
         self.rulesets = {compiled.ruleset.id: compiled for compiled in rulesets}
         self.by_state: dict[str, RuleEntry] = {}
         self.by_short_key: dict[str, RuleEntry] = {}
@@ -82,3 +115,44 @@ class RuleIndex:
         for _, _, role, event_type in ordered:
             by_type.setdefault(event_type, []).append(role)
         self.by_type: dict[str, tuple[RoleEntry, ...]] = {key: tuple(value) for key, value in by_type.items()}
+
+    def _index_journeys(self, journeys: Sequence[Sequence[CompiledJourney]]) -> None:
+        journey_roles: dict[str, list[JourneyMatch]] = {}
+        for versions in journeys:
+            active = versions[-1]
+            journey_id = active.journey.id
+            entry = JourneyEntry(
+                journey_id,
+                journey_key(journey_id),
+                active,
+                {compiled.journey.version: compiled for compiled in versions},
+            )
+            self.journeys[journey_id] = self.journey_by_short[entry.short_key] = entry
+            for compiled in versions:
+                for event_type, found in compiled.matchers.items():
+                    for journey_role in found:
+                        # Only the active version admits new instances.
+                        if journey_role.role != "entry" or compiled is active:
+                            journey_roles.setdefault(event_type, []).append(JourneyMatch(entry, compiled, journey_role))
+                for shape in compiled.histories:
+                    known = self.histories.get(shape.id)
+                    if known is not None:
+                        shape = HistoryShape(
+                            shape.id,
+                            shape.match,
+                            shape.sum_field,
+                            max(shape.window_ms, known.window_ms),
+                            max(shape.keep, known.keep),
+                        )
+                    self.histories[shape.id] = shape
+        # History is kept once per shape whichever journeys read it: one role per shape.
+        for event_type, matches in journey_roles.items():
+            seen: set[str] = set()
+            kept = []
+            for match in matches:
+                if match.role.role == "history":
+                    if match.role.node in seen:
+                        continue
+                    seen.add(match.role.node)
+                kept.append(match)
+            self.journey_roles[event_type] = tuple(kept)

@@ -16,6 +16,7 @@ from typing import Any
 from beacon.errors import TooLargeError
 from cep.evaluator import Effects, Evaluator, Firing, timer_user
 from cep.events import Event
+from cep.journeys import JourneyFiring
 from cep.rule_index import RuleEntry, RuleIndex
 from cep.user_record import UserState
 from rules.durations import format_duration
@@ -60,6 +61,7 @@ class Simulation:
     max_steps: int = 10_000_000
     dedupe_horizon_ms: int = DEDUPE_HORIZON_MS
     on_step: Callable[[Step], None] | None = None
+    trace: bool = False  # collect per-user trace entries in each step's effects (dry-runs)
     states: dict[str, UserState] = field(default_factory=dict)
     timers: list[tuple[int, int, str]] = field(default_factory=list)  # (due, seq, member) heap
     now_ms: int | None = None
@@ -93,7 +95,7 @@ class Simulation:
         state = self.states.get(event.user_id)
         if state is None:
             state = self.states[event.user_id] = UserState()
-        effects = Effects()
+        effects = Effects(trace=[] if self.trace else None)
         self._evaluator.on_event(state, event, now, effects)
         self._done(effects)
 
@@ -109,7 +111,7 @@ class Simulation:
             state = self.states.get(user_id)
             if state is None:
                 state = self.states[user_id] = UserState()
-            effects = Effects()
+            effects = Effects(trace=[] if self.trace else None)
             self._evaluator.on_timer(state, member, due, self.now_ms, effects)
             self._done(effects, consumed=member)
 
@@ -135,6 +137,23 @@ class Simulation:
         if self.on_step is not None:
             assert self.now_ms is not None
             self.on_step(Step(self.now_ms, effects))
+
+
+def journey_firing_json(firing: JourneyFiring, at: int) -> dict[str, Any]:
+    """A journey node's actions as dry-runs and backtests report them."""
+    return {
+        "at": at,
+        "user_id": firing.user_id,
+        "journey_id": firing.journey_id,
+        "version": firing.version,
+        "node": firing.node_id,
+        "trigger_event_id": firing.trigger.event_id,
+        "step_ts": firing.trigger.ts,
+        "actions": [
+            {"type": action.record["type"], "params": action.record["params"], "due_at": action.record["due_at"]}
+            for action in firing.actions
+        ],
+    }
 
 
 def firing_json(firing: Firing, at: int) -> dict[str, Any]:

@@ -64,6 +64,59 @@ class PatternState:
 
 
 @dataclass(slots=True)
+class Instance:
+    """One user's live (or goal-watching) instance of a journey version (see `cep.journeys`).
+
+    `node` indexes the version's node ids (FINISHED: the path ended, the goal is still watched);
+    `step_ts` is the event time the current node started at, `seq` counts steps taken (it names the
+    instance's timer and its actions' idempotency keys); `attrs` keeps only the entry event's fields the
+    journey reads; `visited` lists node indexes passed; `goal_by` is the goal deadline (0: none left).
+    """
+
+    version: int
+    node: int
+    step_ts: int
+    seq: int
+    entry_id: str
+    entry_ts: int
+    attrs: dict[str, Any]
+    visited: list[int]
+    goal_by: int = 0
+    due: int = 0  # the pending timer's due time (0: none)
+
+    def pack(self) -> list[Any]:
+        """The stored form: a plain list."""
+        return [
+            self.version,
+            self.node,
+            self.step_ts,
+            self.seq,
+            self.entry_id,
+            self.entry_ts,
+            self.attrs,
+            self.visited,
+            self.goal_by,
+            self.due,
+        ]
+
+
+FINISHED = -1
+# A finished instance watches its goal this long past the deadline (an on-time goal event may be late).
+GOAL_MARGIN_MS = 60_000
+
+
+@dataclass(slots=True)
+class JourneyMarks:
+    """One journey's marks for one user: how often and when last they entered, and their instances by key."""
+
+    entries: int = 0
+    last_entry_ts: int = 0
+    # When the marks may go once no instance is left (ms; NEVER: kept, for `once` and `max` re-entry).
+    expires_ms: int = NEVER
+    instances: dict[str, Instance] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class UserState:
     """Everything the evaluator knows about one user."""
 
@@ -75,6 +128,7 @@ class UserState:
     fired: dict[str, list[int]] = field(default_factory=dict)  # rule key -> [last trigger ts, expires ms]
     first: dict[str, int] = field(default_factory=dict)  # rule key -> ts of the first matching event
     patterns: dict[str, PatternState] = field(default_factory=dict)  # state id -> pattern state
+    journeys: dict[str, JourneyMarks] = field(default_factory=dict)  # journey short key -> marks
     # The newest `ts` of the user's own (producer) events: WeChat customer-service messages may only go
     # out within 48 h of it (connectors.delivery). 0: none seen.
     last_seen: int = 0
@@ -92,7 +146,14 @@ class UserState:
     def is_empty(self) -> bool:
         """Nothing worth storing: the record can be deleted."""
         return not (
-            self.profile or self.tags or self.seen or self.fired or self.first or self.patterns or self.last_seen
+            self.profile
+            or self.tags
+            or self.seen
+            or self.fired
+            or self.first
+            or self.patterns
+            or self.last_seen
+            or self.journeys
         )
 
     def prune(self, now_ms: int, dedupe_horizon_ms: int) -> int:
@@ -131,9 +192,32 @@ class UserState:
                     latest = state.expires_ms
             for sid in gone:
                 del self.patterns[sid]
+        if self.journeys:
+            forever = self._prune_journeys(now_ms) or forever
         if self.last_seen:
             latest = max(latest, now_ms + LAST_SEEN_TTL_MS)
         return 0 if forever else max(latest - now_ms, 1)
+
+    def _prune_journeys(self, now_ms: int) -> bool:
+        """Drop finished instances whose goal window closed and marks nothing needs; True while any stay.
+
+        A waiting instance keeps the record for ever: its timer (of any length) needs it when it fires.
+        """
+        gone = []
+        for short, marks in self.journeys.items():
+            if marks.instances:
+                ended = [
+                    key
+                    for key, inst in marks.instances.items()
+                    if inst.node == FINISHED and inst.goal_by + GOAL_MARGIN_MS < now_ms
+                ]
+                for key in ended:
+                    del marks.instances[key]
+            if not marks.instances and marks.expires_ms != NEVER and marks.expires_ms < now_ms:
+                gone.append(short)
+        for short in gone:
+            del self.journeys[short]
+        return bool(self.journeys)
 
 
 def encode_user_state(state: UserState) -> bytes:
@@ -160,6 +244,16 @@ def encode_user_state(state: UserState) -> bytes:
         record["l"] = state.last_seen
     if state.patterns:
         record["x"] = {sid: ps.pack() for sid, ps in state.patterns.items()}
+    if state.journeys:
+        record["j"] = {
+            short: [
+                marks.entries,
+                marks.last_entry_ts,
+                marks.expires_ms,
+                {key: inst.pack() for key, inst in marks.instances.items()},
+            ]
+            for short, marks in state.journeys.items()
+        }
     return packb(record)
 
 
@@ -183,6 +277,10 @@ def decode_user_state(raw: bytes | None) -> UserState:
             first=dict(record.get("1") or {}),
             last_seen=int(record.get("l") or 0),
             patterns={sid: _decode_pattern(value, relative) for sid, value in (record.get("x") or {}).items()},
+            journeys={
+                short: JourneyMarks(entries, last, expires, {key: Instance(*inst) for key, inst in instances.items()})
+                for short, (entries, last, expires, instances) in (record.get("j") or {}).items()
+            },
         )
     except DecodeError:
         raise

@@ -18,6 +18,7 @@ STATE = "s"  # STRING: the packed user record (cep.user_record), written only by
 LEDGER = "acts"  # HASH action_id -> JSON action record (immutable)
 LEDGER_INDEX = "actx"  # ZSET action_id -> created_at
 LEDGER_STATUS = "astat"  # HASH action_id -> JSON delivery status
+TRACE = "trace"  # LIST of JSON trace entries, newest first (cep.trace)
 
 
 def user_key(partition: int, user_id: str, family: str) -> str:

@@ -63,9 +63,10 @@ class Worker:
     async def rule_index(self) -> RuleIndex:
         """The evaluator's view of the active rulesets, rebuilt only when the registry changed."""
         rulesets = await self._registry.refresh()
-        identity = tuple(id(compiled) for compiled in rulesets)
+        journeys = self._registry.journeys()
+        identity = tuple(id(compiled) for compiled in rulesets) + tuple(id(versions[-1]) for versions in journeys)
         if identity != self._index_of:
-            self._index, self._index_of = RuleIndex(rulesets), identity
+            self._index, self._index_of = RuleIndex(rulesets, journeys), identity
         return self._index
 
     async def run(self) -> None:

@@ -1,5 +1,3 @@
-# mypy: disable-error-code="func-returns-value"
-# (as for rules.schema: `return self.reject(...)` records an error and returns None on purpose)
 """Validate a journey document (decoded JSON) into `rules.journey_model` dataclasses, naming every problem.
 
 The journey parser is the ruleset parser (`rules.schema._Parser`) plus the journey's own fields: matchers,

@@ -1,4 +1,4 @@
-"""The per-process view of active rulesets: parsed and compiled, refreshed when storage changes."""
+"""The per-process view of active rulesets and journeys: parsed and compiled, refreshed when storage changes."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from beacon.errors import ValidationError
 
 # Re-exported: cep.evaluate and cep.dryrun import the compiled form from here.
 from rules.compiled import CompiledRuleset as CompiledRuleset
+from rules.journey_compiled import CompiledJourney
+from rules.journey_model import Journey
+from rules.journey_schema import parse_journey
 from rules.model import Ruleset
 from rules.schema import parse_ruleset
-from rules.store import RulesetStore
+from rules.store import JOURNEYS, RulesetStore
 
 log = logging.getLogger("beacon.rules")
 
@@ -23,20 +26,34 @@ def compile_ruleset(document: object, *, ruleset_id: str | None, lateness_ms: in
     return replace(parse_ruleset(document, ruleset_id=ruleset_id, default_lateness_ms=lateness_ms), version=version)
 
 
+def load_journey(document: object, *, journey_id: str | None, lateness_ms: int, version: int = 0) -> Journey:
+    """Validate a journey document fully (422s from `rules.journey_schema`)."""
+    return replace(parse_journey(document, journey_id=journey_id, default_lateness_ms=lateness_ms), version=version)
+
+
 class RulesetRegistry:
-    """Compiled active rulesets; `refresh()` is cheap when nothing changed (one GET)."""
+    """Compiled active rulesets and journeys (every kept version of each journey); `refresh()` is cheap
+    when nothing changed (one GET of the shared revision counter)."""
 
     def __init__(self, store: RulesetStore, default_lateness_ms: int) -> None:
         self._store = store
+        self._journey_store = RulesetStore(store.redis, JOURNEYS)
         self._lateness = default_lateness_ms
         self._revision = -1
         self._compiled: dict[str, CompiledRuleset] = {}
+        # journey id -> its kept versions, oldest first, the active one last
+        self._journeys: dict[str, tuple[CompiledJourney, ...]] = {}
+        self._journey_versions: dict[tuple[str, int], CompiledJourney] = {}
         self._lock = asyncio.Lock()
         self._reading: asyncio.Task[int] | None = None  # a revision read not sent yet, shared by its callers
 
     def current(self) -> list[CompiledRuleset]:
         """The compiled rulesets as of the last refresh."""
         return list(self._compiled.values())
+
+    def journeys(self) -> list[tuple[CompiledJourney, ...]]:
+        """Per active journey, its kept versions with the active one last, as of the last refresh."""
+        return list(self._journeys.values())
 
     def get(self, ruleset_id: str) -> CompiledRuleset | None:
         """One compiled ruleset by id, if active."""
@@ -63,9 +80,44 @@ class RulesetRegistry:
                     log.error("stored ruleset %s v%s no longer validates: %s", item.id, item.version, exc)
                     continue
                 log.info("compiled ruleset %s v%s (%d rules)", item.id, item.version, len(ruleset.rules))
+            self._journeys = await self._refresh_journeys()
             self._compiled, self._revision = fresh, revision
             metrics.set_active_rulesets(len(fresh))
             return self.current()
+
+    async def _refresh_journeys(self) -> dict[str, tuple[CompiledJourney, ...]]:
+        """Every active journey with its kept versions; versions compiled before are reused."""
+        _, stored = await self._journey_store.active()
+        fresh: dict[str, tuple[CompiledJourney, ...]] = {}
+        known: dict[tuple[str, int], CompiledJourney] = {}
+        for item in stored:
+            existing = self._journeys.get(item.id)
+            if existing is not None and existing[-1].journey.version == item.version:
+                fresh[item.id] = existing
+                known.update(((item.id, c.journey.version), c) for c in existing)
+                continue
+            documents = await self._journey_store.kept(item.id)
+            documents[item.version] = item.document
+            versions = []
+            for version in sorted(documents):
+                compiled = self._journey_versions.get((item.id, version))
+                if compiled is None:
+                    try:
+                        journey = load_journey(
+                            documents[version], journey_id=item.id, lateness_ms=self._lateness, version=version
+                        )
+                    except ValidationError as exc:
+                        log.error("stored journey %s v%s no longer validates: %s", item.id, version, exc)
+                        continue
+                    compiled = CompiledJourney.build(journey)
+                    log.info("compiled journey %s v%s (%d nodes)", item.id, version, len(journey.nodes))
+                known[(item.id, version)] = compiled
+                if version <= item.version:
+                    versions.append(compiled)
+            if versions and versions[-1].journey.version == item.version:
+                fresh[item.id] = tuple(versions)
+        self._journey_versions = known
+        return fresh
 
     async def _stored_revision(self) -> int:
         """The stored revision, read by one GET that every caller asking before it is sent shares.
@@ -86,8 +138,10 @@ class RulesetRegistry:
         return await self._store.revision()
 
     def close(self) -> None:
-        """Forget every compiled ruleset (the next refresh compiles afresh)."""
+        """Forget every compiled ruleset and journey (the next refresh compiles afresh)."""
         self._compiled.clear()
+        self._journeys.clear()
+        self._journey_versions.clear()
         self._revision = -1
 
 

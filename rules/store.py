@@ -1,8 +1,10 @@
-"""Ruleset storage in Redis (`b:{rs}:*`): versioned documents, the active index, a change counter.
+"""Ruleset and journey storage in Redis (`b:{rs}:*`): versioned documents, the active index, a change counter.
 
 Every PUT makes a new version number that is never reused, even after a delete, so action
 idempotency keys (which include the version) stay unique. Each process watches `rev` and recompiles
-when it moves: replacing a ruleset takes effect everywhere without a restart.
+when it moves: replacing a ruleset or a journey takes effect everywhere without a restart. Rulesets and
+journeys share the counter (one read tells a worker whether either changed) and keep their documents
+under their own prefixes (journeys: `b:{rs}:j:*`).
 """
 
 from __future__ import annotations
@@ -15,15 +17,28 @@ from redis.asyncio import Redis
 
 from beacon.errors import NotFoundError
 
-INDEX_KEY = "b:{rs}:index"  # HASH id -> JSON {"version", "updated_ms"} of the active version
-SEQ_KEY = "b:{rs}:seq"  # HASH id -> last version number handed out
-REV_KEY = "b:{rs}:rev"  # counter bumped on every change
+REV_KEY = "b:{rs}:rev"  # counter bumped on every change of a ruleset or a journey
 KEEP_VERSIONS = 20
+# Running journey instances finish on the version they started: versions are kept longer, and an
+# instance whose version was dropped (after this many newer ones) is cancelled.
+KEEP_JOURNEY_VERSIONS = 100
+RULESETS = ""  # key prefix of each kind of document
+JOURNEYS = "j:"
 
 
-def versions_key(ruleset_id: str) -> str:
-    """HASH version -> JSON {"document", "created_ms"} of one ruleset's kept versions."""
-    return f"b:{{rs}}:v:{ruleset_id}"
+def index_key(kind: str) -> str:
+    """HASH id -> JSON {"version", "updated_ms"} of each active document of a kind."""
+    return f"b:{{rs}}:{kind}index"
+
+
+def seq_key(kind: str) -> str:
+    """HASH id -> last version number handed out."""
+    return f"b:{{rs}}:{kind}seq"
+
+
+def versions_key(kind: str, document_id: str) -> str:
+    """HASH version -> JSON {"document", "created_ms"} of one document's kept versions."""
+    return f"b:{{rs}}:{kind}v:{document_id}"
 
 
 # KEYS[1] index, KEYS[2] seq, KEYS[3] rev, KEYS[4] versions of this ruleset
@@ -66,24 +81,28 @@ class StoredRuleset:
 
 
 class RulesetStore:
-    """Reads and writes rulesets; scripts registered once and called by SHA."""
+    """Reads and writes one kind of document (rulesets by default); scripts registered once, called by SHA."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, kind: str = RULESETS) -> None:
         self._redis = redis
+        self.redis = redis
+        self._kind = kind
+        self._keep = KEEP_JOURNEY_VERSIONS if kind == JOURNEYS else KEEP_VERSIONS
+        self._what = "journey" if kind == JOURNEYS else "ruleset"
         self._put = redis.register_script(PUT_SCRIPT)
         self._delete = redis.register_script(DELETE_SCRIPT)
 
     async def put(self, ruleset_id: str, document: dict[str, Any], now_ms: int) -> int:
         """Store a validated document as the new active version; returns the version number."""
         text = json.dumps({"document": document, "created_ms": now_ms}, ensure_ascii=False)
-        keys = [INDEX_KEY, SEQ_KEY, REV_KEY, versions_key(ruleset_id)]
-        return int(await self._put(keys=keys, args=[ruleset_id, text, now_ms, KEEP_VERSIONS]))
+        keys = [index_key(self._kind), seq_key(self._kind), REV_KEY, versions_key(self._kind, ruleset_id)]
+        return int(await self._put(keys=keys, args=[ruleset_id, text, now_ms, self._keep]))
 
     async def delete(self, ruleset_id: str) -> None:
         """Remove a ruleset and its versions; NotFoundError if it does not exist."""
-        removed = await self._delete(keys=[INDEX_KEY, REV_KEY, versions_key(ruleset_id)], args=[ruleset_id])
-        if not removed:
-            raise NotFoundError(f"no ruleset {ruleset_id!r}", path="id")
+        keys = [index_key(self._kind), REV_KEY, versions_key(self._kind, ruleset_id)]
+        if not await self._delete(keys=keys, args=[ruleset_id]):
+            raise NotFoundError(f"no {self._what} {ruleset_id!r}", path="id")
 
     async def revision(self) -> int:
         """The change counter (0 before the first change)."""
@@ -93,14 +112,14 @@ class RulesetStore:
         """The revision and every active ruleset, read in one transaction so they agree."""
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.get(REV_KEY)
-            pipe.hgetall(INDEX_KEY)
+            pipe.hgetall(index_key(self._kind))
             rev_raw, index = await pipe.execute()
         metas = {key.decode(): json.loads(value) for key, value in index.items()}
         if not metas:
             return int(rev_raw or 0), []
         async with self._redis.pipeline(transaction=False) as pipe:
             for ruleset_id, meta in metas.items():
-                pipe.hget(versions_key(ruleset_id), str(meta["version"]))
+                pipe.hget(versions_key(self._kind, ruleset_id), str(meta["version"]))
             docs = await pipe.execute()
         stored = []
         for (ruleset_id, meta), raw in zip(metas.items(), docs, strict=True):
@@ -112,18 +131,23 @@ class RulesetStore:
 
     async def get(self, ruleset_id: str, version: int | None = None) -> StoredRuleset:
         """The active (or a kept older) version of a ruleset; NotFoundError otherwise."""
-        meta_raw = await self._redis.hget(INDEX_KEY, ruleset_id)
+        meta_raw = await self._redis.hget(index_key(self._kind), ruleset_id)
         if meta_raw is None:
-            raise NotFoundError(f"no ruleset {ruleset_id!r}", path="id")
+            raise NotFoundError(f"no {self._what} {ruleset_id!r}", path="id")
         meta = json.loads(meta_raw)
         wanted = int(meta["version"]) if version is None else version
-        raw = await self._redis.hget(versions_key(ruleset_id), str(wanted))
+        raw = await self._redis.hget(versions_key(self._kind, ruleset_id), str(wanted))
         if raw is None:
-            raise NotFoundError(f"ruleset {ruleset_id!r} has no kept version {wanted}", path="version")
+            raise NotFoundError(f"{self._what} {ruleset_id!r} has no kept version {wanted}", path="version")
         body = json.loads(raw)
         return StoredRuleset(ruleset_id, wanted, body["document"], int(body["created_ms"]))
 
     async def versions(self, ruleset_id: str) -> list[int]:
         """Kept version numbers of a ruleset, oldest first."""
-        fields = await self._redis.hkeys(versions_key(ruleset_id))
+        fields = await self._redis.hkeys(versions_key(self._kind, ruleset_id))
         return sorted(int(field) for field in fields)
+
+    async def kept(self, document_id: str) -> dict[int, dict[str, Any]]:
+        """Every kept version's document of one id (journeys: running instances stay on their version)."""
+        raw = await self._redis.hgetall(versions_key(self._kind, document_id))
+        return {int(version): json.loads(body)["document"] for version, body in raw.items()}

@@ -1,0 +1,566 @@
+"""Journey instances stepped by events and timers: pure functions of (user state, event or timer, now).
+
+Called by the evaluator (`cep.evaluator`) for every event and journey timer, so live processing,
+dry-runs and backtests run journeys the same way. An instance lives in the user's record
+(`cep.user_record.Instance`); `do`, `branch` and `split` nodes run at once, a `wait` or `wait_for`
+node sets one timer in the partition's timer set and returns. Everything an instance does in one
+evaluation — its state, its actions, its timers, its counters — is committed in the partition owner's
+one atomic commit, so a crash between two steps neither skips nor repeats one: the batch is evaluated
+again from the committed state and produces the same ids (docs/journeys.md).
+
+Times are event times: a step starts at the time of the event or timer that moved the instance
+there; a wait is due at that time + its duration; a `wait_for` accepts events with
+`step_ts <= ts <= step_ts + timeout` until its timeout timer fires at `step_ts + timeout + lateness`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_left, insort
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from cep.correlation import correlation_key
+from cep.events import ORIGIN_ACTION, Event
+from cep.firing import ActionSource, CreatedAction, render_actions
+from cep.rule_index import JourneyEntry, JourneyMatch, RuleIndex
+from cep.user_record import FINISHED, NEVER, Instance, JourneyMarks, PatternState, UserState
+from rules.journey_compiled import CompiledJourney, HistoryShape, is_number
+from rules.journey_model import Branch, Do, Exit, Split, Wait, WaitFor
+from rules.predicates import NO_ATTRS, NO_TAGS
+
+TIMER_SEPARATOR = "\x1f"
+JOURNEY_TIMER = "j"
+# Nodes one evaluation may run for one instance: validation refuses cycles without a wait, so a walk
+# visits each node at most once between waits; this only guards against a bug.
+MAX_WALK = 1_000
+HISTORY_MARGIN_MS = 60_000  # behaviour history outlives its window by this much wall time
+_NO_HISTORY: list[Any] = []
+
+
+def journey_timer(user_id: str, journey_id: str, key: str, seq: int) -> str:
+    """The timer-set member of an instance's wait (or wait_for timeout) at step `seq`."""
+    return TIMER_SEPARATOR.join((JOURNEY_TIMER, user_id, journey_id, key, str(seq)))
+
+
+def counter_field(version: int, node: str, what: str) -> str:
+    """A per-version, per-node statistics field (node "" for the journey as a whole)."""
+    return f"{version}|{node}|{what}"
+
+
+@dataclass(slots=True)
+class JourneyFiring:
+    """Actions a journey's `do` node created for one instance."""
+
+    journey_id: str
+    version: int
+    node_id: str
+    user_id: str
+    trigger: Event
+    actions: tuple[CreatedAction, ...]
+
+
+class Journeys:
+    """Steps journey instances for one RuleIndex; holds no user state itself.
+
+    `effects` is the evaluator's `Effects`: the runner appends timers, firings, counters and trace
+    entries to it (typed loosely here to keep the import direction one way).
+    """
+
+    def __init__(self, index: RuleIndex) -> None:
+        self.index = index
+
+    # -- entry points ------------------------------------------------------------------------------
+
+    def on_event(self, state: UserState, event: Event, now_ms: int, effects: Any) -> list[Event]:
+        """Everything the event does to the user's journeys; returns the events tag actions caused."""
+        matches = self.index.journey_roles.get(event.type)
+        if state.journeys:
+            self._drop_retired(state, event.user_id, effects)
+        if not matches:
+            return []
+        by_journey: dict[str, list[JourneyMatch]] = {}
+        attrs = event.attrs
+        for match in matches:
+            if match.role.where(attrs, NO_ATTRS, NO_TAGS):
+                if match.role.role == "history":
+                    self._remember(state, self.index.histories[match.role.node], event, now_ms)
+                else:
+                    by_journey.setdefault(match.entry.id, []).append(match)
+        caused: list[Event] = []
+        for journey_id, found in by_journey.items():
+            entry = self.index.journeys[journey_id]
+            marks = state.journeys.get(entry.short_key)
+            if marks is not None and marks.instances:
+                for key in list(marks.instances):
+                    inst = marks.instances.get(key)
+                    if inst is not None:
+                        caused.extend(
+                            self._instance_event(state, entry, marks, key, inst, event, found, now_ms, effects)
+                        )
+            entering = [match for match in found if match.role.role == "entry"]
+            if entering:
+                caused.extend(self._enter(state, entry, event, now_ms, effects))
+        return caused
+
+    def on_timer(self, state: UserState, member: str, due_ms: int, now_ms: int, effects: Any) -> list[Event]:
+        """An instance's wait ended or its wait_for timed out; a stale timer (the instance moved) does nothing."""
+        _, user_id, journey_id, key, seq_text = member.split(TIMER_SEPARATOR)
+        entry = self.index.journeys.get(journey_id)
+        if entry is None:
+            self._drop_retired(state, user_id, effects)
+            return []
+        marks = state.journeys.get(entry.short_key)
+        inst = marks.instances.get(key) if marks is not None else None
+        if marks is None or inst is None or inst.seq != int(seq_text) or inst.node == FINISHED:
+            return []
+        compiled = entry.versions.get(inst.version)
+        if compiled is None:
+            return self._retire(state, entry.id, marks, key, inst, user_id, effects, "version_gone")
+        node_id = compiled.node_ids[inst.node]
+        node = compiled.journey.nodes[node_id]
+        inst.due = 0
+        trigger = Event(f"due:{member}", user_id, "journey_timer", due_ms, {}, due_ms, ORIGIN_ACTION)
+        _count(effects, entry.id, inst.version, node_id, "waiting", -1)
+        if isinstance(node, WaitFor):
+            at = inst.step_ts + node.timeout_ms
+            _count(effects, entry.id, inst.version, node_id, "left:timeout", 1)
+            _trace(effects, user_id, at, entry.id, inst.version, node_id, "timeout", key=key)
+            return self._walk(state, entry, compiled, marks, key, inst, node.on_timeout, at, trigger, now_ms, effects)
+        assert isinstance(node, Wait)
+        _trace(effects, user_id, due_ms, entry.id, inst.version, node_id, "wait_over", key=key)
+        return self._walk(state, entry, compiled, marks, key, inst, node.next, due_ms, trigger, now_ms, effects)
+
+    # -- one event against one instance ------------------------------------------------------------
+
+    def _instance_event(
+        self,
+        state: UserState,
+        entry: JourneyEntry,
+        marks: JourneyMarks,
+        key: str,
+        inst: Instance,
+        event: Event,
+        found: list[JourneyMatch],
+        now_ms: int,
+        effects: Any,
+    ) -> list[Event]:
+        compiled = entry.versions.get(inst.version)
+        if compiled is None:
+            return self._retire(state, entry.id, marks, key, inst, event.user_id, effects, "version_gone")
+        mine = [match for match in found if match.compiled is compiled]
+        if not mine or event.ts < inst.entry_ts:
+            return []  # events older than the instance do not act on it
+        journey = compiled.journey
+        if inst.goal_by and event.ts <= inst.goal_by and any(m.role.role == "goal" for m in mine):
+            inst.goal_by = 0
+            _count(effects, entry.id, inst.version, "", "converted", 1)
+            for index in inst.visited:
+                _count(effects, entry.id, inst.version, compiled.node_ids[index], "converted", 1)
+            _trace(effects, event.user_id, event.ts, entry.id, inst.version, "", "converted", event=event.event_id)
+            if inst.node == FINISHED:
+                del marks.instances[key]
+                return []
+        if inst.node == FINISHED:
+            return []
+        node_id = compiled.node_ids[inst.node]
+        if any(m.role.role == "exit" for m in mine):
+            self._stop_waiting(effects, entry.id, event.user_id, key, inst, node_id)
+            _count(effects, entry.id, inst.version, node_id, "exited", 1)
+            _count(effects, entry.id, inst.version, "", "exited", 1)
+            _trace(
+                effects, event.user_id, event.ts, entry.id, inst.version, node_id, "exit_event", event=event.event_id
+            )
+            self._finish(marks, key, inst)
+            return []
+        node = journey.nodes[node_id]
+        if not isinstance(node, WaitFor) or not inst.step_ts <= event.ts <= inst.step_ts + node.timeout_ms:
+            return []
+        for match in mine:
+            role = match.role
+            if role.role != "arm" or role.node != node_id:
+                continue
+            arm = node.arms[role.arm]
+            if any(not _same(inst.attrs.get(name), event.attrs.get(name)) for name in arm.correlate):
+                continue
+            self._stop_waiting(effects, entry.id, event.user_id, key, inst, node_id)
+            _count(effects, entry.id, inst.version, node_id, f"left:{arm.match.event}", 1)
+            _trace(effects, event.user_id, event.ts, entry.id, inst.version, node_id, "event", event=event.event_id)
+            return self._walk(state, entry, compiled, marks, key, inst, arm.next, event.ts, event, now_ms, effects)
+        return []
+
+    def _enter(self, state: UserState, entry: JourneyEntry, event: Event, now_ms: int, effects: Any) -> list[Event]:
+        compiled = entry.active
+        journey = compiled.journey
+        user_id, version = event.user_id, journey.version
+        key = correlation_key(journey.key, event.attrs)
+        if key is None:
+            return _blocked(effects, user_id, event, entry.id, version, "missing_key")
+        marks = state.journeys.get(entry.short_key)
+        if marks is not None:
+            live = marks.instances.get(key)
+            if live is not None and live.node != FINISHED:
+                return _blocked(effects, user_id, event, entry.id, version, "already_in_journey")
+            reentry = journey.reentry
+            if marks.entries and (
+                reentry.policy == "once"
+                or (reentry.policy == "max" and marks.entries >= reentry.max_entries)
+                or (reentry.policy == "once_per" and event.ts < marks.last_entry_ts + reentry.period_ms)
+            ):
+                return _blocked(effects, user_id, event, entry.id, version, f"reentry_{reentry.policy}")
+        else:
+            marks = state.journeys[entry.short_key] = JourneyMarks()
+        marks.entries += 1
+        marks.last_entry_ts = max(marks.last_entry_ts, event.ts)
+        policy = journey.reentry.policy
+        if policy == "once_per":
+            marks.expires_ms = now_ms + journey.reentry.period_ms + HISTORY_MARGIN_MS
+        elif policy == "always":
+            marks.expires_ms = 1  # nothing to remember once its instances are gone
+        else:
+            marks.expires_ms = NEVER
+        attrs = {name: event.attrs[name] for name in compiled.kept_fields if name in event.attrs}
+        goal_by = event.ts + journey.goal.within_ms if journey.goal is not None else 0
+        inst = marks.instances[key] = Instance(
+            version, FINISHED, event.ts, 0, event.event_id, event.ts, attrs, [], goal_by
+        )
+        _count(effects, entry.id, version, "", "entered", 1)
+        _trace(effects, user_id, event.ts, entry.id, version, "", "entered", event=event.event_id, key=key)
+        return self._walk(state, entry, compiled, marks, key, inst, journey.start, event.ts, event, now_ms, effects)
+
+    # -- walking the graph -------------------------------------------------------------------------
+
+    def _walk(
+        self,
+        state: UserState,
+        entry: JourneyEntry,
+        compiled: CompiledJourney,
+        marks: JourneyMarks,
+        key: str,
+        inst: Instance,
+        node_id: str | None,
+        at: int,
+        trigger: Event,
+        now_ms: int,
+        effects: Any,
+    ) -> list[Event]:
+        """Run nodes from `node_id` at event time `at` until the instance waits or ends."""
+        journey, user_id, version = compiled.journey, trigger.user_id, inst.version
+        caused: list[Event] = []
+        for _ in range(MAX_WALK):
+            if node_id is None:
+                self._end(effects, entry.id, compiled, marks, key, inst)
+                return caused
+            node = journey.nodes[node_id]
+            index = compiled.node_index[node_id]
+            inst.seq += 1
+            inst.node = index
+            if index not in inst.visited:
+                insort(inst.visited, index)
+            _count(effects, entry.id, version, node_id, "entered", 1)
+            if isinstance(node, Do):
+                caused.extend(
+                    self._do(state, entry.id, compiled, node_id, node, key, inst, user_id, at, trigger, now_ms, effects)
+                )
+                node_id = node.next
+            elif isinstance(node, Wait):
+                due = wait_due(node, at, state.profile)
+                if due is None or due <= at:
+                    reason = "profile_date_missing" if due is None else "date_passed"
+                    _trace(effects, user_id, at, entry.id, version, node_id, "wait_skipped", reason=reason)
+                    node_id = node.next
+                    continue
+                self._start_waiting(effects, entry.id, user_id, key, inst, node_id, at, due)
+                return caused
+            elif isinstance(node, WaitFor):
+                self._start_waiting(
+                    effects, entry.id, user_id, key, inst, node_id, at, at + node.timeout_ms + journey.lateness_ms
+                )
+                return caused
+            elif isinstance(node, Branch):
+                node_id, label = self._branch(state, compiled, node_id, node, inst, at)
+                _count(effects, entry.id, version, compiled.node_ids[index], f"left:{label}", 1)
+                _trace(effects, user_id, at, entry.id, version, compiled.node_ids[index], "branch", taken=label)
+            elif isinstance(node, Split):
+                arm_index = split_arm(node, user_id, entry.id, node_id)
+                arm = node.arms[arm_index]
+                label = "holdout" if arm.holdout else f"arm{arm_index}"
+                _count(effects, entry.id, version, node_id, f"left:{label}", 1)
+                _trace(effects, user_id, at, entry.id, version, node_id, "split", taken=label)
+                if arm.holdout:
+                    self._end(effects, entry.id, compiled, marks, key, inst)
+                    return caused
+                node_id = arm.next
+            else:
+                assert isinstance(node, Exit)
+                self._end(effects, entry.id, compiled, marks, key, inst)
+                return caused
+        raise RuntimeError(f"journey {entry.id!r} ran {MAX_WALK} nodes without waiting")
+
+    def _do(
+        self,
+        state: UserState,
+        journey_id: str,
+        compiled: CompiledJourney,
+        node_id: str,
+        node: Do,
+        key: str,
+        inst: Instance,
+        user_id: str,
+        at: int,
+        trigger: Event,
+        now_ms: int,
+        effects: Any,
+    ) -> list[Event]:
+        version = inst.version
+        entry_event = Event(inst.entry_id, user_id, "", inst.entry_ts, inst.attrs, trigger.received_ms)
+        source = ActionSource(
+            {
+                "ruleset_id": journey_id,
+                "ruleset_version": version,
+                "rule_id": node_id,
+                "journey_id": journey_id,
+                "node_id": node_id,
+                "source": "journey",
+            },
+            ("journey", journey_id, str(version), node_id, user_id, inst.entry_id, key, str(inst.seq)),
+        )
+        context = {
+            "event": {**inst.attrs, "ts": inst.entry_ts, "event_id": inst.entry_id},
+            "profile": dict(state.profile),
+            "user_id": user_id,
+            "rule_id": node_id,
+            "ruleset_id": journey_id,
+        }
+        # Actions are due relative to the step's time (a delayed action after a wait counts from its end).
+        step = Event(
+            trigger.event_id, user_id, trigger.type, at, entry_event.attrs, trigger.received_ms, trigger.origin
+        )
+        actions = render_actions(source, node.actions, compiled.renderers[node_id], context, step, now_ms)
+        effects.journey_firings.append(JourneyFiring(journey_id, version, node_id, user_id, step, actions))
+        _trace(effects, user_id, at, journey_id, version, node_id, "actions", actions=[a.action_id for a in actions])
+        caused: list[Event] = []
+        for action in actions:
+            if action.timer_due is not None:
+                member = TIMER_SEPARATOR.join(("d", user_id, action.action_id, "journey:" + journey_id))
+                effects.timers_added.append((action.timer_due, member))
+            if action.record["type"] != "tag":
+                continue
+            params = action.record["params"]
+            for tag in params.get("add") or ():
+                if tag not in state.tags:
+                    state.tags.add(tag)
+                    caused.append(_tag_event(step, action.action_id, "tag_added", tag))
+            for tag in params.get("remove") or ():
+                if tag in state.tags:
+                    state.tags.discard(tag)
+                    caused.append(_tag_event(step, action.action_id, "tag_removed", tag))
+        return caused
+
+    def _branch(
+        self, state: UserState, compiled: CompiledJourney, node_id: str, node: Branch, inst: Instance, at: int
+    ) -> tuple[str | None, str]:
+        def history(shape_id: str) -> list[Any]:
+            pattern = state.patterns.get(shape_id)
+            return pattern.parts.get("h", {}).get("_", _NO_HISTORY) if pattern is not None else _NO_HISTORY
+
+        for index, (arm, check) in enumerate(zip(node.arms, compiled.conditions[node_id], strict=True)):
+            if check(inst.attrs, state.profile, state.tags, history, at):
+                return arm.next, f"arm{index}"
+        return node.otherwise, "else"
+
+    # -- instance bookkeeping ----------------------------------------------------------------------
+
+    def _start_waiting(
+        self, effects: Any, journey_id: str, user_id: str, key: str, inst: Instance, node_id: str, at: int, due: int
+    ) -> None:
+        inst.step_ts, inst.due = at, due
+        effects.timers_added.append((due, journey_timer(user_id, journey_id, key, inst.seq)))
+        _count(effects, journey_id, inst.version, node_id, "waiting", 1)
+        _trace(effects, user_id, at, journey_id, inst.version, node_id, "timer_set", due=due)
+
+    def _stop_waiting(
+        self, effects: Any, journey_id: str, user_id: str, key: str, inst: Instance, node_id: str
+    ) -> None:
+        if inst.due:
+            effects.timers_removed.append(journey_timer(user_id, journey_id, key, inst.seq))
+            _trace(effects, user_id, inst.step_ts, journey_id, inst.version, node_id, "timer_cancelled")
+            _count(effects, journey_id, inst.version, node_id, "waiting", -1)
+            inst.due = 0
+
+    def _end(
+        self, effects: Any, journey_id: str, compiled: CompiledJourney, marks: JourneyMarks, key: str, inst: Instance
+    ) -> None:
+        """The instance's path ended at its current node (an exit node, a holdout arm, a missing `next`)."""
+        _count(effects, journey_id, inst.version, compiled.node_ids[inst.node], "exited", 1)
+        _count(effects, journey_id, inst.version, "", "completed", 1)
+        self._finish(marks, key, inst)
+
+    @staticmethod
+    def _finish(marks: JourneyMarks, key: str, inst: Instance) -> None:
+        """The instance's path ended: it stays only to watch its goal."""
+        inst.node = FINISHED
+        if not inst.goal_by:
+            del marks.instances[key]
+
+    def _retire(
+        self,
+        state: UserState,
+        journey_id: str,
+        marks: JourneyMarks,
+        key: str,
+        inst: Instance,
+        user_id: str,
+        effects: Any,
+        reason: str,
+    ) -> list[Event]:
+        if inst.due:
+            effects.timers_removed.append(journey_timer(user_id, journey_id, key, inst.seq))
+        _trace(effects, user_id, inst.step_ts, journey_id, inst.version, "", "cancelled", reason=reason)
+        del marks.instances[key]
+        return []
+
+    def _drop_retired(self, state: UserState, user_id: str, effects: Any) -> None:
+        """Instances of deleted journeys are cancelled when their user is next touched (timers included)."""
+        gone = [short for short in state.journeys if short not in self.index.journey_by_short]
+        for short in gone:
+            # A waiting instance's timer stays in the set (its member names the journey by id, which the
+            # record does not keep) and does nothing when it fires.
+            marks = state.journeys.pop(short)
+            for key, inst in marks.instances.items():
+                _trace(
+                    effects, user_id, inst.step_ts, "", inst.version, "", "cancelled", reason="journey_deleted", key=key
+                )
+
+    def _remember(self, state: UserState, shape: HistoryShape, event: Event, now_ms: int) -> None:
+        """Keep a behaviour-history event (count or sum) for branches that read it."""
+        if shape.sum_field is not None:
+            raw = event.attrs.get(shape.sum_field)
+            if not is_number(raw):
+                return
+        pattern = state.patterns.get(shape.id)
+        if pattern is None:
+            pattern = state.patterns[shape.id] = PatternState(event.ts, 0)
+        elif event.ts > pattern.watermark:
+            pattern.watermark = event.ts
+        pattern.expires_ms = now_ms + shape.window_ms + HISTORY_MARGIN_MS
+        pattern.packed = None
+        items = pattern.parts.setdefault("h", {}).setdefault("_", [])
+        if shape.sum_field is None:
+            insort(items, event.ts)
+            cut = bisect_left(items, pattern.watermark - shape.window_ms)
+        else:
+            insort(items, [event.ts, raw], key=_first)
+            cut = bisect_left(items, pattern.watermark - shape.window_ms, key=_first)
+        cut = max(cut, len(items) - shape.keep)
+        if cut > 0:
+            del items[:cut]
+
+
+def wait_due(node: Wait, at: int, profile: Mapping[str, Any]) -> int | None:
+    """When a `wait` started at event time `at` ends; None when its profile date is missing or unreadable."""
+    if node.duration_ms is not None:
+        return at + node.duration_ms
+    zone = ZoneInfo(node.tz)
+    if node.until is not None:
+        hour, minute = node.until
+        local = datetime.fromtimestamp(at / 1000, zone)
+        candidate = datetime(local.year, local.month, local.day, hour, minute, tzinfo=zone)
+        if candidate <= local:
+            day = local.date() + timedelta(days=1)
+            candidate = datetime(day.year, day.month, day.day, hour, minute, tzinfo=zone)
+        return int(candidate.timestamp() * 1000)
+    assert node.until_profile is not None
+    return profile_time(profile.get(node.until_profile), zone)
+
+
+def profile_time(value: Any, zone: ZoneInfo) -> int | None:
+    """A profile date as ms: an integer (ms since the epoch), an ISO date (midnight in `zone`) or datetime."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, str):
+        return None
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            return int(datetime(day.year, day.month, day.day, tzinfo=zone).timestamp() * 1000)
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone)
+    return int(moment.timestamp() * 1000)
+
+
+def split_arm(node: Split, user_id: str, journey_id: str, node_id: str) -> int:
+    """The arm of a split a user takes: a hash of (user, journey, node, salt), stable across re-entry."""
+    material = TIMER_SEPARATOR.join((user_id, journey_id, node_id, node.salt)).encode()
+    point = int.from_bytes(hashlib.blake2b(material, digest_size=8).digest(), "big") / 2**64
+    total = sum(arm.weight for arm in node.arms)
+    running = 0.0
+    for index, arm in enumerate(node.arms):
+        running += arm.weight
+        if point * total < running:
+            return index
+    return len(node.arms) - 1
+
+
+def _same(left: Any, right: Any) -> bool:
+    """Correlation equality: both present and equal as correlation values (3 and 3.0 meet)."""
+    if left is None or right is None:
+        return False
+    return correlation_key(("x",), {"x": left}) == correlation_key(("x",), {"x": right})
+
+
+def _first(item: list[Any]) -> Any:
+    return item[0]
+
+
+def _count(effects: Any, journey_id: str, version: int, node: str, what: str, delta: int) -> None:
+    counts: dict[tuple[str, str], int] = effects.journey_counts
+    field = (journey_id, counter_field(version, node, what))
+    counts[field] = counts.get(field, 0) + delta
+
+
+def _trace(
+    effects: Any, user_id: str, ts: int, journey_id: str, version: int, node: str, what: str, **details: Any
+) -> None:
+    if effects.trace is not None:
+        effects.trace.append(
+            (
+                user_id,
+                {
+                    "kind": "journey",
+                    "ts": ts,
+                    "journey_id": journey_id,
+                    "version": version,
+                    "node": node,
+                    "what": what,
+                    **details,
+                },
+            )
+        )
+
+
+def _blocked(effects: Any, user_id: str, event: Event, journey_id: str, version: int, reason: str) -> list[Event]:
+    _count(effects, journey_id, version, "", f"blocked:{reason}", 1)
+    _trace(effects, user_id, event.ts, journey_id, version, "", "not_entered", reason=reason, event=event.event_id)
+    return []
+
+
+def _tag_event(cause: Event, action_id: str, event_type: str, tag: str) -> Event:
+    # Deterministic id (the action's): a batch processed again after a crash emits the same event.
+    return Event(
+        event_id=f"{event_type}:{tag}:{action_id}",
+        user_id=cause.user_id,
+        type=event_type,
+        ts=cause.ts,
+        attrs={"tag": tag, "cause_event_id": cause.event_id},
+        received_ms=cause.received_ms,
+        origin=ORIGIN_ACTION,
+    )

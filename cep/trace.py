@@ -1,0 +1,29 @@
+"""The per-user trace (`b:{p:<n>}:u:<user>:trace`, a capped LIST, newest first): every evaluation of rules
+and journeys for the user — matched or not and why, branch taken, timer set / fired / cancelled, actions.
+
+The evaluator produces entries (`Effects.trace`); the partition owner's commit pushes them in the same
+atomic call as the state they describe, trims the list to the configured depth and lets it expire
+with the dedupe horizon. `GET /v1/users/{id}/trace` reads it and adds the outcome of each action.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from redis.asyncio import Redis
+
+from cep.events import partition_of
+from cep.user_state import TRACE, user_key
+
+
+def encode_entry(entry: dict[str, Any]) -> str:
+    """One trace entry as stored (JSON: read by people as much as by code)."""
+    return json.dumps(entry, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+async def read_trace(redis: Redis, partitions: int, user_id: str, limit: int) -> list[dict[str, Any]]:
+    """The user's newest `limit` trace entries, newest first."""
+    key = user_key(partition_of(user_id, partitions), user_id, TRACE)
+    raws = await redis.lrange(key, 0, limit - 1)
+    return [json.loads(raw) for raw in raws]

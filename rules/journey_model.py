@@ -1,0 +1,194 @@
+"""The validated journey, as frozen dataclasses: what `rules.journey_schema` builds and the core reads.
+
+A journey is a graph of named nodes that an *instance* walks, one per user and instance key: it
+starts at `start` when an entry event arrives, runs `do` / `branch` / `split` nodes at once, and
+stops at a `wait` or `wait_for` node until a timer or a matching event moves it on. A node without
+`next` (and every `exit` node) ends the instance. Durations are integers in milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from rules.model import Action, CompareOp, Matcher, Predicate
+
+
+@dataclass(frozen=True, slots=True)
+class Behaviour:
+    """A behaviour condition in a branch: what the user did in the `within_ms` before the branch runs.
+
+    `did` with `count` ops: the number of matching events compared with `value` (default `>= 1`);
+    `did_not`: no matching event; `sum`: the sum of `sum_field` over the matching events, compared.
+    """
+
+    kind: Literal["did", "did_not", "sum"]
+    match: Matcher
+    within_ms: int
+    op: CompareOp = ">="
+    value: float = 1
+    sum_field: str | None = None
+
+
+# A branch condition: a rule predicate (its `field` leaves read the entry event's attributes), or a
+# behaviour condition, combined with all / any / not like any predicate.
+@dataclass(frozen=True, slots=True)
+class BranchAll:
+    """`{"all": [...]}` over branch conditions."""
+
+    items: tuple[Condition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BranchAny:
+    """`{"any": [...]}` over branch conditions."""
+
+    items: tuple[Condition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BranchNot:
+    """`{"not": C}` over a branch condition."""
+
+    item: Condition
+
+
+Condition = Predicate | Behaviour | BranchAll | BranchAny | BranchNot
+
+
+@dataclass(frozen=True, slots=True)
+class Do:
+    """Run actions (the same action language and connectors as rules), then go on at once."""
+
+    actions: tuple[Action, ...]
+    next: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Wait in event time: a duration, until a local time of day, or until a date in the profile.
+
+    Exactly one of `duration_ms`, `until` ((hour, minute) in `tz`) and `until_profile` is set.
+    """
+
+    duration_ms: int | None = None
+    until: tuple[int, int] | None = None
+    until_profile: str | None = None
+    tz: str = "UTC"
+    next: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WaitArm:
+    """One awaited event of a `wait_for`; `correlate` attributes must equal the entry event's."""
+
+    match: Matcher
+    next: str | None = None
+    correlate: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WaitFor:
+    """Wait for the first of several events, for at most `timeout_ms`, then `on_timeout`."""
+
+    arms: tuple[WaitArm, ...]
+    timeout_ms: int
+    on_timeout: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BranchArm:
+    """`{"if": condition, "next": node}`: the first arm whose condition holds is taken."""
+
+    condition: Condition
+    next: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Branch:
+    """Take the first arm whose condition holds, else `otherwise` (`"else"` in JSON)."""
+
+    arms: tuple[BranchArm, ...]
+    otherwise: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SplitArm:
+    """A weighted arm of a split; a `holdout` arm acts on nobody (the baseline for lift)."""
+
+    weight: float
+    next: str | None = None
+    holdout: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Assign each instance to an arm by a hash of (user, journey, node, salt): stable, storage-free."""
+
+    arms: tuple[SplitArm, ...]
+    salt: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """End the instance here."""
+
+
+Node = Do | Wait | WaitFor | Branch | Split | Exit
+NODE_KINDS = ("do", "wait", "until", "until_profile", "wait_for", "branch", "split", "exit")
+
+
+@dataclass(frozen=True, slots=True)
+class JourneyReentry:
+    """How often a user may enter: `once` ever, `once_per` `period_ms`, `always`, or `max` entries ever.
+
+    Whatever the policy, a user has at most one live instance per instance key.
+    """
+
+    policy: Literal["once", "once_per", "always", "max"]
+    period_ms: int = 0
+    max_entries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Goal:
+    """A conversion: a matching event within `within_ms` of entering, counted once per instance."""
+
+    match: Matcher
+    within_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Journey:
+    """A validated journey document. `version` is 0 until storage assigns one.
+
+    `entry` is the event that starts an instance; `entry_segment` is the hook for segment entry (the
+    audiences work) and is refused by validation until segments exist.
+    """
+
+    id: str
+    start: str
+    nodes: dict[str, Node]
+    entry: Matcher | None
+    reentry: JourneyReentry
+    key: tuple[str, ...] = ()
+    exits: tuple[Matcher, ...] = ()
+    goal: Goal | None = None
+    entry_segment: str | None = None
+    tz: str = "UTC"
+    lateness_ms: int = 2_000
+    description: str = ""
+    version: int = 0
+
+
+def successors(node: Node) -> tuple[str | None, ...]:
+    """Every node a node can go to (None: the instance ends), in the document's order."""
+    if isinstance(node, Do | Wait):
+        return (node.next,)
+    if isinstance(node, WaitFor):
+        return (*(arm.next for arm in node.arms), node.on_timeout)
+    if isinstance(node, Branch):
+        return (*(arm.next for arm in node.arms), node.otherwise)
+    if isinstance(node, Split):
+        return tuple(None if arm.holdout else arm.next for arm in node.arms)
+    return ()
