@@ -147,9 +147,12 @@ def on_journey(journey_id: str, node: str, outcome: str, count: int) -> None:
     JOURNEY_INSTANCES.labels(journey_id, node, outcome).inc(count)
 
 
-def set_journey_waiting(journey_id: str, waiting: int) -> None:
-    """Instances of a journey waiting now (from its statistics, refreshed by `beacon serve`)."""
-    JOURNEY_WAITING.labels(journey_id).set(waiting)
+def set_journey_waiting(journey_id: str, waiting: int | None) -> None:
+    """Instances of a journey waiting now (from its statistics); None: the journey is gone, drop its series."""
+    if waiting is None:
+        JOURNEY_WAITING.remove(journey_id)
+    else:
+        JOURNEY_WAITING.labels(journey_id).set(waiting)
 
 
 def on_rule_fired(ruleset_id: str, rule_id: str, count: int = 1) -> None:

@@ -25,6 +25,7 @@ from beacon.redis_errors import REFUSALS, describe, is_redis_trouble
 from beacon.settings import Settings
 from cep import scripts, streams
 from cep.commit import COMMIT_SCRIPT
+from cep.journey_stats import read_counts, waiting_now
 from cep.layout import check_layout
 from cep.ownership import MEMBERS_SCRIPT, PARTITION_LEASE_SCRIPT
 from cep.partition_owner import OwnerLimits
@@ -151,7 +152,7 @@ async def open_services(
             )
             services.tasks.append(asyncio.create_task(delivery, name="connectors"))
         services.tasks.append(
-            asyncio.create_task(_report_lag(redis, settings.partitions, services.stopping), name="lag")
+            asyncio.create_task(_report_gauges(redis, settings.partitions, registry, services.stopping), name="gauges")
         )
         services.health = HealthMonitor(
             redis,
@@ -255,10 +256,19 @@ async def stop_tasks(tasks: list[asyncio.Task[None]], stopping: asyncio.Event, g
             log.error("background task %s had failed: %r", task.get_name(), task.exception())
 
 
-async def _report_lag(redis: Redis, partitions: int, stopping: asyncio.Event) -> None:
+async def _report_gauges(redis: Redis, partitions: int, registry: RulesetRegistry, stopping: asyncio.Event) -> None:
+    """Gauges read from Redis now and then: the stream backlog and each journey's waiting instances."""
+    reported: set[str] = set()
     while not stopping.is_set():
         try:
             metrics.set_stream_lag(await streams.backlog(redis, partitions))
+            active = {versions[-1].journey.id for versions in registry.journeys()}
+            for journey_id in sorted(active):
+                counts = await read_counts(redis, partitions, journey_id)
+                metrics.set_journey_waiting(journey_id, waiting_now(counts))
+            for journey_id in reported - active:
+                metrics.set_journey_waiting(journey_id, None)
+            reported = active
         except Exception as exc:  # a metrics loop must outlive a Redis hiccup
-            log.debug("lag report failed: %s", exc)
+            log.debug("gauge report failed: %s", exc)
         await pause(stopping, LAG_EVERY_S)

@@ -45,6 +45,11 @@ async def delete_counts(redis: Redis, partitions: int, journey_id: str) -> None:
         await pipe.execute()
 
 
+def waiting_now(counts: dict[str, int]) -> int:
+    """Instances waiting now, over every version and node."""
+    return sum(value for field, value in counts.items() if field.endswith("|waiting"))
+
+
 def stats_view(counts: dict[str, int]) -> dict[str, Any]:
     """The counts shaped per version and node: `{"versions": {v: {"journey": {...}, "nodes": {id: {...}}}}}`.
 

@@ -160,6 +160,10 @@ class Journeys:
             _count(effects, entry.id, inst.version, "", "converted", 1)
             for index in inst.visited:
                 _count(effects, entry.id, inst.version, compiled.node_ids[index], "converted", 1)
+            for place in range(0, len(inst.arms), 2):
+                split_id, arm_index = compiled.node_ids[inst.arms[place]], inst.arms[place + 1]
+                label = _arm_label(compiled, split_id, arm_index)
+                _count(effects, entry.id, inst.version, split_id, f"converted:{label}", 1)
             _trace(effects, event.user_id, event.ts, entry.id, inst.version, "", "converted", event=event.event_id)
             if inst.node == FINISHED:
                 del marks.instances[key]
@@ -287,7 +291,8 @@ class Journeys:
             elif isinstance(node, Split):
                 arm_index = split_arm(node, user_id, entry.id, node_id)
                 arm = node.arms[arm_index]
-                label = "holdout" if arm.holdout else f"arm{arm_index}"
+                label = _arm_label(compiled, node_id, arm_index)
+                inst.arms.extend((index, arm_index))
                 _count(effects, entry.id, version, node_id, f"left:{label}", 1)
                 _trace(effects, user_id, at, entry.id, version, node_id, "split", taken=label)
                 if arm.holdout:
@@ -515,6 +520,13 @@ def _same(left: Any, right: Any) -> bool:
     if left is None or right is None:
         return False
     return correlation_key(("x",), {"x": left}) == correlation_key(("x",), {"x": right})
+
+
+def _arm_label(compiled: CompiledJourney, split_id: str, arm_index: int) -> str:
+    """How statistics name a split's arm: `holdout`, else `arm<i>` (its place in the document)."""
+    node = compiled.journey.nodes[split_id]
+    assert isinstance(node, Split)
+    return "holdout" if node.arms[arm_index].holdout else f"arm{arm_index}"
 
 
 def _first(item: list[Any]) -> Any:

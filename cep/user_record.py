@@ -83,6 +83,8 @@ class Instance:
     visited: list[int]
     goal_by: int = 0
     due: int = 0  # the pending timer's due time (0: none)
+    # [split node index, arm index, ...] of the splits passed: conversions are counted per arm (A/B lift).
+    arms: list[int] = field(default_factory=list)
 
     def pack(self) -> list[Any]:
         """The stored form: a plain list."""
@@ -97,6 +99,7 @@ class Instance:
             self.visited,
             self.goal_by,
             self.due,
+            self.arms,
         ]
 
 
