@@ -83,10 +83,35 @@ OPENAPI: dict[str, Any] = {
                 ],
             }
         },
+        "/v1/journeys": {"get": _op("List active journeys", "rules")},
+        "/v1/journeys:validate": {"post": _op("Validate a journey without storing it", "rules", "Journey")},
+        "/v1/journeys/{id}": {
+            "parameters": _ID_PARAM,
+            "get": _op("A journey's active (or ?version=N) document", "rules"),
+            "put": _op("Store a new version (running instances stay on theirs)", "rules", "Journey"),
+            "delete": _op("Delete a journey and cancel its instances", "rules"),
+        },
+        "/v1/journeys/{id}:dry-run": {
+            "parameters": _ID_PARAM,
+            "post": _op("Run a journey on events with a simulated clock", "rules", "DryRunBody"),
+        },
+        "/v1/journeys/{id}/stats": {
+            "parameters": _ID_PARAM,
+            "get": _op("Per version and node: entered, waiting, left by branch, exited, converted", "rules"),
+        },
         "/v1/users/{user_id}": {
             "parameters": _USER_PARAM,
-            "get": _op("Profile, tags and live rule state", "events"),
+            "get": _op("Profile, tags, live rule state and journey instances", "events"),
             "patch": _op("Set attributes and tags", "events", "ProfilePatch"),
+        },
+        "/v1/users/{user_id}/trace": {
+            "parameters": _USER_PARAM,
+            "get": {
+                **_op("Every evaluation of rules and journeys for the user, newest first", "events"),
+                "parameters": [
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000}}
+                ],
+            },
         },
         "/v1/actions": {
             "get": {
@@ -152,6 +177,7 @@ OPENAPI: dict[str, Any] = {
                 ]
             },
             "Ruleset": {"type": "object", "description": "See README: the ruleset language"},
+            "Journey": {"type": "object", "description": "See docs/journeys.md: the journey language"},
             "DryRunBody": {
                 "type": "object",
                 "required": ["events"],
