@@ -152,7 +152,10 @@ async def open_services(
             )
             services.tasks.append(asyncio.create_task(delivery, name="connectors"))
         services.tasks.append(
-            asyncio.create_task(_report_gauges(redis, settings.partitions, registry, services.stopping), name="gauges")
+            asyncio.create_task(
+                _report_gauges(redis, settings.partitions, registry, services.stopping, journeys=role == "serve"),
+                name="gauges",
+            )
         )
         services.health = HealthMonitor(
             redis,
@@ -256,16 +259,21 @@ async def stop_tasks(tasks: list[asyncio.Task[None]], stopping: asyncio.Event, g
             log.error("background task %s had failed: %r", task.get_name(), task.exception())
 
 
-async def _report_gauges(redis: Redis, partitions: int, registry: RulesetRegistry, stopping: asyncio.Event) -> None:
+async def _report_gauges(
+    redis: Redis, partitions: int, registry: RulesetRegistry, stopping: asyncio.Event, *, journeys: bool
+) -> None:
     """Gauges read from Redis now and then: the stream backlog and each journey's waiting instances."""
     reported: set[str] = set()
     while not stopping.is_set():
         try:
             metrics.set_stream_lag(await streams.backlog(redis, partitions))
-            active = {versions[-1].journey.id for versions in registry.journeys()}
-            for journey_id in sorted(active):
+            # Cluster-wide figures: only `serve` reports them, so a sum over processes does not count twice.
+            kept = {item.active.journey.id: item for item in registry.journeys()} if journeys else {}
+            active = set(kept)
+            for journey_id, item in sorted(kept.items()):
                 counts = await read_counts(redis, partitions, journey_id)
-                metrics.set_journey_waiting(journey_id, waiting_now(counts))
+                versions = {compiled.journey.version for compiled in item.versions}
+                metrics.set_journey_waiting(journey_id, waiting_now(counts, versions))
             for journey_id in reported - active:
                 metrics.set_journey_waiting(journey_id, None)
             reported = active

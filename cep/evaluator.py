@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cep.correlation import correlation_key
-from cep.events import ORIGIN_ACTION, ORIGIN_PRODUCER, ORIGIN_TIMER, Event, ProfilePatch
-from cep.firing import CreatedAction, build_actions
+from cep.events import ORIGIN_PRODUCER, ORIGIN_TIMER, Event, ProfilePatch
+from cep.firing import ACTION_TIMER, TIMER_SEPARATOR, CreatedAction, build_actions, schedule_and_tag
 from cep.journeys import JOURNEY_TIMER, JourneyFiring, Journeys
 from cep.rule_index import RuleEntry, RuleIndex
 from cep.user_record import NEVER, PatternState, UserState, event_id_hash
@@ -27,9 +27,7 @@ from rules.predicates import NO_ATTRS, NO_TAGS
 TTL_MARGIN_MS = 60_000
 # Events caused by actions caused by events ...: a chain stops here (two rules flipping tags would loop).
 MAX_HOPS = 8
-TIMER_SEPARATOR = "\x1f"  # never inside ids (the edge refuses control characters)
 ABSENCE_TIMER = "a"
-ACTION_TIMER = "d"
 
 
 @dataclass(slots=True)  # not frozen, like Event: built per firing, and treated as immutable
@@ -63,11 +61,6 @@ class Effects:
 def absence_timer(user_id: str, state_id: str, correlation: str, a_event_id: str) -> str:
     """The timer-set member of an absence deadline."""
     return TIMER_SEPARATOR.join((ABSENCE_TIMER, user_id, state_id, correlation, a_event_id))
-
-
-def action_timer(user_id: str, action_id: str, ruleset_id: str) -> str:
-    """The timer-set member releasing a delayed action."""
-    return TIMER_SEPARATOR.join((ACTION_TIMER, user_id, action_id, ruleset_id))
 
 
 def timer_user(member: str) -> str:
@@ -289,23 +282,8 @@ class Evaluator:
         actions = build_actions(entry.compiled.ruleset, rule, entry.renderers, trigger, state.profile, now_ms)
         effects.firings.append(Firing(entry, trigger.user_id, trigger, actions))
         _trace(effects, entry, trigger, "fired", actions=[action.action_id for action in actions])
-        caused: list[Event] = []
-        for action in actions:
-            if action.timer_due is not None:
-                member = action_timer(trigger.user_id, action.action_id, entry.compiled.ruleset.id)
-                effects.timers_added.append((action.timer_due, member))
-            if action.record["type"] != "tag":
-                continue
-            params = action.record["params"]
-            for tag in params.get("add") or ():
-                if tag not in state.tags:
-                    state.tags.add(tag)
-                    caused.append(_tag_event(trigger, "tag_added", tag))
-            for tag in params.get("remove") or ():
-                if tag in state.tags:
-                    state.tags.discard(tag)
-                    caused.append(_tag_event(trigger, "tag_removed", tag))
-        return caused
+        owner = entry.compiled.ruleset.id
+        return schedule_and_tag(actions, trigger, owner, state.tags, effects.timers_added, tag_event_per_action=False)
 
 
 def apply_patch(state: UserState, patch: ProfilePatch) -> None:
@@ -479,16 +457,3 @@ def _trace(effects: Effects, entry: RuleEntry, event: Event, what: str, **detail
     if effects.trace is not None:
         found = {"kind": "rule", "ts": event.ts, "rule": entry.key, "event_id": event.event_id, "what": what}
         effects.trace.append((event.user_id, {**found, **details}))
-
-
-def _tag_event(cause: Event, event_type: str, tag: str) -> Event:
-    # Deterministic id: a batch processed again after a crash emits the same event, which dedupe absorbs.
-    return Event(
-        event_id=f"{event_type}:{tag}:{cause.event_id}",
-        user_id=cause.user_id,
-        type=event_type,
-        ts=cause.ts,
-        attrs={"tag": tag, "cause_event_id": cause.event_id},
-        received_ms=cause.received_ms,
-        origin=ORIGIN_ACTION,
-    )

@@ -11,9 +11,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cep.events import Event
+from cep.events import ORIGIN_ACTION, Event
 from rules.model import Action, Rule, Ruleset
 
+TIMER_SEPARATOR = "\x1f"  # between the parts of a timer-set member (never inside ids: the edge refuses it)
+ACTION_TIMER = "d"
 STATUS_PENDING = "pending"
 STATUS_SCHEDULED = "scheduled"
 STATUS_DELIVERED = "delivered"
@@ -119,3 +121,55 @@ def render_actions(
         }
         created.append(CreatedAction(identifier, record, status, timer_due))
     return tuple(created)
+
+
+def action_timer(user_id: str, action_id: str, owner: str) -> str:
+    """The timer-set member releasing a delayed action; `owner` is its ruleset id or `journey:<id>`."""
+    return TIMER_SEPARATOR.join((ACTION_TIMER, user_id, action_id, owner))
+
+
+def schedule_and_tag(
+    actions: tuple[CreatedAction, ...],
+    cause: Event,
+    owner: str,
+    tags: set[str],
+    timers_added: list[tuple[int, str]],
+    *,
+    tag_event_per_action: bool,
+) -> list[Event]:
+    """What created actions do at once: delayed ones wait in the timer set, tag actions change `tags`.
+
+    Returns the `tag_added` / `tag_removed` events (only for tags that changed), with deterministic ids
+    so a batch processed again after a crash emits the same events and dedupe absorbs them: from the
+    cause's event id (a rule fires once per trigger), or from the action's id when one trigger may run
+    several tag actions on the same tag (a journey walking several `do` nodes).
+    """
+    caused: list[Event] = []
+    for action in actions:
+        if action.timer_due is not None:
+            timers_added.append((action.timer_due, action_timer(cause.user_id, action.action_id, owner)))
+        if action.record["type"] != "tag":
+            continue
+        params = action.record["params"]
+        source = action.action_id if tag_event_per_action else cause.event_id
+        for tag in params.get("add") or ():
+            if tag not in tags:
+                tags.add(tag)
+                caused.append(_tag_event(cause, source, "tag_added", tag))
+        for tag in params.get("remove") or ():
+            if tag in tags:
+                tags.discard(tag)
+                caused.append(_tag_event(cause, source, "tag_removed", tag))
+    return caused
+
+
+def _tag_event(cause: Event, source: str, event_type: str, tag: str) -> Event:
+    return Event(
+        event_id=f"{event_type}:{tag}:{source}",
+        user_id=cause.user_id,
+        type=event_type,
+        ts=cause.ts,
+        attrs={"tag": tag, "cause_event_id": cause.event_id},
+        received_ms=cause.received_ms,
+        origin=ORIGIN_ACTION,
+    )

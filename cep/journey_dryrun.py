@@ -16,7 +16,7 @@ from cep.journey_stats import stats_view
 from cep.rule_index import RuleIndex
 from cep.simulate import Simulation, Step, journey_firing_json
 from cep.user_record import FINISHED
-from rules.journey_compiled import CompiledJourney
+from rules.journey_compiled import CompiledJourney, JourneyVersions
 from rules.journey_model import Journey
 
 MAX_STEPS = 100_000  # events, chained events and timers together: a runaway run stops here
@@ -43,7 +43,7 @@ def journey_dry_run(
 
     compiled = CompiledJourney.build(journey)
     simulation = Simulation(
-        RuleIndex((), [(compiled,)]),
+        RuleIndex((), [JourneyVersions(1, (compiled,))]),
         max_steps=MAX_STEPS,
         dedupe_horizon_ms=dedupe_horizon_ms,
         on_step=report,

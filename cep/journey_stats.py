@@ -45,9 +45,14 @@ async def delete_counts(redis: Redis, partitions: int, journey_id: str) -> None:
         await pipe.execute()
 
 
-def waiting_now(counts: dict[str, int]) -> int:
-    """Instances waiting now, over every version and node."""
-    return sum(value for field, value in counts.items() if field.endswith("|waiting"))
+def waiting_now(counts: dict[str, int], versions: set[int]) -> int:
+    """Instances waiting now, over the given (kept) versions and every node: an instance of a version no
+    longer kept is cancelled without a count (its nodes are unknown by then)."""
+    return sum(
+        value
+        for field, value in counts.items()
+        if field.endswith("|waiting") and int(field.split("|", 1)[0]) in versions
+    )
 
 
 def stats_view(counts: dict[str, int]) -> dict[str, Any]:

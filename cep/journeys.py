@@ -24,15 +24,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cep.correlation import correlation_key
-from cep.events import ORIGIN_ACTION, Event
-from cep.firing import ActionSource, CreatedAction, render_actions
+from cep.events import ORIGIN_TIMER, Event
+from cep.firing import TIMER_SEPARATOR, ActionSource, CreatedAction, render_actions, schedule_and_tag
 from cep.rule_index import JourneyEntry, JourneyMatch, RuleIndex
 from cep.user_record import FINISHED, NEVER, Instance, JourneyMarks, PatternState, UserState
 from rules.journey_compiled import CompiledJourney, HistoryShape, is_number
 from rules.journey_model import Branch, Do, Exit, Split, Wait, WaitFor
 from rules.predicates import NO_ATTRS, NO_TAGS
 
-TIMER_SEPARATOR = "\x1f"
 JOURNEY_TIMER = "j"
 # Nodes one evaluation may run for one instance: validation refuses cycles without a wait, so a walk
 # visits each node at most once between waits; this only guards against a bug.
@@ -123,7 +122,7 @@ class Journeys:
         node_id = compiled.node_ids[inst.node]
         node = compiled.journey.nodes[node_id]
         inst.due = 0
-        trigger = Event(f"due:{member}", user_id, "journey_timer", due_ms, {}, due_ms, ORIGIN_ACTION)
+        trigger = Event(f"due:{member}", user_id, "journey_timer", due_ms, {}, due_ms, ORIGIN_TIMER)
         _count(effects, entry.id, inst.version, node_id, "waiting", -1)
         if isinstance(node, WaitFor):
             at = inst.step_ts + node.timeout_ms
@@ -204,28 +203,27 @@ class Journeys:
         if key is None:
             return _blocked(effects, user_id, event, entry.id, version, "missing_key")
         marks = state.journeys.get(entry.short_key)
-        if marks is not None:
-            live = marks.instances.get(key)
-            if live is not None and live.node != FINISHED:
-                return _blocked(effects, user_id, event, entry.id, version, "already_in_journey")
-            reentry = journey.reentry
-            if marks.entries and (
-                reentry.policy == "once"
-                or (reentry.policy == "max" and marks.entries >= reentry.max_entries)
-                or (reentry.policy == "once_per" and event.ts < marks.last_entry_ts + reentry.period_ms)
-            ):
-                return _blocked(effects, user_id, event, entry.id, version, f"reentry_{reentry.policy}")
-        else:
+        if marks is None:
             marks = state.journeys[entry.short_key] = JourneyMarks()
-        marks.entries += 1
-        marks.last_entry_ts = max(marks.last_entry_ts, event.ts)
-        policy = journey.reentry.policy
-        if policy == "once_per":
-            marks.expires_ms = now_ms + journey.reentry.period_ms + HISTORY_MARGIN_MS
-        elif policy == "always":
-            marks.expires_ms = 1  # nothing to remember once its instances are gone
+        live = marks.instances.get(key)
+        if live is not None and live.node != FINISHED:
+            return _blocked(effects, user_id, event, entry.id, version, "already_in_journey")
+        # Re-entry is counted per instance key: with `"key": ["sku"]`, each product has its own history.
+        reentry = journey.reentry
+        entries, last_ts, _ = marks.entered.get(key) or (0, 0, NEVER)
+        if entries and (
+            reentry.policy == "once"
+            or (reentry.policy == "max" and entries >= reentry.max_entries)
+            or (reentry.policy == "once_per" and event.ts < last_ts + reentry.period_ms)
+        ):
+            return _blocked(effects, user_id, event, entry.id, version, f"reentry_{reentry.policy}")
+        if reentry.policy == "once_per":
+            expires = now_ms + reentry.period_ms + HISTORY_MARGIN_MS
+        elif reentry.policy == "always":
+            expires = 1  # nothing to remember once the key's instance is gone
         else:
-            marks.expires_ms = NEVER
+            expires = NEVER
+        marks.entered[key] = [entries + 1, max(last_ts, event.ts), expires]
         attrs = {name: event.attrs[name] for name in compiled.kept_fields if name in event.attrs}
         goal_by = event.ts + journey.goal.within_ms if journey.goal is not None else 0
         inst = marks.instances[key] = Instance(
@@ -256,7 +254,7 @@ class Journeys:
         caused: list[Event] = []
         for _ in range(MAX_WALK):
             if node_id is None:
-                self._end(effects, entry.id, compiled, marks, key, inst)
+                self._end(effects, entry.id, compiled, marks, key, inst, user_id, at)
                 return caused
             node = journey.nodes[node_id]
             index = compiled.node_index[node_id]
@@ -296,12 +294,12 @@ class Journeys:
                 _count(effects, entry.id, version, node_id, f"left:{label}", 1)
                 _trace(effects, user_id, at, entry.id, version, node_id, "split", taken=label)
                 if arm.holdout:
-                    self._end(effects, entry.id, compiled, marks, key, inst)
+                    self._end(effects, entry.id, compiled, marks, key, inst, user_id, at)
                     return caused
                 node_id = arm.next
             else:
                 assert isinstance(node, Exit)
-                self._end(effects, entry.id, compiled, marks, key, inst)
+                self._end(effects, entry.id, compiled, marks, key, inst, user_id, at)
                 return caused
         raise RuntimeError(f"journey {entry.id!r} ran {MAX_WALK} nodes without waiting")
 
@@ -333,8 +331,9 @@ class Journeys:
             },
             ("journey", journey_id, str(version), node_id, user_id, inst.entry_id, key, str(inst.seq)),
         )
+        entry_type = compiled.journey.entry.event if compiled.journey.entry is not None else ""
         context = {
-            "event": {**inst.attrs, "ts": inst.entry_ts, "event_id": inst.entry_id},
+            "event": {**inst.attrs, "type": entry_type, "ts": inst.entry_ts, "event_id": inst.entry_id},
             "profile": dict(state.profile),
             "user_id": user_id,
             "rule_id": node_id,
@@ -347,23 +346,8 @@ class Journeys:
         actions = render_actions(source, node.actions, compiled.renderers[node_id], context, step, now_ms)
         effects.journey_firings.append(JourneyFiring(journey_id, version, node_id, user_id, step, actions))
         _trace(effects, user_id, at, journey_id, version, node_id, "actions", actions=[a.action_id for a in actions])
-        caused: list[Event] = []
-        for action in actions:
-            if action.timer_due is not None:
-                member = TIMER_SEPARATOR.join(("d", user_id, action.action_id, "journey:" + journey_id))
-                effects.timers_added.append((action.timer_due, member))
-            if action.record["type"] != "tag":
-                continue
-            params = action.record["params"]
-            for tag in params.get("add") or ():
-                if tag not in state.tags:
-                    state.tags.add(tag)
-                    caused.append(_tag_event(step, action.action_id, "tag_added", tag))
-            for tag in params.get("remove") or ():
-                if tag in state.tags:
-                    state.tags.discard(tag)
-                    caused.append(_tag_event(step, action.action_id, "tag_removed", tag))
-        return caused
+        owner = "journey:" + journey_id
+        return schedule_and_tag(actions, step, owner, state.tags, effects.timers_added, tag_event_per_action=True)
 
     def _branch(
         self, state: UserState, compiled: CompiledJourney, node_id: str, node: Branch, inst: Instance, at: int
@@ -385,7 +369,7 @@ class Journeys:
         inst.step_ts, inst.due = at, due
         effects.timers_added.append((due, journey_timer(user_id, journey_id, key, inst.seq)))
         _count(effects, journey_id, inst.version, node_id, "waiting", 1)
-        _trace(effects, user_id, at, journey_id, inst.version, node_id, "timer_set", due=due)
+        _trace(effects, user_id, at, journey_id, inst.version, node_id, "timer_set", due=due, key=key)
 
     def _stop_waiting(
         self, effects: Any, journey_id: str, user_id: str, key: str, inst: Instance, node_id: str
@@ -397,11 +381,21 @@ class Journeys:
             inst.due = 0
 
     def _end(
-        self, effects: Any, journey_id: str, compiled: CompiledJourney, marks: JourneyMarks, key: str, inst: Instance
+        self,
+        effects: Any,
+        journey_id: str,
+        compiled: CompiledJourney,
+        marks: JourneyMarks,
+        key: str,
+        inst: Instance,
+        user_id: str,
+        at: int,
     ) -> None:
         """The instance's path ended at its current node (an exit node, a holdout arm, a missing `next`)."""
-        _count(effects, journey_id, inst.version, compiled.node_ids[inst.node], "exited", 1)
+        node_id = compiled.node_ids[inst.node]
+        _count(effects, journey_id, inst.version, node_id, "exited", 1)
         _count(effects, journey_id, inst.version, "", "completed", 1)
+        _trace(effects, user_id, at, journey_id, inst.version, node_id, "completed", key=key)
         self._finish(marks, key, inst)
 
     @staticmethod
@@ -424,7 +418,7 @@ class Journeys:
     ) -> list[Event]:
         if inst.due:
             effects.timers_removed.append(journey_timer(user_id, journey_id, key, inst.seq))
-        _trace(effects, user_id, inst.step_ts, journey_id, inst.version, "", "cancelled", reason=reason)
+        _trace(effects, user_id, inst.step_ts, journey_id, inst.version, "", "cancelled", reason=reason, key=key)
         del marks.instances[key]
         return []
 
@@ -563,16 +557,3 @@ def _blocked(effects: Any, user_id: str, event: Event, journey_id: str, version:
     _count(effects, journey_id, version, "", f"blocked:{reason}", 1)
     _trace(effects, user_id, event.ts, journey_id, version, "", "not_entered", reason=reason, event=event.event_id)
     return []
-
-
-def _tag_event(cause: Event, action_id: str, event_type: str, tag: str) -> Event:
-    # Deterministic id (the action's): a batch processed again after a crash emits the same event.
-    return Event(
-        event_id=f"{event_type}:{tag}:{action_id}",
-        user_id=cause.user_id,
-        type=event_type,
-        ts=cause.ts,
-        attrs={"tag": tag, "cause_event_id": cause.event_id},
-        received_ms=cause.received_ms,
-        origin=ORIGIN_ACTION,
-    )

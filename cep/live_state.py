@@ -46,9 +46,11 @@ def journey_state(state: UserState, index: RuleIndex) -> dict[str, Any]:
     journeys: dict[str, Any] = {}
     for short, marks in state.journeys.items():
         entry = index.journey_by_short.get(short)
+        if entry is None:
+            continue  # a deleted journey: its instances are cancelled (dropped when the user is next touched)
         instances = []
         for key, inst in marks.instances.items():
-            compiled = entry.versions.get(inst.version) if entry else None
+            compiled = entry.versions.get(inst.version)
             node = compiled.node_ids[inst.node] if compiled and inst.node != FINISHED else None
             instances.append(
                 {
@@ -63,8 +65,11 @@ def journey_state(state: UserState, index: RuleIndex) -> dict[str, Any]:
                     "entry_event_id": inst.entry_id,
                 }
             )
-        name = entry.id if entry else f"(deleted journey {short})"
-        journeys[name] = {"entries": marks.entries, "last_entry_ts": marks.last_entry_ts, "instances": instances}
+        name = entry.id
+        entered = {
+            key: {"entries": entries, "last_entry_ts": last} for key, (entries, last, _) in marks.entered.items()
+        }
+        journeys[name] = {"entered": entered, "instances": instances}
     return journeys
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rules.compiled import CompiledRuleset
-from rules.journey_compiled import CompiledJourney, HistoryShape, JourneyRole
+from rules.journey_compiled import CompiledJourney, HistoryShape, JourneyRole, JourneyVersions
 from rules.model import Rule
 from rules.predicates import Check
 
@@ -50,9 +50,10 @@ class RoleEntry:
     where: Check
 
 
-def journey_key(journey_id: str) -> str:
-    """What users' records store for a journey (its marks and instances): 8 characters."""
-    return short_rule_key("journey/" + journey_id)
+def journey_key(journey_id: str, born: int) -> str:
+    """What users' records store for a journey (its marks and instances): 8 characters, for its id and
+    the version that created it, so marks of a deleted journey do not carry over to a re-created one."""
+    return short_rule_key(f"journey/{journey_id}/{born}")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -79,7 +80,7 @@ class RuleIndex:
     """Matchers by event type (by descending rule priority, then ruleset and rule order), rules by state id;
     journeys by id and record key, their matchers by event type, and the behaviour shapes they read."""
 
-    def __init__(self, rulesets: Sequence[CompiledRuleset], journeys: Sequence[Sequence[CompiledJourney]] = ()) -> None:
+    def __init__(self, rulesets: Sequence[CompiledRuleset], journeys: Sequence[JourneyVersions] = ()) -> None:
         """`journeys`: per journey, its kept versions with the active one last."""
         self.journeys: dict[str, JourneyEntry] = {}
         self.journey_by_short: dict[str, JourneyEntry] = {}
@@ -116,14 +117,14 @@ class RuleIndex:
             by_type.setdefault(event_type, []).append(role)
         self.by_type: dict[str, tuple[RoleEntry, ...]] = {key: tuple(value) for key, value in by_type.items()}
 
-    def _index_journeys(self, journeys: Sequence[Sequence[CompiledJourney]]) -> None:
+    def _index_journeys(self, journeys: Sequence[JourneyVersions]) -> None:
         journey_roles: dict[str, list[JourneyMatch]] = {}
-        for versions in journeys:
-            active = versions[-1]
+        for kept in journeys:
+            active, versions = kept.active, kept.versions
             journey_id = active.journey.id
             entry = JourneyEntry(
                 journey_id,
-                journey_key(journey_id),
+                journey_key(journey_id, kept.born),
                 active,
                 {compiled.journey.version: compiled for compiled in versions},
             )
@@ -148,11 +149,11 @@ class RuleIndex:
         # History is kept once per shape whichever journeys read it: one role per shape.
         for event_type, matches in journey_roles.items():
             seen: set[str] = set()
-            kept = []
+            unique = []
             for match in matches:
                 if match.role.role == "history":
                     if match.role.node in seen:
                         continue
                     seen.add(match.role.node)
-                kept.append(match)
-            self.journey_roles[event_type] = tuple(kept)
+                unique.append(match)
+            self.journey_roles[event_type] = tuple(unique)

@@ -110,12 +110,11 @@ GOAL_MARGIN_MS = 60_000
 
 @dataclass(slots=True)
 class JourneyMarks:
-    """One journey's marks for one user: how often and when last they entered, and their instances by key."""
+    """One journey's marks for one user: per instance key, how often and when last they entered, and
+    until when that must be remembered (for re-entry); and the instances by key."""
 
-    entries: int = 0
-    last_entry_ts: int = 0
-    # When the marks may go once no instance is left (ms; NEVER: kept, for `once` and `max` re-entry).
-    expires_ms: int = NEVER
+    # instance key -> [entries, last entry ts, expires ms (NEVER: kept, for `once` and `max`)]
+    entered: dict[str, list[int]] = field(default_factory=dict)
     instances: dict[str, Instance] = field(default_factory=dict)
 
 
@@ -216,7 +215,14 @@ class UserState:
                 ]
                 for key in ended:
                     del marks.instances[key]
-            if not marks.instances and marks.expires_ms != NEVER and marks.expires_ms < now_ms:
+            lapsed = [
+                key
+                for key, (_, _, expires) in marks.entered.items()
+                if expires != NEVER and expires < now_ms and key not in marks.instances
+            ]
+            for key in lapsed:
+                del marks.entered[key]
+            if not marks.instances and not marks.entered:
                 gone.append(short)
         for short in gone:
             del self.journeys[short]
@@ -249,12 +255,7 @@ def encode_user_state(state: UserState) -> bytes:
         record["x"] = {sid: ps.pack() for sid, ps in state.patterns.items()}
     if state.journeys:
         record["j"] = {
-            short: [
-                marks.entries,
-                marks.last_entry_ts,
-                marks.expires_ms,
-                {key: inst.pack() for key, inst in marks.instances.items()},
-            ]
+            short: [marks.entered, {key: inst.pack() for key, inst in marks.instances.items()}]
             for short, marks in state.journeys.items()
         }
     return packb(record)
@@ -281,8 +282,11 @@ def decode_user_state(raw: bytes | None) -> UserState:
             last_seen=int(record.get("l") or 0),
             patterns={sid: _decode_pattern(value, relative) for sid, value in (record.get("x") or {}).items()},
             journeys={
-                short: JourneyMarks(entries, last, expires, {key: Instance(*inst) for key, inst in instances.items()})
-                for short, (entries, last, expires, instances) in (record.get("j") or {}).items()
+                short: JourneyMarks(
+                    {key: list(marks) for key, marks in entered.items()},
+                    {key: Instance(*inst) for key, inst in instances.items()},
+                )
+                for short, (entered, instances) in (record.get("j") or {}).items()
             },
         )
     except DecodeError:

@@ -64,7 +64,7 @@ class Worker:
         """The evaluator's view of the active rulesets, rebuilt only when the registry changed."""
         rulesets = await self._registry.refresh()
         journeys = self._registry.journeys()
-        identity = tuple(id(compiled) for compiled in rulesets) + tuple(id(versions[-1]) for versions in journeys)
+        identity = tuple(id(compiled) for compiled in rulesets) + tuple(id(kept.active) for kept in journeys)
         if identity != self._index_of:
             self._index, self._index_of = RuleIndex(rulesets, journeys), identity
         return self._index

@@ -234,3 +234,17 @@ class CompiledJourney:
 def is_number(value: Any) -> bool:
     """A finite number that is not a boolean (what a `sum` adds up)."""
     return type_class(value) == "num"
+
+
+@dataclass(frozen=True, slots=True)
+class JourneyVersions:
+    """An active journey's kept versions, oldest first (the active one last), and the version that
+    created it (`born`): users' marks are kept per (id, born), so a re-created journey starts afresh."""
+
+    born: int
+    versions: tuple[CompiledJourney, ...]
+
+    @property
+    def active(self) -> CompiledJourney:
+        """The version new instances start on."""
+        return self.versions[-1]

@@ -11,7 +11,7 @@ from beacon.errors import ValidationError
 
 # Re-exported: cep.evaluate and cep.dryrun import the compiled form from here.
 from rules.compiled import CompiledRuleset as CompiledRuleset
-from rules.journey_compiled import CompiledJourney
+from rules.journey_compiled import CompiledJourney, JourneyVersions
 from rules.journey_model import Journey
 from rules.journey_schema import parse_journey
 from rules.model import Ruleset
@@ -42,7 +42,7 @@ class RulesetRegistry:
         self._revision = -1
         self._compiled: dict[str, CompiledRuleset] = {}
         # journey id -> its kept versions, oldest first, the active one last
-        self._journeys: dict[str, tuple[CompiledJourney, ...]] = {}
+        self._journeys: dict[str, JourneyVersions] = {}
         self._journey_versions: dict[tuple[str, int], CompiledJourney] = {}
         self._lock = asyncio.Lock()
         self._reading: asyncio.Task[int] | None = None  # a revision read not sent yet, shared by its callers
@@ -51,7 +51,7 @@ class RulesetRegistry:
         """The compiled rulesets as of the last refresh."""
         return list(self._compiled.values())
 
-    def journeys(self) -> list[tuple[CompiledJourney, ...]]:
+    def journeys(self) -> list[JourneyVersions]:
         """Per active journey, its kept versions with the active one last, as of the last refresh."""
         return list(self._journeys.values())
 
@@ -85,16 +85,16 @@ class RulesetRegistry:
             metrics.set_active_rulesets(len(fresh))
             return self.current()
 
-    async def _refresh_journeys(self) -> dict[str, tuple[CompiledJourney, ...]]:
+    async def _refresh_journeys(self) -> dict[str, JourneyVersions]:
         """Every active journey with its kept versions; versions compiled before are reused."""
         _, stored = await self._journey_store.active()
-        fresh: dict[str, tuple[CompiledJourney, ...]] = {}
+        fresh: dict[str, JourneyVersions] = {}
         known: dict[tuple[str, int], CompiledJourney] = {}
         for item in stored:
             existing = self._journeys.get(item.id)
-            if existing is not None and existing[-1].journey.version == item.version:
+            if existing is not None and existing.active.journey.version == item.version:
                 fresh[item.id] = existing
-                known.update(((item.id, c.journey.version), c) for c in existing)
+                known.update(((item.id, c.journey.version), c) for c in existing.versions)
                 continue
             documents = await self._journey_store.kept(item.id)
             documents[item.version] = item.document
@@ -112,10 +112,10 @@ class RulesetRegistry:
                     compiled = CompiledJourney.build(journey)
                     log.info("compiled journey %s v%s (%d nodes)", item.id, version, len(journey.nodes))
                 known[(item.id, version)] = compiled
-                if version <= item.version:
+                if item.born <= version <= item.version:
                     versions.append(compiled)
             if versions and versions[-1].journey.version == item.version:
-                fresh[item.id] = tuple(versions)
+                fresh[item.id] = JourneyVersions(item.born, tuple(versions))
         self._journey_versions = known
         return fresh
 

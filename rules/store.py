@@ -48,7 +48,12 @@ def versions_key(kind: str, document_id: str) -> str:
 PUT_SCRIPT = """
 local version = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 redis.call('HSET', KEYS[4], version, ARGV[2])
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode({version = version, updated_ms = tonumber(ARGV[3])}))
+-- `born`: the version that created the document (again after a delete): a journey's users' marks are
+-- kept under it, so a journey re-created under a deleted id starts afresh for every user.
+local born = version
+local meta = redis.call('HGET', KEYS[1], ARGV[1])
+if meta then born = cjson.decode(meta).born or 1 end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode({version = version, updated_ms = tonumber(ARGV[3]), born = born}))
 local old = version - tonumber(ARGV[4])
 if old > 0 then
   local fields = redis.call('HKEYS', KEYS[4])
@@ -78,6 +83,7 @@ class StoredRuleset:
     version: int
     document: dict[str, Any]
     updated_ms: int
+    born: int = 1  # the version that created it (after its last delete, if any)
 
 
 class RulesetStore:
@@ -126,7 +132,15 @@ class RulesetStore:
             if raw is None:  # deleted between the two reads; the next revision check catches up
                 continue
             body = json.loads(raw)
-            stored.append(StoredRuleset(ruleset_id, int(meta["version"]), body["document"], int(meta["updated_ms"])))
+            stored.append(
+                StoredRuleset(
+                    ruleset_id,
+                    int(meta["version"]),
+                    body["document"],
+                    int(meta["updated_ms"]),
+                    int(meta.get("born") or 1),
+                )
+            )
         return int(rev_raw or 0), sorted(stored, key=lambda item: item.id)
 
     async def get(self, ruleset_id: str, version: int | None = None) -> StoredRuleset:
