@@ -1,4 +1,4 @@
-"""`beacon backtest`: ruleset files over a `.jsonl[.gz]` event log, with a progress bar, then a report."""
+"""`beacon backtest`: ruleset and journey files over a `.jsonl[.gz]` event log, with a progress bar, then a report."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from api.recorded_events import EventFile, EventLineError
 from beacon.errors import BeaconError
 from beacon.settings import Settings
 from cep.backtest import BacktestReport, merge_reports, run_backtest
+from rules.journey_model import Journey
 from rules.model import Ruleset
-from rules.registry import compile_ruleset
+from rules.registry import compile_ruleset, load_journey
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -63,18 +64,31 @@ class ProgressBar:
 
 def load_ruleset(path: str, lateness_ms: int) -> Ruleset:
     """A ruleset file, validated; InputError naming the file and the first problem."""
+    document = _read_json(path)
+    try:
+        return compile_ruleset(document, ruleset_id=None, lateness_ms=lateness_ms)
+    except BeaconError as exc:
+        raise InputError(f"{path}: {exc}") from exc
+
+
+def load_journey_file(path: str, lateness_ms: int) -> Journey:
+    """A journey file, validated; InputError naming the file and the first problem."""
+    document = _read_json(path)
+    try:
+        return load_journey(document, journey_id=None, lateness_ms=lateness_ms)
+    except BeaconError as exc:
+        raise InputError(f"{path}: {exc}") from exc
+
+
+def _read_json(path: str) -> object:
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
-        document = json.loads(text)
+        return json.loads(text)
     except ValueError as exc:
         raise InputError(f"{path} is not valid JSON: {exc}") from exc
-    try:
-        return compile_ruleset(document, ruleset_id=None, lateness_ms=lateness_ms)
-    except BeaconError as exc:
-        raise InputError(f"{path}: {exc}") from exc
 
 
 def backtest(
@@ -87,6 +101,7 @@ def backtest(
     jobs: int = 1,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
+    journey_paths: Sequence[str] = (),
 ) -> int:
     """Run the command; returns the exit code (0, or 2 with one line on stderr for bad input).
 
@@ -95,9 +110,11 @@ def backtest(
     """
     try:
         if jobs > 1:
-            report = _run_in_processes(ruleset_paths, events_path, settings, until_ms, jobs, err.isatty())
+            report = _run_in_processes(
+                (ruleset_paths, journey_paths), events_path, settings, until_ms, jobs, err.isatty()
+            )
         else:
-            report = _run(ruleset_paths, events_path, settings, until_ms, err)
+            report = _run((ruleset_paths, journey_paths), events_path, settings, until_ms, err)
     except InputError as exc:
         print(f"beacon backtest: {exc}", file=err)
         return EXIT_BAD_INPUT
@@ -113,12 +130,17 @@ def backtest(
 
 
 def _run_in_processes(
-    ruleset_paths: Sequence[str], events_path: str, settings: Settings, until_ms: int | None, jobs: int, bar: bool
+    paths: tuple[Sequence[str], Sequence[str]],
+    events_path: str,
+    settings: Settings,
+    until_ms: int | None,
+    jobs: int,
+    bar: bool,
 ) -> BacktestReport:
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         shards = [
-            pool.submit(_run, ruleset_paths, events_path, settings, until_ms, None, (k, jobs), bar and k == 0)
+            pool.submit(_run, paths, events_path, settings, until_ms, None, (k, jobs), bar and k == 0)
             for k in range(jobs)
         ]
         reports = [shard.result() for shard in shards]
@@ -126,7 +148,7 @@ def _run_in_processes(
 
 
 def _run(
-    ruleset_paths: Sequence[str],
+    paths: tuple[Sequence[str], Sequence[str]],
     events_path: str,
     settings: Settings,
     until_ms: int | None,
@@ -138,12 +160,19 @@ def _run(
     when `bar_on_stderr` (every shard reads the whole file, so one bar tells the whole run's progress)."""
     if err is None:
         err = sys.stderr if bar_on_stderr else None
+    ruleset_paths, journey_paths = paths
     rulesets: list[Ruleset] = []
     for path in ruleset_paths:
         ruleset = load_ruleset(path, settings.lateness_ms)
         if any(earlier.id == ruleset.id for earlier in rulesets):
             raise InputError(f"{path}: ruleset {ruleset.id!r} is given twice")
         rulesets.append(ruleset)
+    journeys: list[Journey] = []
+    for path in journey_paths:
+        journey = load_journey_file(path, settings.lateness_ms)
+        if any(earlier.id == journey.id for earlier in journeys):
+            raise InputError(f"{path}: journey {journey.id!r} is given twice")
+        journeys.append(journey)
     try:
         source = EventFile(events_path)
     except OSError as exc:
@@ -158,6 +187,7 @@ def _run(
                 until_ms=until_ms,
                 dedupe_horizon_ms=settings.dedupe_horizon_ms,
                 shard=shard,
+                journeys=journeys,
             )
         except EventLineError as exc:
             raise InputError(f"{events_path}:{exc.line}: {exc}") from exc
@@ -217,6 +247,19 @@ def render(report: BacktestReport) -> str:
         ]
         for day in timeline
     ]
+    if report.journeys:
+        journey_rows = []
+        for journey_summary in report.journeys:
+            counts = journey_summary.journey_totals()
+            journey_rows.append(
+                [
+                    journey_summary.journey_id,
+                    *(f"{counts.get(name, 0):,}" for name in ("entered", "completed", "exited", "converted")),
+                    ", ".join(f"{kind} {count:,}" for kind, count in sorted(journey_summary.actions.items())) or "-",
+                ]
+            )
+        header = ["journey", "entered", "completed", "exited", "converted", "actions"]
+        lines += ["", *_table(header, journey_rows, right={1, 2, 3, 4})]
     lines += ["", *_table(["day (UTC)", "events", "firings", ""], day_rows, right={1, 2})]
     totals = report.totals.to_json()
     rate = f"{totals['events_per_s']:,.0f} events/s" if totals["events_per_s"] is not None else "-"

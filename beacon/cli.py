@@ -260,9 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate = rule_commands.add_parser("validate", help="check a ruleset file offline")
     validate.add_argument("file", help="ruleset JSON file, - for stdin")
 
-    backtest = commands.add_parser("backtest", help="run ruleset files over a recorded event log, offline")
+    backtest = commands.add_parser("backtest", help="run ruleset and journey files over a recorded event log, offline")
     backtest.add_argument(
-        "--ruleset", action="append", required=True, metavar="FILE", help="ruleset JSON file; repeat for several"
+        "--ruleset", action="append", default=[], metavar="FILE", help="ruleset JSON file; repeat for several"
+    )
+    backtest.add_argument(
+        "--journey", action="append", default=[], metavar="FILE", help="journey JSON file; repeat for several"
     )
     backtest.add_argument("--events", required=True, metavar="FILE", help=".jsonl or .jsonl.gz, one event a line")
     backtest.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -334,8 +337,16 @@ def main(argv: list[str] | None = None) -> int:
             # Users' state is millions of small long-lived objects, as in a worker's cache: at CPython's default
             # thresholds the collector rescanning it took a third of the run (300k events of bench/workload.py).
             tune_gc()
+            if not args.ruleset and not args.journey:
+                return _fail("backtest: give at least one --ruleset or --journey file", EXIT_USAGE)
             return run_backtest_command(
-                args.ruleset, args.events, settings, as_json=args.json, until_ms=args.until, jobs=args.jobs
+                args.ruleset,
+                args.events,
+                settings,
+                as_json=args.json,
+                until_ms=args.until,
+                jobs=args.jobs,
+                journey_paths=args.journey,
             )
         if args.command == "serve":
             settings = dataclasses.replace(

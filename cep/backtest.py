@@ -1,4 +1,4 @@
-"""Backtests: rulesets over a recorded event log, streamed through the dry-run's simulation (`cep.simulate`).
+"""Backtests: rulesets and journeys over a recorded event log, through the dry-run's simulation (`cep.simulate`).
 
 The same evaluator as live traffic and dry-runs, but sized for millions of events: firings are
 counted as they happen (per rule, per day) and only a bounded sample is kept, so memory grows with
@@ -16,9 +16,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cep.events import Event, partition_of
+from cep.journey_stats import stats_view
 from cep.rule_index import RuleIndex, rule_key
-from cep.simulate import DEDUPE_HORIZON_MS, Simulation, Step, firing_json
+from cep.simulate import DEDUPE_HORIZON_MS, Simulation, Step, firing_json, journey_firing_json
 from rules.compiled import CompiledRuleset
+from rules.journey_compiled import CompiledJourney, JourneyVersions
+from rules.journey_model import Journey
 from rules.model import Ruleset
 from rules.predicates import NO_ATTRS, NO_TAGS
 
@@ -57,6 +60,37 @@ class RuleSummary:
             "duplicates": self.duplicates,
             "first_firing_at": self.first_at,
             "last_firing_at": self.last_at,
+        }
+
+
+@dataclass(slots=True)
+class JourneySummary:
+    """What one journey did over the whole run: its statistics (as `GET /v1/journeys/{id}/stats` counts
+    them live) and the actions its nodes created."""
+
+    journey_id: str
+    version: int
+    counts: Counter[str] = field(default_factory=Counter)  # stats field -> count (cep.journey_stats)
+    actions: Counter[str] = field(default_factory=Counter)  # action type -> created
+    users: set[str] = field(default_factory=set)  # users who got at least one action
+
+    def journey_totals(self) -> dict[str, int]:
+        """The journey-wide counts (entered, completed, exited, converted, ...) over its versions."""
+        totals: dict[str, int] = {}
+        for name, value in self.counts.items():
+            _, node, what = name.split("|", 2)
+            if not node:
+                totals[what] = totals.get(what, 0) + value
+        return totals
+
+    def to_json(self) -> dict[str, Any]:
+        """The journey's part of the report."""
+        return {
+            "journey_id": self.journey_id,
+            "version": self.version,
+            "actions": dict(sorted(self.actions.items())),
+            "users_acted_on": len(self.users),
+            **stats_view({name: value for name, value in self.counts.items() if value}),
         }
 
 
@@ -116,6 +150,7 @@ class BacktestReport:
     totals: Totals
     sample: list[dict[str, Any]]
     until_ms: int | None = None
+    journeys: list[JourneySummary] = field(default_factory=list)
 
     def timeline(self) -> list[dict[str, Any]]:
         """Per-day counts in day order; days with neither events nor firings are left out."""
@@ -135,6 +170,7 @@ class BacktestReport:
             "rulesets": [{"id": ruleset_id, "version": version} for ruleset_id, version in self.rulesets],
             "until": self.until_ms,
             "rules": [summary.to_json() for summary in self.rules],
+            "journeys": [summary.to_json() for summary in self.journeys],
             "timeline": self.timeline(),
             "totals": self.totals.to_json(),
             "sample": self.sample,
@@ -150,8 +186,15 @@ def day_name(day: int) -> str:
 class _Tally:
     """The simulation's `on_step` hook: counts what each step did, keeps the first firings in full."""
 
-    def __init__(self, index: RuleIndex, rulesets: Sequence[CompiledRuleset], sample_size: int) -> None:
+    def __init__(
+        self,
+        index: RuleIndex,
+        rulesets: Sequence[CompiledRuleset],
+        journeys: Sequence[Journey],
+        sample_size: int,
+    ) -> None:
         self.index = index
+        self.journeys = {journey.id: JourneySummary(journey.id, journey.version) for journey in journeys}
         self.rules = {
             rule_key(compiled.ruleset.id, rule.id): RuleSummary(compiled.ruleset.id, rule.id)
             for compiled in rulesets
@@ -175,6 +218,8 @@ class _Tally:
         for entry, _event in effects.late:
             self.rules[entry.key].late += 1
             totals.late += 1
+        if effects.journey_counts or effects.journey_firings:
+            self._journeys(step)
         if not effects.firings:
             return
         day = self.day_counts(step.at // DAY_MS)
@@ -192,6 +237,16 @@ class _Tally:
             totals.firings += 1
             if len(self.sample) < self.sample_size:
                 self.sample.append(firing_json(firing, step.at))
+
+    def _journeys(self, step: Step) -> None:
+        for (journey_id, name), delta in step.effects.journey_counts.items():
+            self.journeys[journey_id].counts[name] += delta
+        for firing in step.effects.journey_firings:
+            summary = self.journeys[firing.journey_id]
+            summary.actions.update(action.record["type"] for action in firing.actions)
+            summary.users.add(firing.user_id)
+            if len(self.sample) < self.sample_size:
+                self.sample.append(journey_firing_json(firing, step.at))
 
     def duplicate(self, event: Event) -> None:
         """A producer event dropped as a duplicate: charge it to every rule whose matcher takes it."""
@@ -221,8 +276,10 @@ def run_backtest(
     max_steps: int = sys.maxsize,
     sample_size: int = SAMPLE_SIZE,
     shard: tuple[int, int] = (0, 1),
+    journeys: Sequence[Journey] = (),
 ) -> BacktestReport:
-    """Run `events` in the given (arrival) order through `rulesets`, then fire the timers due by `until_ms`.
+    """Run `events` in the given (arrival) order through `rulesets` and `journeys`, then fire the timers
+    due by `until_ms`.
 
     `until_ms` None fires every remaining timer, as a dry-run does. `progress` is called with the
     number of events read every PROGRESS_EVERY events and once at the end.
@@ -234,8 +291,8 @@ def run_backtest(
     """
     started = time.perf_counter()
     compiled = [CompiledRuleset.build(ruleset) for ruleset in rulesets]
-    index = RuleIndex(compiled)
-    tally = _Tally(index, compiled, sample_size)
+    index = RuleIndex(compiled, [JourneyVersions(1, (CompiledJourney.build(journey),)) for journey in journeys])
+    tally = _Tally(index, compiled, journeys, sample_size)
     simulation = Simulation(index, max_steps=max_steps, dedupe_horizon_ms=dedupe_horizon_ms, on_step=tally.on_step)
     totals = tally.totals
     count = 0
@@ -289,6 +346,7 @@ def run_backtest(
         totals=totals,
         sample=tally.sample,
         until_ms=until_ms,
+        journeys=list(tally.journeys.values()),
     )
 
 
@@ -308,7 +366,13 @@ def merge_reports(
     rules = {(rule.ruleset_id, rule.rule_id): RuleSummary(rule.ruleset_id, rule.rule_id) for rule in first.rules}
     days: dict[int, DayCounts] = {}
     totals = Totals()
+    journeys = {summary.journey_id: JourneySummary(summary.journey_id, summary.version) for summary in first.journeys}
     for report in reports:
+        for summary in report.journeys:
+            into_journey = journeys[summary.journey_id]
+            into_journey.counts.update(summary.counts)
+            into_journey.actions.update(summary.actions)
+            into_journey.users |= summary.users
         for rule in report.rules:
             into = rules[(rule.ruleset_id, rule.rule_id)]
             into.firings += rule.firings
@@ -338,6 +402,7 @@ def merge_reports(
         totals=totals,
         sample=sample[:sample_size],
         until_ms=first.until_ms,
+        journeys=list(journeys.values()),
     )
 
 

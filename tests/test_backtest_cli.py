@@ -221,3 +221,30 @@ def test_long_runs_prune_user_state_as_live_processing_does(monkeypatch: pytest.
     assert pruned.totals.duplicates == 0
     assert pruned.rules[0].firings == 1  # `first` is kept for ever: the re-sent pay does not fire again
     assert pruned.to_json()["timeline"] == kept.to_json()["timeline"]
+
+
+def test_journey_files_backtest_alone_and_bad_ones_exit_2(tmp_path: Path) -> None:
+    """`--journey` runs a library journey offline: entries, completions, conversions and actions are counted."""
+    hour = 3_600_000
+    events = [{"user_id": f"u{i}", "type": "follow", "ts": T0 + i, "event_id": f"f{i}"} for i in range(20)] + [
+        {"user_id": f"u{i}", "type": "menu_click", "ts": T0 + hour + i, "event_id": f"c{i}"} for i in range(5)
+    ]
+    events.append({"user_id": "u0", "type": "pay", "ts": T0 + 2 * hour, "event_id": "p0"})
+    log = write_log(tmp_path / "events.jsonl", events, compress=False)
+    new_fan = str(LIBRARY / "journeys" / "new-fan.json")
+    done = beacon_cli("backtest", "--journey", new_fan, "--events", str(log), "--json", "--jobs", "2")
+    assert done.returncode == 0, done.stderr
+    (journey,) = json.loads(done.stdout)["journeys"]
+    totals = journey["versions"]["0"]["journey"]
+    assert (totals["entered"], totals["completed"], totals["converted"]) == (20, 20, 1)
+    # 20 welcomes, 15 articles for those who did not click, 5 tags for those who did.
+    assert journey["actions"]["message"] == 35 and journey["actions"]["tag"] == 5
+    nodes = journey["versions"]["0"]["nodes"]
+    assert nodes["wait-click"]["left"] == {"menu_click": 5, "timeout": 15}
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"id": "x", "entry": {"event": "a"}, "start": "nowhere", "nodes": {}}))
+    done = beacon_cli("backtest", "--journey", str(broken), "--events", str(log))
+    assert done.returncode == 2
+    assert f"{broken}: start: \"nowhere\" is not a node" in done.stderr
+    done = beacon_cli("backtest", "--events", str(log))
+    assert done.returncode == 2 and "--ruleset or --journey" in done.stderr
