@@ -15,8 +15,9 @@ there; a wait is due at that time + its duration; a `wait_for` accepts events wi
 
 from __future__ import annotations
 
+import base64
 import hashlib
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -40,9 +41,19 @@ HISTORY_MARGIN_MS = 60_000  # behaviour history outlives its window by this much
 _NO_HISTORY: list[Any] = []
 
 
-def journey_timer(user_id: str, journey_id: str, key: str, seq: int) -> str:
-    """The timer-set member of an instance's wait (or wait_for timeout) at step `seq`."""
-    return TIMER_SEPARATOR.join((JOURNEY_TIMER, user_id, journey_id, key, str(seq)))
+def journey_timer(user_id: str, journey_id: str, key: str, inst: Instance) -> str:
+    """The timer-set member of an instance's wait (or wait_for timeout) at its current step.
+
+    It names the instance by its entry event as well as its key: a new instance of the same key (after
+    the last one ended) never reuses the name of a timer its predecessor set and cancelled, even in the
+    same batch, where the commit applies additions before removals.
+    """
+    instance = f"{key}.{_short_hash(inst.entry_id)}"
+    return TIMER_SEPARATOR.join((JOURNEY_TIMER, user_id, journey_id, instance, str(inst.seq)))
+
+
+def _short_hash(text: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.blake2b(text.encode(), digest_size=6).digest()).decode()
 
 
 def counter_field(version: int, node: str, what: str) -> str:
@@ -107,15 +118,21 @@ class Journeys:
 
     def on_timer(self, state: UserState, member: str, due_ms: int, now_ms: int, effects: Any) -> list[Event]:
         """An instance's wait ended or its wait_for timed out; a stale timer (the instance moved) does nothing."""
-        _, user_id, journey_id, key, seq_text = member.split(TIMER_SEPARATOR)
+        _, user_id, journey_id, instance, _step = member.split(TIMER_SEPARATOR)
+        key = instance.rpartition(".")[0]
         entry = self.index.journeys.get(journey_id)
         if entry is None:
             self._drop_retired(state, user_id, effects)
             return []
         marks = state.journeys.get(entry.short_key)
         inst = marks.instances.get(key) if marks is not None else None
-        if marks is None or inst is None or inst.seq != int(seq_text) or inst.node == FINISHED:
-            return []
+        if (
+            marks is None
+            or inst is None
+            or inst.node == FINISHED
+            or journey_timer(user_id, journey_id, key, inst) != member
+        ):
+            return []  # a timer its instance no longer waits on (moved on, ended, or a later instance)
         compiled = entry.versions.get(inst.version)
         if compiled is None:
             return self._retire(state, entry.id, marks, key, inst, user_id, effects, "version_gone")
@@ -290,7 +307,8 @@ class Journeys:
                 arm_index = split_arm(node, user_id, entry.id, node_id)
                 arm = node.arms[arm_index]
                 label = _arm_label(compiled, node_id, arm_index)
-                inst.arms.extend((index, arm_index))
+                if index not in inst.arms[::2]:  # a loop passes a split again, always to the same arm
+                    inst.arms.extend((index, arm_index))
                 _count(effects, entry.id, version, node_id, f"left:{label}", 1)
                 _trace(effects, user_id, at, entry.id, version, node_id, "split", taken=label)
                 if arm.holdout:
@@ -367,7 +385,7 @@ class Journeys:
         self, effects: Any, journey_id: str, user_id: str, key: str, inst: Instance, node_id: str, at: int, due: int
     ) -> None:
         inst.step_ts, inst.due = at, due
-        effects.timers_added.append((due, journey_timer(user_id, journey_id, key, inst.seq)))
+        effects.timers_added.append((due, journey_timer(user_id, journey_id, key, inst)))
         _count(effects, journey_id, inst.version, node_id, "waiting", 1)
         _trace(effects, user_id, at, journey_id, inst.version, node_id, "timer_set", due=due, key=key)
 
@@ -375,7 +393,7 @@ class Journeys:
         self, effects: Any, journey_id: str, user_id: str, key: str, inst: Instance, node_id: str
     ) -> None:
         if inst.due:
-            effects.timers_removed.append(journey_timer(user_id, journey_id, key, inst.seq))
+            effects.timers_removed.append(journey_timer(user_id, journey_id, key, inst))
             _trace(effects, user_id, inst.step_ts, journey_id, inst.version, node_id, "timer_cancelled")
             _count(effects, journey_id, inst.version, node_id, "waiting", -1)
             inst.due = 0
@@ -417,7 +435,7 @@ class Journeys:
         reason: str,
     ) -> list[Event]:
         if inst.due:
-            effects.timers_removed.append(journey_timer(user_id, journey_id, key, inst.seq))
+            effects.timers_removed.append(journey_timer(user_id, journey_id, key, inst))
         _trace(effects, user_id, inst.step_ts, journey_id, inst.version, "", "cancelled", reason=reason, key=key)
         del marks.instances[key]
         return []
@@ -448,15 +466,20 @@ class Journeys:
         pattern.expires_ms = now_ms + shape.window_ms + HISTORY_MARGIN_MS
         pattern.packed = None
         items = pattern.parts.setdefault("h", {}).setdefault("_", [])
+        # A branch reads [at - window, at] with at >= newest - horizon: older events can never count.
+        settled_at = pattern.watermark - shape.horizon_ms
         if shape.sum_field is None:
             insort(items, event.ts)
-            cut = bisect_left(items, pattern.watermark - shape.window_ms)
+            del items[: bisect_left(items, settled_at - shape.window_ms)]
+            settled = bisect_right(items, settled_at)
         else:
             insort(items, [event.ts, raw], key=_first)
-            cut = bisect_left(items, pattern.watermark - shape.window_ms, key=_first)
-        cut = max(cut, len(items) - shape.keep)
-        if cut > 0:
-            del items[:cut]
+            del items[: bisect_left(items, settled_at - shape.window_ms, key=_first)]
+            settled = bisect_right(items, settled_at, key=_first)
+        # Of the events at or before `settled_at`, any window that reads them ends after them: the newest
+        # `keep` decide every comparison of a count (a sum keeps them all, up to MAX_HISTORY).
+        if settled > shape.keep:
+            del items[: settled - shape.keep]
 
 
 def wait_due(node: Wait, at: int, profile: Mapping[str, Any]) -> int | None:

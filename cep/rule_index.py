@@ -144,6 +144,7 @@ class RuleIndex:
                             shape.sum_field,
                             max(shape.window_ms, known.window_ms),
                             max(shape.keep, known.keep),
+                            max(shape.horizon_ms, known.horizon_ms),
                         )
                     self.histories[shape.id] = shape
         # History is kept once per shape whichever journeys read it: one role per shape.

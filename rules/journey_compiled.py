@@ -44,14 +44,19 @@ _EVENT_FIELD = re.compile(r"\{\{\s*event\.([^\s{}]+)\s*\}\}")
 
 @dataclass(frozen=True, slots=True)
 class HistoryShape:
-    """What one behaviour shape keeps: events of `match` (with `sum_field`'s value), for `window_ms`,
-    at most `keep` of them (the newest)."""
+    """What one behaviour shape keeps: events of `match` (with `sum_field`'s value) for `window_ms`.
+
+    A branch runs at an event time at most `horizon_ms` (its journey's lateness) before the newest
+    event kept: every event newer than `newest - horizon` is kept, and of the older ones in the window
+    only the newest `keep`, which is enough to decide any count comparison (see `_needs`).
+    """
 
     id: str
     match: Matcher
     sum_field: str | None
     window_ms: int
     keep: int
+    horizon_ms: int = 0
 
 
 def history_id(match: Matcher, sum_field: str | None) -> str:
@@ -208,7 +213,10 @@ class CompiledJourney:
                         known = shapes.get(shape_id)
                         window = max(behaviour.within_ms, known.window_ms if known else 0)
                         keep = max(_needs(behaviour), known.keep if known else 0)
-                        shapes[shape_id] = HistoryShape(shape_id, behaviour.match, behaviour.sum_field, window, keep)
+                        horizon = max(journey.lateness_ms, known.horizon_ms if known else 0)
+                        shapes[shape_id] = HistoryShape(
+                            shape_id, behaviour.match, behaviour.sum_field, window, keep, horizon
+                        )
             elif isinstance(node, Do):
                 renderers[node_id] = tuple(compile_value(action.params) for action in node.actions)
         for shape in shapes.values():

@@ -398,27 +398,14 @@ def difference(what: str, expected: tuple[Any, ...], actual: tuple[Any, ...]) ->
     return f"{what}: missing {missing}, unexpected {unexpected}"
 
 
-def comparable_counts(
-    counts: dict[tuple[str, str], int], expected: Outcome
-) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
-    """Actual and expected statistics, without conversions per split arm where the known miscount bites."""
-    if not expected.split_passed_twice:
-        return counts, expected.counts
-
-    def kept(found: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
-        return {name: count for name, count in found.items() if not name[1].startswith("converted:")}
-
-    return kept(counts), kept(expected.counts)
-
-
 def check_dry_run(case: Case) -> bool:
     """The in-process dry-run equals the reference (dry-run clock): actions, waiting instances, counts.
-    False (nothing compared) when the case is within reach of a known bug (the xfails at the end)."""
+    False (nothing compared) when a branch reads behaviour beyond the history's documented bound."""
     journey = parse_journey(case.document, default_lateness_ms=LATENESS_MS)
     expected = journey_reference.evaluate(
         journey, case.events, profiles=case.profiles, until=case.until, clock="event_time"
     )
-    if expected.behaviour_behind_newest or expected.rewait_after_cancel:
+    if expected.behaviour_behind_newest:
         return False
     events = [Event(item["event_id"], item["user_id"], item["type"], item["ts"], item["attrs"]) for item in case.events]
     report = journey_dry_run(journey, events, case.profiles, DEDUPE_HORIZON_MS, case.until)
@@ -427,7 +414,7 @@ def check_dry_run(case: Case) -> bool:
     assert actions == expected.actions, difference("actions", expected.actions, actions) + context
     waiting = tuple(sorted(Waiting(item["user_id"], item["node"], item["due"]) for item in report["waiting"]))
     assert waiting == expected.waiting, difference("waiting", expected.waiting, waiting) + context
-    counts, wanted = comparable_counts(flat_counts(report["stats"]), expected)
+    counts, wanted = flat_counts(report["stats"]), expected.counts
     assert counts == wanted, f"counts: expected {wanted}, got {counts}{context}"
     return True
 
@@ -560,8 +547,8 @@ async def test_live_server_matches_the_reference(live: Live) -> None:
         expected = journey_reference.evaluate(
             journey, case.events, profiles=case.profiles, until=case.until, clock="running_max"
         )
-        if expected.behaviour_behind_newest or expected.rewait_after_cancel:
-            continue  # the known bugs' reach (see the xfails below)
+        if expected.behaviour_behind_newest:
+            continue  # beyond the behaviour history's documented bound
         if len(candidates) > 1 and not (expected.actions or expected.waiting):
             continue  # live cases are few: spend them where something happens
         compared += 1
@@ -573,12 +560,12 @@ async def test_live_server_matches_the_reference(live: Live) -> None:
         wanted = without_position(expected.actions)
         assert actions == wanted, difference("live actions", wanted, actions) + context
         assert waiting == expected.waiting, difference("live waiting", expected.waiting, waiting) + context
-        counts, wanted_counts = comparable_counts(counts, expected)
+        wanted_counts = expected.counts
         assert counts == wanted_counts, f"live counts: expected {wanted_counts}, got {counts}{context}"
     assert compared == LIVE_CASES or len(candidates) == 1, f"only {compared} live cases compared"
 
 
-# -- known disagreements, kept as minimal cases --------------------------------------------------------
+# -- regressions: minimal cases of bugs the property tests found ------------------------------------
 
 
 def wire(event_id: str, kind: str, seconds: float, base_ms: int = T0, user_id: str = "known-u") -> dict[str, Any]:
@@ -604,13 +591,9 @@ def dry_run_against_reference(document: dict[str, Any], events: list[dict[str, A
     assert flat_counts(report["stats"]) == expected.counts, case.dump()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="behaviour history keeps only the newest events, so a branch at an earlier step time miscounts"
-)
 def test_did_not_after_a_timeout_sees_an_event_inside_its_window() -> None:
-    """In order: a at 0 s, c at 10 s, c at 31 s. The wait_for times out at 30 s (its timer fires at 32 s,
-    after c at 31 s), so the branch runs at 30 s: c at 10 s lies in [-30 s, 30 s] and `did_not` is false
-    (no action). The runner kept only the newest c (31 s, keep = 1 for did_not), counts none, acts."""
+    """Regression: behaviour history kept only the newest c, so a branch run at a timeout (30 s, after c at
+    31 s was processed) missed c at 10 s inside its window and `did_not` wrongly held."""
     document = {
         "id": "history",
         "entry": {"event": "a"},
@@ -635,25 +618,15 @@ TIMER_REUSE = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a new instance reuses a cancelled timer's name; the dry-run fires the stale timer for it"
-)
 def test_dry_run_times_out_a_new_instance_on_its_own_timer() -> None:
-    """Instances 1 (a at 0 s) and 2 (a at 10 s) each leave `wait` on a b; instance 3 (a at 20 s) is due at
-    20 + 60 + 2 = 82 s, so at `until` 75 s it still waits and nothing acted. All three timers are named
-    `j|u|reuse|_|1`; the simulation skips one stale entry per name, so instance 2's stale timer (72 s)
-    times instance 3 out early: `late` acts and nothing waits."""
+    """Regression: three instances of one key named their timers alike, so the dry-run fired instance 2's
+    cancelled timer (72 s) for instance 3 (due 82 s), which then timed out early."""
     events = [wire("a1", "a", 0), wire("b1", "b", 5), wire("a2", "a", 10), wire("b2", "b", 15), wire("a3", "a", 20)]
     dry_run_against_reference(TIMER_REUSE, events, T0 + 75 * SECOND)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="conversions per split arm are counted once per pass through the split, not once per instance"
-)
 def test_a_conversion_counts_once_per_split_arm() -> None:
-    """A loop `ab` (split, one arm) -> `tick` (wait 10 s) -> `ab`: passes at 0, 10 and 20 s, then the goal at
-    25 s. One instance converted once: `converted:arm0` at `ab` is 1 (as its `converted`); the runner
-    counts 3."""
+    """Regression: a loop through a split counted one conversion once per pass under `converted:arm0` (3, not 1)."""
     document = {
         "id": "loop",
         "entry": {"event": "a"},
@@ -664,14 +637,9 @@ def test_a_conversion_counts_once_per_split_arm() -> None:
     dry_run_against_reference(document, [wire("a1", "a", 0), wire("c1", "c", 25)], T0 + 25 * SECOND)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a new instance reuses a cancelled timer's name; one commit adds then removes it"
-)
 async def test_live_instance_entered_in_the_batch_that_cancelled_a_timer_times_out(live: Live) -> None:
-    """One POST: a at 0 s (instance 1 waits, timer `j|u|reuse-live|_|1`), b at 5 s (instance 1 moves on: the
-    timer is removed), a at 10 s (instance 2 waits: a timer of the same name, due 72 s). The commit runs
-    ZADD before ZREM, so instance 2's timer is removed with the stale one: at 72 s and later it still waits
-    at `wait` instead of timing out to `late` (step 70 s)."""
+    """Regression: in one batch instance 1's timer was cancelled and instance 2 set one of the same name; the
+    commit (ZADD, then ZREM) dropped instance 2's timer and it waited for ever."""
     document = {**TIMER_REUSE, "id": "reuse-live"}
     base = live.clock.now_ms() + HOUR
     events = [wire(*item, base_ms=base) for item in (("a1", "a", 0), ("b1", "b", 5), ("a2", "a", 10))]
