@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import durable_side, ingest, replay, scaling, timers
+from bench import durable_side, ingest, journeys, replay, scaling, timers
 from bench.harness import beacon_stack
 from bench.report import RESULTS_DIR, Row, cpu_snapshot, others_share, skipped, table, write
 from bench.sizes import SIZES, Size, size_named
@@ -55,7 +55,12 @@ async def _scaling(size: Size, cluster: bool) -> list[Row]:
     return await scaling.scaling_rows(size, cluster)
 
 
-# In `all` order; `timers` also measures memory, `durable` runs Beacon on the same log for the ratio.
+async def _journeys(size: Size, cluster: bool) -> list[Row]:
+    return await journeys.journey_rows(size)
+
+
+# In `all` order; `timers` also measures memory, `durable` runs Beacon on the same log for the ratio,
+# `journeys` measures both the journey stream and the memory of waiting instances.
 BENCHES: dict[str, Bench] = {
     "throughput": _throughput,
     "latency": _latency,
@@ -64,6 +69,7 @@ BENCHES: dict[str, Bench] = {
     "backtest": _backtest,
     "durable": _durable,
     "scaling": _scaling,
+    "journeys": _journeys,
 }
 ALIASES = {"ingest": ("throughput", "latency"), "memory": ("timers",), "all": tuple(BENCHES)}
 
@@ -88,6 +94,7 @@ def expected_row_ids(size: Size, names: list[str]) -> list[str]:
         "backtest": [f"backtest.jobs{jobs}" for jobs in replay.backtest_jobs()],
         "durable": durable_side.row_ids(),  # one skipped row without the `bench` extra
         "scaling": [*(f"scaling.workers.{count}" for count in size.worker_counts), "scaling.cluster"],
+        "journeys": journeys.row_ids(),
     }
     return [row_id for name in names for row_id in ids[name]]
 
@@ -131,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, help="override the workload's user count")
     parser.add_argument("--burst-events", type=int, help="override events per flat-out run")
     parser.add_argument("--memory-users", type=int, help="override users in the memory sample")
+    parser.add_argument("--journey-instances", type=int, help="override waiting journey instances per memory case")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     names: list[str] = []
@@ -138,7 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         if name not in BENCHES and name not in ALIASES:
             parser.error(f"unknown benchmark {name!r}")
         names += [n for n in ALIASES.get(name, (name,)) if n not in names]
-    size = size_named(args.size, users=args.users, burst_events=args.burst_events, memory_users=args.memory_users)
+    size = size_named(
+        args.size,
+        users=args.users,
+        burst_events=args.burst_events,
+        memory_users=args.memory_users,
+        journey_instances=args.journey_instances,
+    )
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         stream=sys.stderr,

@@ -185,6 +185,17 @@ class BeaconStack:
                 raise HarnessError(f"ruleset refused: {body}")
             return int(body["version"])
 
+    async def push_journey(self, document: dict[str, Any]) -> int:
+        """PUT a journey over HTTP (`PUT /v1/journeys/{id}`); returns its version."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.put(f"{self.base_url}/v1/journeys/{document['id']}", json=document) as response,
+        ):
+            body = await response.json(content_type=None)
+            if response.status != 200:
+                raise HarnessError(f"journey refused: {body}")
+            return int(body["version"])
+
     def stop(self) -> None:
         """Stop workers, then the server, then Redis (each stop is attempted even if one fails)."""
         try:
@@ -215,8 +226,10 @@ async def beacon_stack(
     cluster: bool = False,
     extra_env: Mapping[str, str] | None = None,
     ruleset: dict[str, Any] | None = None,
+    with_ruleset: bool = True,
 ) -> AsyncIterator[BeaconStack]:
-    """Start Redis (AOF on, as embedded Beacon runs it) and `beacon serve`, push the ruleset; stop all on exit."""
+    """Start Redis (AOF on, as embedded Beacon runs it) and `beacon serve`, push the ruleset (the mix unless
+    `ruleset` is given; none when not `with_ruleset`); stop all on exit."""
     with tempfile.TemporaryDirectory(prefix="beacon-bench-") as tmp:
         workdir = Path(tmp)
         server = _cluster_server(workdir / "cluster") if cluster else EmbeddedRedis(workdir / "redis")
@@ -244,7 +257,8 @@ async def beacon_stack(
             await asyncio.to_thread(server.start)
             stack.serve = stack.spawn("serve")
             await stack.wait_healthy()
-            await stack.push_ruleset(ruleset or load_ruleset())
+            if with_ruleset:
+                await stack.push_ruleset(ruleset or load_ruleset())
             yield stack
         finally:
             await asyncio.to_thread(stack.stop)

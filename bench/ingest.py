@@ -14,7 +14,7 @@ from bench import cpu, load
 from bench.harness import BeaconStack, beacon_stack
 from bench.report import Row, skipped
 from bench.sizes import Size
-from bench.workload import Workload
+from bench.workload import JourneyWorkload, Workload
 from cep.events import ProfilePatch
 from cep.ownership import fair_shares
 from cep.profiles import patch_profile
@@ -29,7 +29,7 @@ TRANSPORTS = {
 }
 
 
-async def load_profiles(redis: Redis, workload: Workload, partitions: int) -> int:
+async def load_profiles(redis: Redis, workload: Workload | JourneyWorkload, partitions: int) -> int:
     """Queue the workload's profiles (attributes and tags) so `if` conditions have something to read;
     the workers apply them in order before the events that follow."""
     profiles = list(workload.profiles().items())
@@ -43,7 +43,9 @@ async def load_profiles(redis: Redis, workload: Workload, partitions: int) -> in
     return len(profiles)
 
 
-async def warm_up(stack: BeaconStack, redis: Redis, workload: Workload, events: int, timeout_s: float) -> None:
+async def warm_up(
+    stack: BeaconStack, redis: Redis, workload: Workload | JourneyWorkload, events: int, timeout_s: float
+) -> None:
     """Send a first batch and wait for it: the first evaluations compile and load scripts."""
     await load.blast_http(stack.base_url, workload.events(events))
     await load.wait_drained(redis, stack.partitions, timeout_s)

@@ -29,6 +29,8 @@ class Size:
     scaling_events: int  # events preloaded per worker-count row
     worker_counts: tuple[int, ...]  # worker processes per scaling row
     drain_timeout_s: float  # longest wait for a backlog to drain
+    journey_events: int  # events per flat-out run of the journey stream
+    journey_instances: int  # users put into a journey, waiting, per memory case
 
 
 SIZES = {
@@ -52,6 +54,8 @@ SIZES = {
         scaling_events=1_000,
         worker_counts=(1, 2),
         drain_timeout_s=30,
+        journey_events=1_500,
+        journey_instances=1_000,
     ),
     "default": Size(
         name="default",
@@ -73,6 +77,8 @@ SIZES = {
         scaling_events=30_000,
         worker_counts=(1, 2, 4),
         drain_timeout_s=120,
+        journey_events=60_000,
+        journey_instances=100_000,
     ),
     "full": Size(
         name="full",
@@ -94,6 +100,8 @@ SIZES = {
         scaling_events=100_000,
         worker_counts=(1, 2, 4),
         drain_timeout_s=600,
+        journey_events=200_000,
+        journey_instances=1_000_000,
     ),
 }
 
