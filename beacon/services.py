@@ -132,6 +132,7 @@ async def open_services(
                 dedupe_horizon_ms=settings.dedupe_horizon_ms,
                 ledger_retention_ms=settings.ledger_retention_ms,
                 trace_depth=settings.trace_depth,
+                trace_ttl_ms=settings.trace_ttl_ms,
             )
             services.worker = Worker(
                 redis,

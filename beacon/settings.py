@@ -89,8 +89,10 @@ class Settings:
     worker_block_ms: int = 200
     # Events older than this are treated as duplicates-unknown: their ids are forgotten.
     dedupe_horizon_ms: int = 7 * 24 * 3600 * 1000
-    # Entries kept per user in the trace (`GET /v1/users/{id}/trace`); 0 turns tracing off.
-    trace_depth: int = 100
+    # Entries kept per user in the trace (`GET /v1/users/{id}/trace`); 0 turns tracing off. The trace is
+    # a few KiB per recently active user: bounded in entries and in time.
+    trace_depth: int = 30
+    trace_ttl_ms: int = 3 * 24 * 3600 * 1000
     # An event's `ts` may be at most this far ahead of the server clock (producers' clocks drift).
     max_future_ms: int = 15 * 60 * 1000
     # serve's share of the partitions beside `beacon worker` processes (weight 1 each): it also ingests.
@@ -162,6 +164,7 @@ def _parse(read: _Variables, env: Mapping[str, str]) -> Settings:
         worker_block_ms=read.integer("WORKER_BLOCK_MS", base.worker_block_ms, 1),
         dedupe_horizon_ms=read.integer("DEDUPE_HORIZON_MS", base.dedupe_horizon_ms, 1000),
         trace_depth=read.integer("TRACE_DEPTH", base.trace_depth, 0, 10_000),
+        trace_ttl_ms=read.integer("TRACE_TTL_MS", base.trace_ttl_ms, 1000),
         max_future_ms=read.integer("MAX_FUTURE_MS", base.max_future_ms, 0),
         serve_partition_weight=read.fraction("SERVE_PARTITION_WEIGHT", base.serve_partition_weight, 0.01, 100),
         ledger_retention_ms=read.integer("LEDGER_RETENTION_MS", base.ledger_retention_ms, 1000),

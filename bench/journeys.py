@@ -397,7 +397,10 @@ async def _measure(stack: BeaconStack, redis: Redis, case: Case, traced: bool, s
 def _instance_row(found: Measured) -> Row:
     case = found.case
     breakdown = ", ".join(f"{name.replace('_', ' ')} {value:.0f}" for name, value in found.parts.items())
-    trace = "trace on (BEACON_TRACE_DEPTH 100, the default)" if found.traced else "trace off (BEACON_TRACE_DEPTH=0)"
+    depth = Settings().trace_depth
+    trace = (
+        f"trace on (BEACON_TRACE_DEPTH {depth}, the default)" if found.traced else "trace off (BEACON_TRACE_DEPTH=0)"
+    )
     suffix = "_traced" if found.traced else ""
     return Row(
         f"journeys.memory.{case.name}.per_instance{suffix}",

@@ -17,6 +17,7 @@ from typing import Any
 
 from cep.events import Event, partition_of
 from cep.journey_stats import stats_view
+from cep.journeys import counter_field
 from cep.rule_index import RuleIndex, rule_key
 from cep.simulate import DEDUPE_HORIZON_MS, Simulation, Step, firing_json, journey_firing_json
 from rules.compiled import CompiledRuleset
@@ -239,8 +240,8 @@ class _Tally:
                 self.sample.append(firing_json(firing, step.at))
 
     def _journeys(self, step: Step) -> None:
-        for (journey_id, name), delta in step.effects.journey_counts.items():
-            self.journeys[journey_id].counts[name] += delta
+        for (journey_id, version, node, what), delta in step.effects.journey_counts.items():
+            self.journeys[journey_id].counts[counter_field(version, node, what)] += delta
         for firing in step.effects.journey_firings:
             summary = self.journeys[firing.journey_id]
             summary.actions.update(action.record["type"] for action in firing.actions)

@@ -229,7 +229,7 @@ class CommitPlan:
             group.extend((name, delta))
         self.counts.append(group)
 
-    def trace(self, user_id: str, entries: list[str], depth: int, ttl_ms: int) -> None:
+    def trace(self, user_id: str, entries: list[bytes], depth: int, ttl_ms: int) -> None:
         """Push a user's trace entries (oldest first), keeping the newest `depth`."""
         self.traces.append([self._key(user_key(self.partition, user_id, TRACE)), depth, ttl_ms, *entries])
 

@@ -53,7 +53,8 @@ class Effects:
     hop_limited: int = 0
     chained: list[Event] = field(default_factory=list)  # events emitted by actions and evaluated
     journey_firings: list[JourneyFiring] = field(default_factory=list)
-    journey_counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (journey, stats field) -> delta
+    # (journey, version, node, what) -> delta of that statistic (`cep.journey_stats`)
+    journey_counts: dict[tuple[str, int, str, str], int] = field(default_factory=dict)
     # (user, entry) for the per-user trace (`GET /v1/users/{id}/trace`); None: not traced (backtests).
     trace: list[tuple[str, dict[str, Any]]] | None = None
 

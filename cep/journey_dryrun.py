@@ -13,6 +13,7 @@ from typing import Any
 
 from cep.events import Event
 from cep.journey_stats import stats_view
+from cep.journeys import counter_field
 from cep.rule_index import RuleIndex
 from cep.simulate import Simulation, Step, journey_firing_json
 from cep.user_record import FINISHED
@@ -38,7 +39,8 @@ def journey_dry_run(
         steps.extend(journey_firing_json(firing, step.at) for firing in step.effects.journey_firings)
         for user_id, entry in step.effects.trace or ():
             trace.setdefault(user_id, []).append({"at": step.at, **entry})
-        for (_, name), delta in step.effects.journey_counts.items():
+        for (_, version, node, what), delta in step.effects.journey_counts.items():
+            name = counter_field(version, node, what)
             counts[name] = counts.get(name, 0) + delta
 
     compiled = CompiledJourney.build(journey)

@@ -28,7 +28,7 @@ from cep.correlation import correlation_key
 from cep.events import ORIGIN_TIMER, Event
 from cep.firing import TIMER_SEPARATOR, ActionSource, CreatedAction, render_actions, schedule_and_tag
 from cep.rule_index import JourneyEntry, JourneyMatch, RuleIndex
-from cep.user_record import FINISHED, NEVER, Instance, JourneyMarks, PatternState, UserState
+from cep.user_record import FINISHED, NEVER, Instance, JourneyMarks, PatternState, UserState, event_id_hash
 from rules.journey_compiled import CompiledJourney, HistoryShape, is_number
 from rules.journey_model import Branch, Do, Exit, Split, Wait, WaitFor
 from rules.predicates import NO_ATTRS, NO_TAGS
@@ -41,19 +41,16 @@ HISTORY_MARGIN_MS = 60_000  # behaviour history outlives its window by this much
 _NO_HISTORY: list[Any] = []
 
 
-def journey_timer(user_id: str, journey_id: str, key: str, inst: Instance) -> str:
+def journey_timer(user_id: str, journey_id: str, inst: Instance) -> str:
     """The timer-set member of an instance's wait (or wait_for timeout) at its current step.
 
-    It names the instance by its entry event as well as its key: a new instance of the same key (after
-    the last one ended) never reuses the name of a timer its predecessor set and cancelled, even in the
-    same batch, where the commit applies additions before removals.
+    The instance is named by 24 bits of its entry event's hash, not by its key (a user's few instances
+    of a journey are found by comparing names; the key would repeat a possibly long value in every
+    member). A new instance of a key thus never reuses the name of a timer its predecessor set and
+    cancelled, even in the same batch, where the commit applies additions before removals.
     """
-    instance = f"{key}.{_short_hash(inst.entry_id)}"
-    return TIMER_SEPARATOR.join((JOURNEY_TIMER, user_id, journey_id, instance, str(inst.seq)))
-
-
-def _short_hash(text: str) -> str:
-    return base64.urlsafe_b64encode(hashlib.blake2b(text.encode(), digest_size=6).digest()).decode()
+    tag = base64.urlsafe_b64encode((inst.entry & 0xFFFFFF).to_bytes(3, "big")).decode()
+    return TIMER_SEPARATOR.join((JOURNEY_TIMER, user_id, journey_id, tag, str(inst.seq)))
 
 
 def counter_field(version: int, node: str, what: str) -> str:
@@ -88,7 +85,7 @@ class Journeys:
     def on_event(self, state: UserState, event: Event, now_ms: int, effects: Any) -> list[Event]:
         """Everything the event does to the user's journeys; returns the events tag actions caused."""
         matches = self.index.journey_roles.get(event.type)
-        if state.journeys:
+        if state.journeys and state.journeys_checked is not self.index:
             self._drop_retired(state, event.user_id, effects)
         if not matches:
             return []
@@ -118,21 +115,27 @@ class Journeys:
 
     def on_timer(self, state: UserState, member: str, due_ms: int, now_ms: int, effects: Any) -> list[Event]:
         """An instance's wait ended or its wait_for timed out; a stale timer (the instance moved) does nothing."""
-        _, user_id, journey_id, instance, _step = member.split(TIMER_SEPARATOR)
-        key = instance.rpartition(".")[0]
+        _, user_id, journey_id, _tag, _step = member.split(TIMER_SEPARATOR)
         entry = self.index.journeys.get(journey_id)
         if entry is None:
             self._drop_retired(state, user_id, effects)
             return []
         marks = state.journeys.get(entry.short_key)
-        inst = marks.instances.get(key) if marks is not None else None
-        if (
-            marks is None
-            or inst is None
-            or inst.node == FINISHED
-            or journey_timer(user_id, journey_id, key, inst) != member
-        ):
+        found = (
+            next(
+                (
+                    (key, inst)
+                    for key, inst in marks.instances.items()
+                    if inst.due and journey_timer(user_id, journey_id, inst) == member
+                ),
+                None,
+            )
+            if marks is not None
+            else None
+        )
+        if marks is None or found is None:
             return []  # a timer its instance no longer waits on (moved on, ended, or a later instance)
+        key, inst = found
         compiled = entry.versions.get(inst.version)
         if compiled is None:
             return self._retire(state, entry.id, marks, key, inst, user_id, effects, "version_gone")
@@ -234,18 +237,16 @@ class Journeys:
             or (reentry.policy == "once_per" and event.ts < last_ts + reentry.period_ms)
         ):
             return _blocked(effects, user_id, event, entry.id, version, f"reentry_{reentry.policy}")
-        if reentry.policy == "once_per":
-            expires = now_ms + reentry.period_ms + HISTORY_MARGIN_MS
-        elif reentry.policy == "always":
-            expires = 1  # nothing to remember once the key's instance is gone
-        else:
-            expires = NEVER
-        marks.entered[key] = [entries + 1, max(last_ts, event.ts), expires]
+        # `always` needs no marks: the live instance alone keeps a second one out.
+        if reentry.policy != "always":
+            expires = now_ms + reentry.period_ms + HISTORY_MARGIN_MS if reentry.policy == "once_per" else NEVER
+            marks.entered[key] = [entries + 1, max(last_ts, event.ts), expires]
         attrs = {name: event.attrs[name] for name in compiled.kept_fields if name in event.attrs}
         goal_by = event.ts + journey.goal.within_ms if journey.goal is not None else 0
-        inst = marks.instances[key] = Instance(
-            version, FINISHED, event.ts, 0, event.event_id, event.ts, attrs, [], goal_by
-        )
+        if "event_id" in compiled.kept_fields:
+            attrs["event_id"] = event.event_id  # `{{event.event_id}}` in a template: kept only then
+        entry_hash = event_id_hash(event.event_id)
+        inst = marks.instances[key] = Instance(version, FINISHED, event.ts, 0, entry_hash, event.ts, attrs, [], goal_by)
         _count(effects, entry.id, version, "", "entered", 1)
         _trace(effects, user_id, event.ts, entry.id, version, "", "entered", event=event.event_id, key=key)
         return self._walk(state, entry, compiled, marks, key, inst, journey.start, event.ts, event, now_ms, effects)
@@ -337,7 +338,7 @@ class Journeys:
         effects: Any,
     ) -> list[Event]:
         version = inst.version
-        entry_event = Event(inst.entry_id, user_id, "", inst.entry_ts, inst.attrs, trigger.received_ms)
+        entry_id = str(inst.attrs.get("event_id", inst.entry))
         source = ActionSource(
             {
                 "ruleset_id": journey_id,
@@ -347,20 +348,18 @@ class Journeys:
                 "node_id": node_id,
                 "source": "journey",
             },
-            ("journey", journey_id, str(version), node_id, user_id, inst.entry_id, key, str(inst.seq)),
+            ("journey", journey_id, str(version), node_id, user_id, str(inst.entry), key, str(inst.seq)),
         )
         entry_type = compiled.journey.entry.event if compiled.journey.entry is not None else ""
         context = {
-            "event": {**inst.attrs, "type": entry_type, "ts": inst.entry_ts, "event_id": inst.entry_id},
+            "event": {**inst.attrs, "type": entry_type, "ts": inst.entry_ts, "event_id": entry_id},
             "profile": dict(state.profile),
             "user_id": user_id,
             "rule_id": node_id,
             "ruleset_id": journey_id,
         }
         # Actions are due relative to the step's time (a delayed action after a wait counts from its end).
-        step = Event(
-            trigger.event_id, user_id, trigger.type, at, entry_event.attrs, trigger.received_ms, trigger.origin
-        )
+        step = Event(trigger.event_id, user_id, trigger.type, at, inst.attrs, trigger.received_ms, trigger.origin)
         actions = render_actions(source, node.actions, compiled.renderers[node_id], context, step, now_ms)
         effects.journey_firings.append(JourneyFiring(journey_id, version, node_id, user_id, step, actions))
         _trace(effects, user_id, at, journey_id, version, node_id, "actions", actions=[a.action_id for a in actions])
@@ -385,7 +384,7 @@ class Journeys:
         self, effects: Any, journey_id: str, user_id: str, key: str, inst: Instance, node_id: str, at: int, due: int
     ) -> None:
         inst.step_ts, inst.due = at, due
-        effects.timers_added.append((due, journey_timer(user_id, journey_id, key, inst)))
+        effects.timers_added.append((due, journey_timer(user_id, journey_id, inst)))
         _count(effects, journey_id, inst.version, node_id, "waiting", 1)
         _trace(effects, user_id, at, journey_id, inst.version, node_id, "timer_set", due=due, key=key)
 
@@ -393,7 +392,7 @@ class Journeys:
         self, effects: Any, journey_id: str, user_id: str, key: str, inst: Instance, node_id: str
     ) -> None:
         if inst.due:
-            effects.timers_removed.append(journey_timer(user_id, journey_id, key, inst))
+            effects.timers_removed.append(journey_timer(user_id, journey_id, inst))
             _trace(effects, user_id, inst.step_ts, journey_id, inst.version, node_id, "timer_cancelled")
             _count(effects, journey_id, inst.version, node_id, "waiting", -1)
             inst.due = 0
@@ -435,13 +434,14 @@ class Journeys:
         reason: str,
     ) -> list[Event]:
         if inst.due:
-            effects.timers_removed.append(journey_timer(user_id, journey_id, key, inst))
+            effects.timers_removed.append(journey_timer(user_id, journey_id, inst))
         _trace(effects, user_id, inst.step_ts, journey_id, inst.version, "", "cancelled", reason=reason, key=key)
         del marks.instances[key]
         return []
 
     def _drop_retired(self, state: UserState, user_id: str, effects: Any) -> None:
         """Instances of deleted journeys are cancelled when their user is next touched (timers included)."""
+        state.journeys_checked = self.index  # until the journeys change, this user needs no second look
         gone = [short for short in state.journeys if short not in self.index.journey_by_short]
         for short in gone:
             # A waiting instance's timer stays in the set (its member names the journey by id, which the
@@ -551,8 +551,8 @@ def _first(item: list[Any]) -> Any:
 
 
 def _count(effects: Any, journey_id: str, version: int, node: str, what: str, delta: int) -> None:
-    counts: dict[tuple[str, str], int] = effects.journey_counts
-    field = (journey_id, counter_field(version, node, what))
+    counts: dict[tuple[str, int, str, str], int] = effects.journey_counts
+    field = (journey_id, version, node, what)  # formatted as a stats field once per batch, not per count
     counts[field] = counts.get(field, 0) + delta
 
 

@@ -62,7 +62,7 @@ def journey_state(state: UserState, index: RuleIndex) -> dict[str, Any]:
                     "step_ts": inst.step_ts,
                     "due": inst.due or None,
                     "goal_by": inst.goal_by or None,
-                    "entry_event_id": inst.entry_id,
+                    "entry_event_hash": f"{inst.entry:016x}",
                 }
             )
         name = entry.id

@@ -26,6 +26,7 @@ from cep import streams, timers
 from cep.commit import CommitPlan, FencedError, StalePositionError, commit
 from cep.evaluator import Effects, Evaluator, apply_patch, timer_user
 from cep.events import Event, ProfilePatch
+from cep.journeys import counter_field
 from cep.rule_index import RuleIndex
 from cep.trace import encode_entry
 from cep.user_record import UserState, decode_user_state, encode_user_state
@@ -48,6 +49,7 @@ class OwnerLimits:
     dedupe_horizon_ms: int
     ledger_retention_ms: int
     trace_depth: int = 0  # trace entries kept per user (0: no trace)
+    trace_ttl_ms: int = 3 * 86_400_000  # a user's trace expires this long after its last entry
 
 
 class PartitionOwner:
@@ -277,17 +279,17 @@ class PartitionOwner:
                     queue=action.status == "pending",
                 )
         by_journey: dict[str, list[tuple[str, int]]] = {}
-        for (journey_id, name), delta in effects.journey_counts.items():
+        for (journey_id, version, node, what), delta in effects.journey_counts.items():
             if delta:
-                by_journey.setdefault(journey_id, []).append((name, delta))
+                by_journey.setdefault(journey_id, []).append((counter_field(version, node, what), delta))
         for journey_id, deltas in by_journey.items():
             plan.count(journey_id, deltas)
         if effects.trace:
-            by_user: dict[str, list[str]] = {}
+            by_user: dict[str, list[bytes]] = {}
             for user_id, found in effects.trace:
                 by_user.setdefault(user_id, []).append(encode_entry({"at": now, **found}))
             for user_id, entries in by_user.items():
-                plan.trace(user_id, entries, self._limits.trace_depth, self._limits.dedupe_horizon_ms)
+                plan.trace(user_id, entries, self._limits.trace_depth, self._limits.trace_ttl_ms)
         for user_id, action_id, cancel in effects.releases:
             plan.release(user_id, action_id, cancel=cancel)
         for due_ms, member in effects.timers_added:
@@ -369,8 +371,7 @@ class PartitionOwner:
                 emitted[action.record["type"]] = emitted.get(action.record["type"], 0) + 1
         for action_type, count in emitted.items():
             metrics.on_actions_emitted(action_type, count)
-        for (journey_id, name), delta in effects.journey_counts.items():
-            _, node, what = name.split("|", 2)
+        for (journey_id, _, node, what), delta in effects.journey_counts.items():
             if what in JOURNEY_OUTCOMES and delta > 0:
                 metrics.on_journey(journey_id, node, what, delta)
         for entry, _ in effects.late:

@@ -69,15 +69,16 @@ class Instance:
 
     `node` indexes the version's node ids (FINISHED: the path ended, the goal is still watched);
     `step_ts` is the event time the current node started at, `seq` counts steps taken (it names the
-    instance's timer and its actions' idempotency keys); `attrs` keeps only the entry event's fields the
-    journey reads; `visited` lists node indexes passed; `goal_by` is the goal deadline (0: none left).
+    instance's timer and its actions' idempotency keys); `entry` is the 64-bit hash of the entry
+    event's id (`event_id_hash`); `attrs` keeps only the entry event's fields the journey reads;
+    `visited` lists node indexes passed; `goal_by` is the goal deadline (0: none left).
     """
 
     version: int
     node: int
     step_ts: int
     seq: int
-    entry_id: str
+    entry: int
     entry_ts: int
     attrs: dict[str, Any]
     visited: list[int]
@@ -87,20 +88,40 @@ class Instance:
     arms: list[int] = field(default_factory=list)
 
     def pack(self) -> list[Any]:
-        """The stored form: a plain list."""
+        """The stored form: a plain list, times as offsets from the entry (smaller integers in msgpack:
+        a waiting instance is stored for as long as it waits)."""
+        base = self.entry_ts
         return [
             self.version,
             self.node,
-            self.step_ts,
+            base,
+            self.step_ts - base,
             self.seq,
-            self.entry_id,
-            self.entry_ts,
+            self.entry,
             self.attrs,
             self.visited,
-            self.goal_by,
-            self.due,
+            self.goal_by - base if self.goal_by else 0,
+            self.due - base if self.due else 0,
             self.arms,
         ]
+
+    @classmethod
+    def unpack(cls, stored: list[Any]) -> Instance:
+        """Inverse of `pack`."""
+        version, node, base, step, seq, entry, attrs, visited, goal, due, arms = stored
+        return cls(
+            version,
+            node,
+            base + step,
+            seq,
+            entry,
+            base,
+            attrs,
+            visited,
+            base + goal if goal else 0,
+            base + due if due else 0,
+            arms,
+        )
 
 
 FINISHED = -1
@@ -137,6 +158,9 @@ class UserState:
     # `seen` as stored (12 bytes per id, in order), kept in step by `remember` so that encoding does not
     # repack every id of the 7-day horizon on each commit; None: rebuild from `seen`.
     seen_packed: bytes | None = field(default=None, repr=False, compare=False)
+    # The rule index (`cep.rule_index.RuleIndex`) whose journeys this state's marks were last checked
+    # against (instances of deleted journeys are dropped then); not stored.
+    journeys_checked: object = field(default=None, repr=False, compare=False)
 
     def remember(self, digest: int, now_ms: int) -> None:
         """Record a processed event id (see `seen`)."""
@@ -284,7 +308,7 @@ def decode_user_state(raw: bytes | None) -> UserState:
             journeys={
                 short: JourneyMarks(
                     {key: list(marks) for key, marks in entered.items()},
-                    {key: Instance(*inst) for key, inst in instances.items()},
+                    {key: Instance.unpack(inst) for key, inst in instances.items()},
                 )
                 for short, (entered, instances) in (record.get("j") or {}).items()
             },
