@@ -190,7 +190,11 @@ class Journeys:
         if inst.node == FINISHED:
             return []
         node_id = compiled.node_ids[inst.node]
-        if any(m.role.role == "exit" for m in mine):
+        if any(
+            m.role.role == "exit"
+            and all(_same(inst.attrs.get(name), event.attrs.get(name)) for name in journey.exits[m.role.arm].correlate)
+            for m in mine
+        ):
             self._stop_waiting(effects, entry.id, event.user_id, key, inst, node_id)
             _count(effects, entry.id, inst.version, node_id, "exited", 1)
             _count(effects, entry.id, inst.version, "", "exited", 1)

@@ -140,6 +140,8 @@ def _first(item: list[Any]) -> Any:
 def kept_fields(journey: Journey) -> frozenset[str]:
     """The entry event's attributes an instance keeps: its key, correlations, branch `field`s, templates."""
     names = set(journey.key)
+    for journey_exit in journey.exits:
+        names.update(journey_exit.correlate)
     for node in journey.nodes.values():
         if isinstance(node, WaitFor):
             for arm in node.arms:
@@ -161,8 +163,9 @@ def kept_fields(journey: Journey) -> frozenset[str]:
 
 @dataclass(frozen=True, slots=True)
 class JourneyRole:
-    """A matcher of one journey version for one event type: `entry`, `exit`, `goal`, `arm` (of a
-    `wait_for` node: `node`, `arm` index) or `history` (a behaviour shape's `node` is its id)."""
+    """A matcher of one journey version for one event type: `entry`, `exit` (`arm`: its index in `exit`),
+    `goal`, `arm` (of a `wait_for` node: `node`, `arm` index) or `history` (a behaviour shape's `node`
+    is its id)."""
 
     role: str
     where: Check
@@ -194,8 +197,8 @@ class CompiledJourney:
 
         if journey.entry is not None:
             add(journey.entry, "entry")
-        for match in journey.exits:
-            add(match, "exit")
+        for index, journey_exit in enumerate(journey.exits):
+            add(journey_exit.match, "exit", arm=index)
         if journey.goal is not None:
             add(journey.goal.match, "goal")
         conditions: dict[str, tuple[BranchCheck, ...]] = {}

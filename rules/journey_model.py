@@ -151,6 +151,15 @@ class JourneyReentry:
 
 
 @dataclass(frozen=True, slots=True)
+class JourneyExit:
+    """An exit event: it ends the user's instances at once, or with `correlate` only those whose entry
+    event has the same values (a refund of one order ends that order's instance)."""
+
+    match: Matcher
+    correlate: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Goal:
     """A conversion: a matching event within `within_ms` of entering, counted once per instance."""
 
@@ -172,7 +181,7 @@ class Journey:
     entry: Matcher | None
     reentry: JourneyReentry
     key: tuple[str, ...] = ()
-    exits: tuple[Matcher, ...] = ()
+    exits: tuple[JourneyExit, ...] = ()
     goal: Goal | None = None
     entry_segment: str | None = None
     tz: str = "UTC"

@@ -108,7 +108,7 @@ class _JourneyParser(_Parser):
             "entry": self.entry,
             "key": lambda item, where: self.names(item, where, MAX_KEY),
             "reentry": self.journey_reentry,
-            "exit": lambda item, where: self.listed(item, where, self.matcher, "matchers", MAX_EXITS),
+            "exit": lambda item, where: self.listed(item, where, self.journey_exit, "matchers", MAX_EXITS),
             "goal": self.goal,
             "tz": self.time_zone,
             "lateness": self.duration,
@@ -264,6 +264,11 @@ class _JourneyParser(_Parser):
         if found is not None and int(found[1]) < 24 and int(found[2]) < 60:
             return int(found[1]), int(found[2])
         return self.reject(path, f'{_quote(value)} is not a time of day (24-hour "HH:MM", like "10:00")')
+
+    def journey_exit(self, value: Any, path: str) -> jm.JourneyExit | None:
+        extra: dict[str, Parse] = {"correlate": lambda item, where: self.names(item, where, MAX_CORRELATE)}
+        found = self.matcher_with(value, path, extra)
+        return None if found is None else jm.JourneyExit(found[0], tuple(found[1].get("correlate") or ()))
 
     def wait_arms(self, value: Any, path: str) -> tuple[jm.WaitArm, ...] | None:
         extra: dict[str, Parse] = {

@@ -20,6 +20,7 @@ from rules.journey_model import (
     Exit,
     Goal,
     Journey,
+    JourneyExit,
     JourneyReentry,
     Split,
     SplitArm,
@@ -92,7 +93,7 @@ def test_new_fan_node_by_node() -> None:
         start="welcome",
         entry=Matcher("follow"),
         reentry=JourneyReentry("once"),
-        exits=(Matcher("unfollow"),),
+        exits=(JourneyExit(Matcher("unfollow")),),
         goal=Goal(Matcher("pay"), 7 * DAY),
         nodes={
             "welcome": Do((Action("message", message),), "wait-click"),
@@ -121,7 +122,7 @@ def test_new_fan_node_by_node() -> None:
 def test_cart_recovery_shape() -> None:
     journey = parse_journey(library("cart-recovery"))
     assert (journey.start, journey.key, journey.reentry) == ("wait-30m", ("sku",), JourneyReentry("once_per", DAY))
-    assert (journey.exits, journey.goal) == ((Matcher("pay"),), Goal(Matcher("pay"), 3 * DAY))
+    assert (journey.exits, journey.goal) == ((JourneyExit(Matcher("pay")),), Goal(Matcher("pay"), 3 * DAY))
     assert journey.nodes["wait-30m"] == Wait(duration_ms=30 * 60_000, next="sms")
     sms = {"channel": "sms", "template": "cart_reminder", "params": {"sku": "{{event.sku}}"}}
     assert journey.nodes["sms"] == Do((Action("message", sms),), "wait-1d")
@@ -177,7 +178,7 @@ def test_journey_fields_and_defaults() -> None:
         5_000,
     )
     assert journey.goal == Goal(Matcher("pay", Compare("field", "amount", ">", 0)), 3_600_000)
-    assert journey.exits == (Matcher("unfollow"), Matcher("block"))
+    assert journey.exits == (JourneyExit(Matcher("unfollow")), JourneyExit(Matcher("block")))
     assert journey.reentry == JourneyReentry("always")
     assert parse_journey(doc_with(), default_lateness_ms=7_000).lateness_ms == 7_000
     assert parse_journey(doc_with(lateness="0s")).lateness_ms == 0
@@ -614,3 +615,14 @@ def test_parsing_does_not_alias_the_document() -> None:
     sms = journey.nodes["sms"]
     assert isinstance(sms, Do)
     assert sms.actions[0].params["params"] == {"sku": "{{event.sku}}"}
+
+
+def test_an_exit_may_correlate_with_the_entry_event() -> None:
+    """`exit` matchers take `correlate`: a refund of one order ends only that order's instance."""
+    document = copy.deepcopy(json.loads((JOURNEYS / "post-purchase.json").read_text()))
+    document["exit"] = [{"event": "refund", "correlate": ["order_id"]}]
+    assert parse_journey(document).exits == (JourneyExit(Matcher("refund"), ("order_id",)),)
+    document["exit"] = [{"event": "refund", "correlate": "order_id"}]
+    with pytest.raises(JourneyInvalid) as refused:
+        parse_journey(document)
+    assert (refused.value.path, refused.value.message) == ("exit[0].correlate", "must be a list")

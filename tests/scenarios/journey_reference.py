@@ -335,7 +335,10 @@ class JourneyReference:
                 return
         if inst.node is None:
             return
-        if any(matches(matcher, event) for matcher in self.journey.exits):
+        if any(
+            matches(journey_exit.match, event) and correlated(inst.entry.attrs, event.attrs, journey_exit.correlate)
+            for journey_exit in self.journey.exits
+        ):
             self.stop_waiting(event.user_id, inst)
             self.counts[(inst.node, "exited")] += 1
             self.counts[("", "exited")] += 1

@@ -231,6 +231,8 @@ def journey_document(rng: random.Random, journey_id: str, options: Options) -> d
         document["key"] = ["sku"]
     if rng.random() < 0.5:
         document["exit"] = [matcher(rng, options, rng.choice(["x", "x", "c"]))]
+        if rng.random() < 0.4:
+            document["exit"][0]["correlate"] = ["sku"]  # ends only the instances of the same sku
     if options.tag_events and rng.random() < 0.1:
         document["entry"] = dict(rng.choice(TAG_MATCHERS))
     if rng.random() < 0.3:

@@ -379,6 +379,59 @@ async def test_instance_key_sku_keeps_one_instance_per_sku_and_pay_exits_them_al
     assert waiting_total(stats) == 0
 
 
+# -- 3b. post-purchase -------------------------------------------------------------------------------
+
+
+async def test_post_purchase_follows_each_order_and_a_refund_stops_only_its_order(
+    beacon: Beacon, redis_client: aioredis.Redis, clock: ManualClock
+) -> None:
+    """One instance per order: delivery notice, review once signed, a reminder 30 days later; an order
+    never delivered alerts staff at 7 days; a refund ends its own order's instance and no other."""
+    await put_journey(beacon, library_journey("post-purchase"))
+    await beacon.post_events(
+        [
+            event("buyer", "pay", T0, order_id="O1"),
+            event("buyer", "pay", T0 + HOUR, order_id="O2"),
+            event("waiting", "pay", T0, order_id="O3"),
+        ]
+    )
+    await settled(redis_client)
+    clock.set(T0 + 2 * HOUR)
+    await beacon.post_events([event("buyer", "refund", T0 + 2 * HOUR, order_id="O2")])
+    await settled(redis_client)
+    clock.set(T0 + DAY)
+    await beacon.post_events([event("buyer", "delivered", T0 + DAY, order_id="O1")])
+    await settled(redis_client)
+    assert [(a["node_id"], a["params"]) for a in await beacon.actions("buyer")] == [
+        ("delivered-note", {"channel": "wechat_template", "template": "delivery_notice"})
+    ]
+    clock.set(T0 + 2 * DAY)
+    await beacon.post_events([event("buyer", "signed", T0 + 2 * DAY, order_id="O1")])
+    await settled(redis_client)
+    assert sorted(by_node(await beacon.actions("buyer"))) == ["delivered-note", "review"]
+    # O3 was never delivered: staff hear of it once its 7 days and the lateness have passed.
+    await advance(beacon, redis_client, clock, T0 + 7 * DAY + 1_999)
+    assert await beacon.actions("waiting") == []
+    await advance(beacon, redis_client, clock, T0 + 7 * DAY + 2_000)
+    [alert] = await beacon.actions("waiting")
+    assert (alert["node_id"], alert["type"], alert["event_ts"]) == ("late-delivery", "notify_staff", T0 + 7 * DAY)
+    # The reminder comes 30 days after the review request (at the signature), for O1 only.
+    await advance(beacon, redis_client, clock, T0 + 32 * DAY - 1)
+    assert "repurchase" not in by_node(await beacon.actions("buyer"))
+    await advance(beacon, redis_client, clock, T0 + 32 * DAY)
+    # (The ledger keeps 30 days: the notices of days 1 and 2 have left it by now.)
+    [reminder] = by_node(await beacon.actions("buyer"))["repurchase"]
+    assert (reminder["event_ts"], reminder["params"]["template"]) == (T0 + 32 * DAY, "repurchase_reminder")
+
+    stats = await journey_stats(beacon, "post-purchase")
+    # O2's payment converted O1 (another payment within 40 days); O2 itself was refunded.
+    assert journey_counts(stats) == {"entered": 3, "completed": 2, "exited": 1, "converted": 1}
+    assert node_counts(stats, "wait-delivery")["left"] == {"delivered": 1, "timeout": 1}
+    assert node_counts(stats, "wait-delivery")["exited"] == 1
+    assert node_counts(stats, "wait-sign")["left"] == {"signed": 1}
+    assert waiting_total(stats) == 0
+
+
 # -- 4. a journey edited while instances run -----------------------------------------------------------
 
 
