@@ -22,7 +22,8 @@ from pathlib import Path
 from bench import cpu, load
 from bench.harness import beacon_stack
 from bench.ingest import load_profiles
-from bench.workload import Workload
+from bench.journeys import push_library
+from bench.workload import JourneyWorkload, Workload
 
 FRAME = re.compile(r"^(?P<name>.*?) \((?P<file>[^:()]+)(?::\d+)?\)$")
 # Entry points whose inclusive share says which stage of a batch costs what.
@@ -110,12 +111,22 @@ async def drain_profile(spy: str, events: int, users: int, seconds: float, rate:
     )
 
 
-async def serve_profile(spy: str, events: int, users: int, seconds: float, rate: int) -> tuple[str, str]:
-    """`beacon serve` with its in-process workers under a flat-out HTTP burst: its stacks, and CPU per event."""
+async def serve_profile(
+    spy: str, events: int, users: int, seconds: float, rate: int, journeys: bool = False
+) -> tuple[str, str]:
+    """`beacon serve` with its in-process workers under a flat-out HTTP burst: its stacks, and CPU per event.
+
+    `journeys`: the four library journeys are active and the events are the journey stream
+    (bench/journeys.py) rather than the mix."""
     async with beacon_stack() as stack:
         redis = stack.client()
         try:
-            workload = Workload(users, prefix="ps", seed=23)
+            workload: Workload | JourneyWorkload
+            if journeys:
+                await push_library(stack)
+                workload = JourneyWorkload(users)
+            else:
+                workload = Workload(users, prefix="ps", seed=23)
             await load_profiles(redis, workload, stack.partitions)
             await load.blast_http(stack.base_url, workload.events(1_000))
             await load.wait_drained(redis, stack.partitions, 120)
@@ -155,14 +166,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="how long py-spy samples")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--journeys", action="store_true", help="serve only: the library journeys' stream")
     parser.add_argument("--save", type=Path, help="also write py-spy's collapsed stacks here (for a flame graph)")
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         print("py-spy not found: pip install py-spy", file=sys.stderr)
         return 1
-    run = drain_profile if args.process == "worker" else serve_profile
-    raw, context = asyncio.run(run(spy, args.events, args.users, args.seconds, args.rate))
+    if args.process == "worker":
+        raw, context = asyncio.run(drain_profile(spy, args.events, args.users, args.seconds, args.rate))
+    else:
+        raw, context = asyncio.run(
+            serve_profile(spy, args.events, args.users, args.seconds, args.rate, journeys=args.journeys)
+        )
     if args.save:
         args.save.write_text(raw)
     report(raw, context, args.seconds, args.rate, args.top)

@@ -192,7 +192,10 @@ class Journeys:
         node_id = compiled.node_ids[inst.node]
         if any(
             m.role.role == "exit"
-            and all(_same(inst.attrs.get(name), event.attrs.get(name)) for name in journey.exits[m.role.arm].correlate)
+            and all(
+                _same(entry_attr(inst, key, journey.key, name), event.attrs.get(name))
+                for name in journey.exits[m.role.arm].correlate
+            )
             for m in mine
         ):
             self._stop_waiting(effects, entry.id, event.user_id, key, inst, node_id)
@@ -211,7 +214,9 @@ class Journeys:
             if role.role != "arm" or role.node != node_id:
                 continue
             arm = node.arms[role.arm]
-            if any(not _same(inst.attrs.get(name), event.attrs.get(name)) for name in arm.correlate):
+            if any(
+                not _same(entry_attr(inst, key, journey.key, name), event.attrs.get(name)) for name in arm.correlate
+            ):
                 continue
             self._stop_waiting(effects, entry.id, event.user_id, key, inst, node_id)
             _count(effects, entry.id, inst.version, node_id, f"left:{arm.match.event}", 1)
@@ -246,6 +251,9 @@ class Journeys:
             expires = now_ms + reentry.period_ms + HISTORY_MARGIN_MS if reentry.policy == "once_per" else NEVER
             marks.entered[key] = [entries + 1, max(last_ts, event.ts), expires]
         attrs = {name: event.attrs[name] for name in compiled.kept_fields if name in event.attrs}
+        if len(journey.key) == 1 and key[0] in "si" and type(attrs.get(journey.key[0])) in (str, int):
+            # The instance key already holds this value, readably ("s" + text, "i" + integer): not twice.
+            del attrs[journey.key[0]]
         goal_by = event.ts + journey.goal.within_ms if journey.goal is not None else 0
         if "event_id" in compiled.kept_fields:
             attrs["event_id"] = event.event_id  # `{{event.event_id}}` in a template: kept only then
@@ -305,7 +313,7 @@ class Journeys:
                 )
                 return caused
             elif isinstance(node, Branch):
-                node_id, label = self._branch(state, compiled, node_id, node, inst, at)
+                node_id, label = self._branch(state, compiled, node_id, node, inst, key, at)
                 _count(effects, entry.id, version, compiled.node_ids[index], f"left:{label}", 1)
                 _trace(effects, user_id, at, entry.id, version, compiled.node_ids[index], "branch", taken=label)
             elif isinstance(node, Split):
@@ -342,7 +350,8 @@ class Journeys:
         effects: Any,
     ) -> list[Event]:
         version = inst.version
-        entry_id = str(inst.attrs.get("event_id", inst.entry))
+        attrs = entry_attrs(inst, key, compiled.journey.key)
+        entry_id = str(attrs.get("event_id", inst.entry))
         source = ActionSource(
             {
                 "ruleset_id": journey_id,
@@ -356,14 +365,14 @@ class Journeys:
         )
         entry_type = compiled.journey.entry.event if compiled.journey.entry is not None else ""
         context = {
-            "event": {**inst.attrs, "type": entry_type, "ts": inst.entry_ts, "event_id": entry_id},
+            "event": {**attrs, "type": entry_type, "ts": inst.entry_ts, "event_id": entry_id},
             "profile": dict(state.profile),
             "user_id": user_id,
             "rule_id": node_id,
             "ruleset_id": journey_id,
         }
         # Actions are due relative to the step's time (a delayed action after a wait counts from its end).
-        step = Event(trigger.event_id, user_id, trigger.type, at, inst.attrs, trigger.received_ms, trigger.origin)
+        step = Event(trigger.event_id, user_id, trigger.type, at, attrs, trigger.received_ms, trigger.origin)
         actions = render_actions(source, node.actions, compiled.renderers[node_id], context, step, now_ms)
         effects.journey_firings.append(JourneyFiring(journey_id, version, node_id, user_id, step, actions))
         _trace(effects, user_id, at, journey_id, version, node_id, "actions", actions=[a.action_id for a in actions])
@@ -371,14 +380,16 @@ class Journeys:
         return schedule_and_tag(actions, step, owner, state.tags, effects.timers_added, tag_event_per_action=True)
 
     def _branch(
-        self, state: UserState, compiled: CompiledJourney, node_id: str, node: Branch, inst: Instance, at: int
+        self, state: UserState, compiled: CompiledJourney, node_id: str, node: Branch, inst: Instance, key: str, at: int
     ) -> tuple[str | None, str]:
+        attrs = entry_attrs(inst, key, compiled.journey.key)
+
         def history(shape_id: str) -> list[Any]:
             pattern = state.patterns.get(shape_id)
             return pattern.parts.get("h", {}).get("_", _NO_HISTORY) if pattern is not None else _NO_HISTORY
 
         for index, (arm, check) in enumerate(zip(node.arms, compiled.conditions[node_id], strict=True)):
-            if check(inst.attrs, state.profile, state.tags, history, at):
+            if check(attrs, state.profile, state.tags, history, at):
                 return arm.next, f"arm{index}"
         return node.otherwise, "else"
 
@@ -534,6 +545,25 @@ def split_arm(node: Split, user_id: str, journey_id: str, node_id: str) -> int:
         if point * total < running:
             return index
     return len(node.arms) - 1
+
+
+def entry_attr(inst: Instance, key: str, key_fields: tuple[str, ...], name: str) -> Any:
+    """One attribute of the instance's entry event (see `entry_attrs`)."""
+    if name in inst.attrs:
+        return inst.attrs[name]
+    return _key_value(key) if key_fields == (name,) else None
+
+
+def entry_attrs(inst: Instance, key: str, key_fields: tuple[str, ...]) -> dict[str, Any]:
+    """The entry event's kept attributes, with the single key attribute restored from the instance key
+    (stored once, in the key, when its value reads back exactly: a short string or an integer)."""
+    if len(key_fields) != 1 or key_fields[0] in inst.attrs or key[:1] not in ("s", "i"):
+        return inst.attrs
+    return {**inst.attrs, key_fields[0]: _key_value(key)}
+
+
+def _key_value(key: str) -> Any:
+    return key[1:] if key[0] == "s" else int(key[1:]) if key[0] == "i" else None
 
 
 def _same(left: Any, right: Any) -> bool:
