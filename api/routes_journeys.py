@@ -10,7 +10,7 @@ from api import keys
 from api.bodies import object_with_fields, read_body
 from api.middleware import requires
 from api.routes_dryrun import parse_dry_run_inputs
-from api.routes_rulesets import ruleset_id_of, version_of
+from api.routes_rulesets import ruleset_id_of, stored_document, version_of
 from cep.journey_dryrun import journey_dry_run
 from cep.journey_stats import delete_counts, read_counts, stats_view
 from rules.registry import load_journey
@@ -52,19 +52,7 @@ async def list_journeys(request: web.Request) -> web.Response:
 @requires("rules")
 async def get_journey(request: web.Request) -> web.Response:
     """The active version (or `?version=N`) of one journey, with its kept versions."""
-    journey_id = ruleset_id_of(request)
-    version = version_of(request)
-    store = keys.journey_store(request)
-    stored = await store.get(journey_id, version)
-    return web.json_response(
-        {
-            "id": stored.id,
-            "version": stored.version,
-            "document": stored.document,
-            "updated_ms": stored.updated_ms,
-            "versions": await store.versions(journey_id),
-        }
-    )
+    return await stored_document(keys.journey_store(request), ruleset_id_of(request), version_of(request))
 
 
 @requires("rules")

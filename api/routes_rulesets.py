@@ -11,6 +11,7 @@ from api.bodies import read_body
 from api.middleware import requires
 from beacon.errors import ValidationError
 from rules.registry import compile_ruleset
+from rules.store import RulesetStore
 
 ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
 _ID = re.compile(ID_PATTERN)
@@ -69,17 +70,19 @@ async def list_rulesets(request: web.Request) -> web.Response:
 @requires("rules")
 async def get_ruleset(request: web.Request) -> web.Response:
     """The active version (or `?version=N`) of one ruleset, with its kept versions."""
-    ruleset_id = ruleset_id_of(request)
-    version = version_of(request)
-    store = keys.store(request)
-    stored = await store.get(ruleset_id, version)
+    return await stored_document(keys.store(request), ruleset_id_of(request), version_of(request))
+
+
+async def stored_document(store: RulesetStore, document_id: str, version: int | None) -> web.Response:
+    """A stored ruleset's or journey's active (or given) version, with its kept version numbers."""
+    stored = await store.get(document_id, version)
     return web.json_response(
         {
             "id": stored.id,
             "version": stored.version,
             "document": stored.document,
             "updated_ms": stored.updated_ms,
-            "versions": await store.versions(ruleset_id),
+            "versions": await store.versions(document_id),
         }
     )
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 import redis.asyncio as aioredis
 
+from beacon.clock import ManualClock
 from tests.conftest import flushed_client
+from tests.harness import Beacon, running_beacon, server_settings
 
 
 @pytest.fixture(params=["single", "cluster"])
@@ -24,3 +27,25 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = await flushed_client(redis_url)
     yield client
     await client.aclose()
+
+
+# The property tests' live server: both start their clock at T0 on 2 partitions.
+LIVE_T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+LIVE_PARTITIONS = 2
+
+
+@dataclass
+class Live:
+    """A running server, its Redis and the clock it reads."""
+
+    beacon: Beacon
+    redis: aioredis.Redis
+    clock: ManualClock
+
+
+@pytest.fixture
+async def live(redis_url: str, redis_client: aioredis.Redis) -> AsyncIterator[Live]:
+    """One server per test function; cases are isolated by fresh ruleset / journey, user and event ids."""
+    clock = ManualClock(LIVE_T0)
+    async with running_beacon(server_settings(redis_url, partitions=LIVE_PARTITIONS), clock=clock) as beacon:
+        yield Live(beacon, redis_client, clock)

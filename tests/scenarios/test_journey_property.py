@@ -11,21 +11,17 @@ import dataclasses
 import json
 import os
 import random
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
-import redis.asyncio as aioredis
-
-from beacon.clock import ManualClock
 from cep import streams, timers
 from cep.events import Event
 from cep.journey_dryrun import journey_dry_run
 from rules import journey_model as jm
 from rules.journey_schema import parse_journey
-from tests.harness import Beacon, eventually, running_beacon, server_settings
+from tests.harness import eventually
 from tests.scenarios import journey_reference
+from tests.scenarios.conftest import Live
 from tests.scenarios.journey_reference import TIMER_TRIGGER, ActionRecord, Outcome, Waiting, params_json
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -435,23 +431,6 @@ def test_dry_run_matches_the_reference() -> None:
 
 
 # -- the live server ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Live:
-    """A running server, its Redis and the clock it reads."""
-
-    beacon: Beacon
-    redis: aioredis.Redis
-    clock: ManualClock
-
-
-@pytest.fixture
-async def live(redis_url: str, redis_client: aioredis.Redis) -> AsyncIterator[Live]:
-    """One server per test function; cases are isolated by fresh journey and user ids."""
-    clock = ManualClock(T0)
-    async with running_beacon(server_settings(redis_url, partitions=PARTITIONS), clock=clock) as beacon:
-        yield Live(beacon, redis_client, clock)
 
 
 async def settled(live: Live, *, timers_due_by: int) -> None:

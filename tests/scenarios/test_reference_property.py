@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from beacon import metrics
-from beacon.clock import ManualClock
 from cep import streams, timers
-from tests.harness import Beacon, eventually, running_beacon, server_settings
+from tests.harness import Beacon, eventually
 from tests.scenarios import reference
+from tests.scenarios.conftest import Live
 from tests.scenarios.reference import Firing, Outcome
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -30,23 +28,6 @@ EXAMPLE_IDS = itertools.count()
 
 
 # -- the server under test ---------------------------------------------------------------------------
-
-
-@dataclass
-class Live:
-    """A running server, its Redis and the clock it reads."""
-
-    beacon: Beacon
-    redis: aioredis.Redis
-    clock: ManualClock
-
-
-@pytest.fixture
-async def live(redis_url: str, redis_client: aioredis.Redis) -> AsyncIterator[Live]:
-    """One server per test function; examples are isolated by fresh ruleset, user and event ids."""
-    clock = ManualClock(T0)
-    async with running_beacon(server_settings(redis_url, partitions=PARTITIONS), clock=clock) as beacon:
-        yield Live(beacon, redis_client, clock)
 
 
 async def idle(redis: aioredis.Redis) -> None:
