@@ -133,6 +133,7 @@ async def open_services(
                 ledger_retention_ms=settings.ledger_retention_ms,
                 trace_depth=settings.trace_depth,
                 trace_ttl_ms=settings.trace_ttl_ms,
+                trace_matches=settings.trace_matches,
             )
             services.worker = Worker(
                 redis,

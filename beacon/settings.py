@@ -89,10 +89,14 @@ class Settings:
     worker_block_ms: int = 200
     # Events older than this are treated as duplicates-unknown: their ids are forgotten.
     dedupe_horizon_ms: int = 7 * 24 * 3600 * 1000
-    # Entries kept per user in the trace (`GET /v1/users/{id}/trace`); 0 turns tracing off. The trace is
-    # a few KiB per recently active user: bounded in entries and in time.
-    trace_depth: int = 30
+    # Batches whose trace entries are kept per user (`GET /v1/users/{id}/trace`; each committed batch that
+    # touched the user adds one list element with its entries); 0 turns tracing off. A few KiB per
+    # recently active user: bounded in batches and in time.
+    trace_depth: int = 20
     trace_ttl_ms: int = 3 * 24 * 3600 * 1000
+    # Also trace each event's rule matches (matched / `where_false`): about +40 % CPU per event on the
+    # bench mix, so off unless asked for (docs/journeys.md, "Trace").
+    trace_matches: bool = False
     # An event's `ts` may be at most this far ahead of the server clock (producers' clocks drift).
     max_future_ms: int = 15 * 60 * 1000
     # serve's share of the partitions beside `beacon worker` processes (weight 1 each): it also ingests.
@@ -165,6 +169,7 @@ def _parse(read: _Variables, env: Mapping[str, str]) -> Settings:
         dedupe_horizon_ms=read.integer("DEDUPE_HORIZON_MS", base.dedupe_horizon_ms, 1000),
         trace_depth=read.integer("TRACE_DEPTH", base.trace_depth, 0, 10_000),
         trace_ttl_ms=read.integer("TRACE_TTL_MS", base.trace_ttl_ms, 1000),
+        trace_matches=read.flag("TRACE_MATCHES", base.trace_matches),
         max_future_ms=read.integer("MAX_FUTURE_MS", base.max_future_ms, 0),
         serve_partition_weight=read.fraction("SERVE_PARTITION_WEIGHT", base.serve_partition_weight, 0.01, 100),
         ledger_retention_ms=read.integer("LEDGER_RETENTION_MS", base.ledger_retention_ms, 1000),

@@ -39,7 +39,7 @@ STALE = "STALE"
 #   rel: [[acts ki, astat ki, action id, cancel?], ...]   (delayed actions falling due)
 #   tadd: [due, member, ...], trem: [member, ...], quar: [[field, value, ...], ...],
 #   cnt: [[stats ki, field, delta, ...], ...]      (journey statistics, cep.journey_stats)
-#   trace: [[trace ki, depth, ttl_ms, entry, ...], ...]  (per-user trace, oldest entry first)}
+#   trace: [[trace ki, depth, ttl_ms, batch], ...]  (per-user trace: one element per user and batch)}
 # Returns 1; an error reply starting with FENCED when the epoch moved, or STALE when the stored position
 # is not `from` (then nothing was written).
 COMMIT_SCRIPT = r"""
@@ -142,10 +142,7 @@ for _, counts in ipairs(plan.cnt) do
 end
 for _, trace in ipairs(plan.trace) do
   local key = KEYS[trace[1]]
-  for first = 4, #trace, 1000 do
-    redis.call('LPUSH', key, unpack(trace, first, math.min(first + 999, #trace)))
-  end
-  redis.call('LTRIM', key, 0, trace[2] - 1)
+  if redis.call('LPUSH', key, trace[4]) > trace[2] then redis.call('LTRIM', key, 0, trace[2] - 1) end
   redis.call('PEXPIRE', key, trace[3])
 end
 if plan.id then redis.call('HSET', KEYS[2], 'id', plan.id) end
@@ -229,9 +226,9 @@ class CommitPlan:
             group.extend((name, delta))
         self.counts.append(group)
 
-    def trace(self, user_id: str, entries: list[bytes], depth: int, ttl_ms: int) -> None:
-        """Push a user's trace entries (oldest first), keeping the newest `depth`."""
-        self.traces.append([self._key(user_key(self.partition, user_id, TRACE)), depth, ttl_ms, *entries])
+    def trace(self, user_id: str, batch: bytes, depth: int, ttl_ms: int) -> None:
+        """Push a user's trace entries of this batch (one element), keeping the newest `depth` elements."""
+        self.traces.append([self._key(user_key(self.partition, user_id, TRACE)), depth, ttl_ms, batch])
 
     def quarantine(self, fields: dict[bytes, bytes]) -> None:
         """Move an entry that fails on its own out of the way, in the same commit that skips it."""

@@ -57,6 +57,9 @@ class Effects:
     journey_counts: dict[tuple[str, int, str, str], int] = field(default_factory=dict)
     # (user, entry) for the per-user trace (`GET /v1/users/{id}/trace`); None: not traced (backtests).
     trace: list[tuple[str, dict[str, Any]]] | None = None
+    # Also trace, per event, which rules' matchers took it and which refused it (`where_false`): the
+    # fullest answer to "why not?", and most of the trace's cost (an entry for nearly every event).
+    trace_matches: bool = False
 
 
 def absence_timer(user_id: str, state_id: str, correlation: str, a_event_id: str) -> str:
@@ -165,7 +168,7 @@ class Evaluator:
                     roles[candidate.entry] = {candidate.role}
                 else:
                     found.add(candidate.role)
-        if effects.trace is not None and candidates:
+        if effects.trace is not None and effects.trace_matches and candidates:
             matched = sorted({entry.key for entry in roles})
             missed = sorted({c.entry.key for c in candidates if c.entry not in roles})
             effects.trace.append(

@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 
@@ -28,7 +29,7 @@ from cep.evaluator import Effects, Evaluator, apply_patch, timer_user
 from cep.events import Event, ProfilePatch
 from cep.journeys import counter_field
 from cep.rule_index import RuleIndex
-from cep.trace import encode_entry
+from cep.trace import encode_batch
 from cep.user_record import UserState, decode_user_state, encode_user_state
 from cep.user_state import load_states
 
@@ -50,6 +51,7 @@ class OwnerLimits:
     ledger_retention_ms: int
     trace_depth: int = 0  # trace entries kept per user (0: no trace)
     trace_ttl_ms: int = 3 * 86_400_000  # a user's trace expires this long after its last entry
+    trace_matches: bool = False  # also trace each event's rule matches (see `Effects.trace_matches`)
 
 
 class PartitionOwner:
@@ -230,7 +232,7 @@ class PartitionOwner:
         isolate: bool,
     ) -> tuple[CommitPlan, Effects]:
         evaluator = Evaluator(index)
-        effects = Effects(trace=[] if self._limits.trace_depth else None)
+        effects = Effects(trace=[] if self._limits.trace_depth else None, trace_matches=self._limits.trace_matches)
         touched: set[str] = set()
         plan = CommitPlan(self.partition, now, self._limits.ledger_retention_ms)
         for member, due_ms in due:
@@ -285,11 +287,11 @@ class PartitionOwner:
         for journey_id, deltas in by_journey.items():
             plan.count(journey_id, deltas)
         if effects.trace:
-            by_user: dict[str, list[bytes]] = {}
+            by_user: dict[str, list[dict[str, Any]]] = {}
             for user_id, found in effects.trace:
-                by_user.setdefault(user_id, []).append(encode_entry({"at": now, **found}))
+                by_user.setdefault(user_id, []).append(found)
             for user_id, entries in by_user.items():
-                plan.trace(user_id, entries, self._limits.trace_depth, self._limits.trace_ttl_ms)
+                plan.trace(user_id, encode_batch(now, entries), self._limits.trace_depth, self._limits.trace_ttl_ms)
         for user_id, action_id, cancel in effects.releases:
             plan.release(user_id, action_id, cancel=cancel)
         for due_ms, member in effects.timers_added:
@@ -309,7 +311,7 @@ class PartitionOwner:
             work(effects)
             return ""
         saved = {user_id: _copy(self._cache[user_id]) for user_id in users}
-        trial = Effects(trace=[] if effects.trace is not None else None)
+        trial = Effects(trace=[] if effects.trace is not None else None, trace_matches=effects.trace_matches)
         try:
             work(trial)
         except Exception as exc:

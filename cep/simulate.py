@@ -95,7 +95,7 @@ class Simulation:
         state = self.states.get(event.user_id)
         if state is None:
             state = self.states[event.user_id] = UserState()
-        effects = Effects(trace=[] if self.trace else None)
+        effects = Effects(trace=[] if self.trace else None, trace_matches=self.trace)
         self._evaluator.on_event(state, event, now, effects)
         self._done(effects)
 
@@ -111,7 +111,7 @@ class Simulation:
             state = self.states.get(user_id)
             if state is None:
                 state = self.states[user_id] = UserState()
-            effects = Effects(trace=[] if self.trace else None)
+            effects = Effects(trace=[] if self.trace else None, trace_matches=self.trace)
             self._evaluator.on_timer(state, member, due, self.now_ms, effects)
             self._done(effects, consumed=member)
 

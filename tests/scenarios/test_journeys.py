@@ -59,6 +59,16 @@ async def beacon(redis_url: str, redis_client: aioredis.Redis, clock: ManualCloc
         yield running
 
 
+@pytest.fixture
+async def beacon_tracing_matches(
+    redis_url: str, redis_client: aioredis.Redis, clock: ManualClock
+) -> AsyncIterator[Beacon]:
+    """A server that also traces each event's rule matches (BEACON_TRACE_MATCHES=1)."""
+    settings = server_settings(redis_url, partitions=PARTITIONS, trace_matches=True)
+    async with running_beacon(settings, clock=clock) as running:
+        yield running
+
+
 def journey_fields(action: dict[str, Any]) -> tuple[Any, ...]:
     """What a journey action record says about where it came from and what it does."""
     return (
@@ -639,8 +649,9 @@ def trace_line(entry: dict[str, Any]) -> tuple[Any, ...]:
 
 
 async def test_the_user_trace_tells_the_journey_and_the_rules_newest_first(
-    beacon: Beacon, redis_client: aioredis.Redis, clock: ManualClock
+    beacon_tracing_matches: Beacon, redis_client: aioredis.Redis, clock: ManualClock
 ) -> None:
+    beacon = beacon_tracing_matches
     await put_journey(beacon, library_journey("new-fan"))
     await beacon.put_ruleset(CLICK_RULES)
     user = "clicker-1"  # lands in arm0 of new-fan's split (promo-a)
@@ -699,6 +710,18 @@ async def test_the_user_trace_tells_the_journey_and_the_rules_newest_first(
     assert ledger[listed["promo-a"][0]["action_id"]]["params"] == {"coupon_id": "C-A"}
     assert ledger[listed["clicks/buy-click"][0]["action_id"]]["params"]["template"] == "buy_help"
     assert [e["what"] for e in await user_trace(beacon, user, limit=2)] == ["completed", "actions"]
+
+
+async def test_by_default_the_trace_keeps_outcomes_not_every_events_matches(
+    beacon: Beacon, redis_client: aioredis.Redis, clock: ManualClock
+) -> None:
+    """Without BEACON_TRACE_MATCHES an event leaves no `event` entry, only what it caused: a firing here."""
+    await beacon.put_ruleset(CLICK_RULES)
+    await beacon.post_events(
+        [event("clicker-2", "menu_click", T0, key="info"), event("clicker-2", "menu_click", T0 + 1, key="buy")]
+    )
+    await settled(redis_client)
+    assert [trace_line(e) for e in await user_trace(beacon, "clicker-2")] == [("rule", "clicks/buy-click", "fired")]
 
 
 async def test_store_visit_branches_on_the_vip_tag_at_10_the_next_morning_shanghai_time(
