@@ -245,6 +245,6 @@ def test_journey_files_backtest_alone_and_bad_ones_exit_2(tmp_path: Path) -> Non
     broken.write_text(json.dumps({"id": "x", "entry": {"event": "a"}, "start": "nowhere", "nodes": {}}))
     done = beacon_cli("backtest", "--journey", str(broken), "--events", str(log))
     assert done.returncode == 2
-    assert f"{broken}: start: \"nowhere\" is not a node" in done.stderr
+    assert f'{broken}: start: "nowhere" is not a node' in done.stderr
     done = beacon_cli("backtest", "--events", str(log))
     assert done.returncode == 2 and "--ruleset or --journey" in done.stderr
