@@ -21,6 +21,7 @@ from cep.journey_stats import stats_key
 from cep.outbox import RECENT_MAXLEN, outbox_key, recent_key
 from cep.ownership import epoch_key
 from cep.scripts import ScriptCall, run_scripts
+from cep.segment_members import members_key, sizes_key
 from cep.streams import PROGRESS_COUNT, PROGRESS_ID, QUARANTINE_MAXLEN, progress_key, quarantine_key
 from cep.timers import timers_key
 from cep.user_state import LEDGER, LEDGER_INDEX, LEDGER_STATUS, STATE, TRACE, user_key
@@ -38,7 +39,8 @@ STALE = "STALE"
 #   acts: [[acts ki, actx ki, astat ki, user, [action id, record JSON, status JSON, queue now?], ...], ...],
 #   rel: [[acts ki, astat ki, action id, cancel?], ...]   (delayed actions falling due)
 #   tadd: [due, member, ...], trem: [member, ...], quar: [[field, value, ...], ...],
-#   cnt: [[stats ki, field, delta, ...], ...]      (journey statistics, cep.journey_stats)
+#   cnt: [[hash ki, field, delta, ...], ...]       (journey statistics, segment sizes: HINCRBY)
+#   mem: [[members ki, user, +1 | -1], ...]        (segment members, cep.segment_members, in order)
 #   trace: [[trace ki, depth, ttl_ms, batch], ...]  (per-user trace: one element per user and batch)}
 # Returns 1; an error reply starting with FENCED when the epoch moved, or STALE when the stored position
 # is not `from` (then nothing was written).
@@ -140,6 +142,10 @@ end
 for _, counts in ipairs(plan.cnt) do
   for i = 2, #counts, 2 do redis.call('HINCRBY', KEYS[counts[1]], counts[i], counts[i + 1]) end
 end
+for _, member in ipairs(plan.mem) do
+  if member[3] > 0 then redis.call('SADD', KEYS[member[1]], member[2])
+  else redis.call('SREM', KEYS[member[1]], member[2]) end
+end
 for _, trace in ipairs(plan.trace) do
   local key = KEYS[trace[1]]
   if redis.call('LPUSH', key, trace[4]) > trace[2] then redis.call('LTRIM', key, 0, trace[2] - 1) end
@@ -177,6 +183,9 @@ class CommitPlan:
     timers_removed: list[str] = field(default_factory=list)
     quarantined: list[list[bytes]] = field(default_factory=list)
     counts: list[list[Any]] = field(default_factory=list)
+    members: list[list[Any]] = field(default_factory=list)  # [members ki, user, +1 | -1] in order
+    sizes: dict[str, int] = field(default_factory=dict)  # segment -> change of its size in this partition
+    _sizes_index: int = 0
     traces: list[list[Any]] = field(default_factory=list)
     read_after: bytes = b"0-0"  # the position the batch was read after (checked by the commit)
     last_id: bytes | None = None
@@ -226,6 +235,13 @@ class CommitPlan:
             group.extend((name, delta))
         self.counts.append(group)
 
+    def segment_member(self, segment_id: str, user_id: str, *, added: bool) -> None:
+        """A user joined or left a segment: its member SET and size in this partition."""
+        self.members.append([self._key(members_key(self.partition, segment_id)), user_id, 1 if added else -1])
+        if not self._sizes_index:
+            self._sizes_index = self._key(sizes_key(self.partition))
+        self.sizes[segment_id] = self.sizes.get(segment_id, 0) + (1 if added else -1)
+
     def trace(self, user_id: str, batch: bytes, depth: int, ttl_ms: int) -> None:
         """Push a user's trace entries of this batch (one element), keeping the newest `depth` elements."""
         self.traces.append([self._key(user_key(self.partition, user_id, TRACE)), depth, ttl_ms, batch])
@@ -236,6 +252,11 @@ class CommitPlan:
 
     def _ledger(self, user_id: str, *families: str) -> list[int]:
         return [self._key(user_key(self.partition, user_id, family)) for family in families]
+
+    def _all_counts(self) -> list[list[Any]]:
+        """Journey statistics and segment sizes: both HINCRBY groups."""
+        sizes = [name_delta for item in self.sizes.items() if item[1] for name_delta in item]
+        return [*self.counts, [self._sizes_index, *sizes]] if sizes else self.counts
 
     def call(self, epoch: int) -> ScriptCall:
         """The script call for this plan."""
@@ -253,7 +274,8 @@ class CommitPlan:
             "tadd": self.timers_added,
             "trem": self.timers_removed,
             "quar": self.quarantined,
-            "cnt": self.counts,
+            "cnt": self._all_counts(),
+            "mem": self.members,
             "trace": self.traces,
         }
         if self.last_id is not None:

@@ -14,11 +14,13 @@ from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass, field
 from typing import Any
 
+from cep import history
 from cep.correlation import correlation_key
 from cep.events import ORIGIN_PRODUCER, ORIGIN_TIMER, Event, ProfilePatch
 from cep.firing import ACTION_TIMER, TIMER_SEPARATOR, CreatedAction, build_actions, schedule_and_tag
 from cep.journeys import JOURNEY_TIMER, JourneyFiring, Journeys
 from cep.rule_index import RuleEntry, RuleIndex
+from cep.segments import SEGMENT_TIMER, SegmentChange, Segments
 from cep.user_record import NEVER, PatternState, UserState, event_id_hash
 from rules.model import Absence, First, Sequence, Single, Threshold
 from rules.predicates import NO_ATTRS, NO_TAGS
@@ -55,6 +57,8 @@ class Effects:
     journey_firings: list[JourneyFiring] = field(default_factory=list)
     # (journey, version, node, what) -> delta of that statistic (`cep.journey_stats`)
     journey_counts: dict[tuple[str, int, str, str], int] = field(default_factory=dict)
+    segment_changes: list[SegmentChange] = field(default_factory=list)
+    segment_timers: dict[str, int] = field(default_factory=dict)  # member -> due (0: remove); last write wins
     # (user, entry) for the per-user trace (`GET /v1/users/{id}/trace`); None: not traced (backtests).
     trace: list[tuple[str, dict[str, Any]]] | None = None
     # Also trace, per event, which rules' matchers took it and which refused it (`where_false`): the
@@ -78,6 +82,7 @@ class Evaluator:
     def __init__(self, index: RuleIndex) -> None:
         self.index = index
         self.journeys = Journeys(index)
+        self.segments = Segments(index)
         self._correlations: dict[tuple[str, ...], str | None] = {}  # of the event being evaluated
 
     # -- entry points ------------------------------------------------------------------------------
@@ -110,6 +115,9 @@ class Evaluator:
             return
         if kind == JOURNEY_TIMER:
             self._chain(state, self.journeys.on_timer(state, member, due_ms, now_ms, effects), now_ms, effects)
+            return
+        if kind == SEGMENT_TIMER:
+            self._chain(state, self.segments.on_timer(state, member, due_ms, now_ms, effects), now_ms, effects)
             return
         state_id, correlation, a_event_id = rest
         pattern = state.patterns.get(state_id)
@@ -158,6 +166,9 @@ class Evaluator:
         state.remember(digest, now_ms)
         if event.origin == ORIGIN_PRODUCER and event.ts > state.last_seen:
             state.last_seen = event.ts
+        recorded = self.index.history_roles.get(event.type)
+        if recorded:
+            history.record(state, recorded, event, now_ms)
         roles: dict[RuleEntry, set[str]] = {}
         attrs = event.attrs
         candidates = self.index.by_type.get(event.type, ())
@@ -191,7 +202,15 @@ class Evaluator:
                 caused.extend(self._fire(state, entry, event, now_ms, effects))
         if self.index.journey_roles or state.journeys:
             caused.extend(self.journeys.on_event(state, event, now_ms, effects))
+        if self.index.segments_by_type or state.segments:
+            caused.extend(self.segments.on_event(state, event, now_ms, effects))
         return caused
+
+    def on_patch(self, state: UserState, patch: ProfilePatch, cause_id: str, now_ms: int, effects: Effects) -> None:
+        """A profile change, then the segments it changes and what their events cause."""
+        apply_patch(state, patch)
+        if self.index.segments_on_patch:
+            self._chain(state, self.segments.on_patch(state, patch.user_id, cause_id, now_ms, effects), now_ms, effects)
 
     def _step(
         self, state: UserState, entry: RuleEntry, event: Event, roles: set[str], now_ms: int, effects: Effects

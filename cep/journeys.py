@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from bisect import bisect_left, bisect_right, insort
+from bisect import insort
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -27,9 +27,10 @@ from zoneinfo import ZoneInfo
 from cep.correlation import correlation_key
 from cep.events import ORIGIN_TIMER, Event
 from cep.firing import TIMER_SEPARATOR, ActionSource, CreatedAction, render_actions, schedule_and_tag
+from cep.history import history_of
 from cep.rule_index import JourneyEntry, JourneyMatch, RuleIndex
-from cep.user_record import FINISHED, NEVER, Instance, JourneyMarks, PatternState, UserState, event_id_hash
-from rules.journey_compiled import CompiledJourney, HistoryShape, is_number
+from cep.user_record import FINISHED, NEVER, Instance, JourneyMarks, UserState, event_id_hash
+from rules.journey_compiled import CompiledJourney
 from rules.journey_model import Branch, Do, Exit, Split, Wait, WaitFor
 from rules.predicates import NO_ATTRS, NO_TAGS
 
@@ -37,8 +38,7 @@ JOURNEY_TIMER = "j"
 # Nodes one evaluation may run for one instance: validation refuses cycles without a wait, so a walk
 # visits each node at most once between waits; this only guards against a bug.
 MAX_WALK = 1_000
-HISTORY_MARGIN_MS = 60_000  # behaviour history outlives its window by this much wall time
-_NO_HISTORY: list[Any] = []
+REENTRY_MARGIN_MS = 60_000  # `once_per` marks outlive their period by this much wall time
 
 
 def journey_timer(user_id: str, journey_id: str, inst: Instance) -> str:
@@ -93,10 +93,7 @@ class Journeys:
         attrs = event.attrs
         for match in matches:
             if match.role.where(attrs, NO_ATTRS, NO_TAGS):
-                if match.role.role == "history":
-                    self._remember(state, self.index.histories[match.role.node], event, now_ms)
-                else:
-                    by_journey.setdefault(match.entry.id, []).append(match)
+                by_journey.setdefault(match.entry.id, []).append(match)
         caused: list[Event] = []
         for journey_id, found in by_journey.items():
             entry = self.index.journeys[journey_id]
@@ -248,7 +245,7 @@ class Journeys:
             return _blocked(effects, user_id, event, entry.id, version, f"reentry_{reentry.policy}")
         # `always` needs no marks: the live instance alone keeps a second one out.
         if reentry.policy != "always":
-            expires = now_ms + reentry.period_ms + HISTORY_MARGIN_MS if reentry.policy == "once_per" else NEVER
+            expires = now_ms + reentry.period_ms + REENTRY_MARGIN_MS if reentry.policy == "once_per" else NEVER
             marks.entered[key] = [entries + 1, max(last_ts, event.ts), expires]
         attrs = {name: event.attrs[name] for name in compiled.kept_fields if name in event.attrs}
         if len(journey.key) == 1 and key[0] in "si" and type(attrs.get(journey.key[0])) in (str, int):
@@ -384,10 +381,7 @@ class Journeys:
     ) -> tuple[str | None, str]:
         attrs = entry_attrs(inst, key, compiled.journey.key)
 
-        def history(shape_id: str) -> list[Any]:
-            pattern = state.patterns.get(shape_id)
-            return pattern.parts.get("h", {}).get("_", _NO_HISTORY) if pattern is not None else _NO_HISTORY
-
+        history = history_of(state)
         for index, (arm, check) in enumerate(zip(node.arms, compiled.conditions[node_id], strict=True)):
             if check(attrs, state.profile, state.tags, history, at):
                 return arm.next, f"arm{index}"
@@ -466,35 +460,6 @@ class Journeys:
                 _trace(
                     effects, user_id, inst.step_ts, "", inst.version, "", "cancelled", reason="journey_deleted", key=key
                 )
-
-    def _remember(self, state: UserState, shape: HistoryShape, event: Event, now_ms: int) -> None:
-        """Keep a behaviour-history event (count or sum) for branches that read it."""
-        if shape.sum_field is not None:
-            raw = event.attrs.get(shape.sum_field)
-            if not is_number(raw):
-                return
-        pattern = state.patterns.get(shape.id)
-        if pattern is None:
-            pattern = state.patterns[shape.id] = PatternState(event.ts, 0)
-        elif event.ts > pattern.watermark:
-            pattern.watermark = event.ts
-        pattern.expires_ms = now_ms + shape.window_ms + HISTORY_MARGIN_MS
-        pattern.packed = None
-        items = pattern.parts.setdefault("h", {}).setdefault("_", [])
-        # A branch reads [at - window, at] with at >= newest - horizon: older events can never count.
-        settled_at = pattern.watermark - shape.horizon_ms
-        if shape.sum_field is None:
-            insort(items, event.ts)
-            del items[: bisect_left(items, settled_at - shape.window_ms)]
-            settled = bisect_right(items, settled_at)
-        else:
-            insort(items, [event.ts, raw], key=_first)
-            del items[: bisect_left(items, settled_at - shape.window_ms, key=_first)]
-            settled = bisect_right(items, settled_at, key=_first)
-        # Of the events at or before `settled_at`, any window that reads them ends after them: the newest
-        # `keep` decide every comparison of a count (a sum keeps them all, up to MAX_HISTORY).
-        if settled > shape.keep:
-            del items[: settled - shape.keep]
 
 
 def wait_due(node: Wait, at: int, profile: Mapping[str, Any]) -> int | None:

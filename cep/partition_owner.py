@@ -25,7 +25,7 @@ from beacon.pause import pause
 from beacon.redis_errors import describe, is_redis_trouble
 from cep import streams, timers
 from cep.commit import CommitPlan, FencedError, StalePositionError, commit
-from cep.evaluator import Effects, Evaluator, apply_patch, timer_user
+from cep.evaluator import Effects, Evaluator, timer_user
 from cep.events import Event, ProfilePatch
 from cep.journeys import counter_field
 from cep.rule_index import RuleIndex
@@ -251,8 +251,8 @@ class PartitionOwner:
                 plan.quarantine(streams.quarantined_fields(entry, "unreadable entry"))
                 continue
 
-            def apply(into: Effects, items: list[streams.Item] = items) -> None:
-                self._apply(evaluator, items, now, into, touched)
+            def apply(into: Effects, items: list[streams.Item] = items, entry_id: bytes = entry[0]) -> None:
+                self._apply(evaluator, items, now, into, touched, entry_id)
 
             error = self._attempt(apply, [item.user_id for item in items], effects, isolate, f"entry {entry[0]!r}")
             if error:
@@ -292,11 +292,22 @@ class PartitionOwner:
                 by_user.setdefault(user_id, []).append(found)
             for user_id, entries in by_user.items():
                 plan.trace(user_id, encode_batch(now, entries), self._limits.trace_depth, self._limits.trace_ttl_ms)
+        for change in effects.segment_changes:
+            plan.segment_member(change.segment_id, change.user_id, added=change.added)
+        rescheduled = set()
+        for member, due_ms in effects.segment_timers.items():
+            if due_ms:
+                plan.timers_added.extend((due_ms, member))
+                rescheduled.add(member)
+            else:
+                plan.timers_removed.append(member)
         for user_id, action_id, cancel in effects.releases:
             plan.release(user_id, action_id, cancel=cancel)
         for due_ms, member in effects.timers_added:
             plan.timers_added.extend((due_ms, member))
-        plan.timers_removed.extend(effects.timers_removed)
+        # A segment timer that fired and was set again in this batch keeps its new due time (one member per
+        # user and segment: the commit adds before it removes).
+        plan.timers_removed.extend(member for member in effects.timers_removed if member not in rescheduled)
         if decoded:
             plan.last_id = decoded[-1][0][0]
             plan.entries = sum(streams.entry_count(entry[1]) for entry, _ in decoded)
@@ -323,13 +334,20 @@ class PartitionOwner:
         return ""
 
     def _apply(
-        self, evaluator: Evaluator, items: list[streams.Item], now: int, effects: Effects, touched: set[str]
+        self,
+        evaluator: Evaluator,
+        items: list[streams.Item],
+        now: int,
+        effects: Effects,
+        touched: set[str],
+        entry_id: bytes,
     ) -> None:
         for item in items:
             state = self._cache[item.user_id]
             touched.add(item.user_id)
             if isinstance(item, ProfilePatch):
-                apply_patch(state, item)
+                # The patch's stream entry names it: processed again, its segment events dedupe.
+                evaluator.on_patch(state, item, f"patch:{entry_id.decode()}", now, effects)
             else:
                 evaluator.on_event(state, item, now, effects)
 
@@ -410,6 +428,8 @@ def _merge(into: Effects, other: Effects) -> None:
     into.hop_limited += other.hop_limited
     into.chained.extend(other.chained)
     into.journey_firings.extend(other.journey_firings)
+    into.segment_changes.extend(other.segment_changes)
+    into.segment_timers.update(other.segment_timers)
     for name, delta in other.journey_counts.items():
         into.journey_counts[name] = into.journey_counts.get(name, 0) + delta
     if into.trace is not None and other.trace:

@@ -14,7 +14,8 @@ from typing import Any
 from rules.compiled import CompiledRuleset
 from rules.journey_compiled import CompiledJourney, HistoryShape, JourneyRole, JourneyVersions
 from rules.model import Rule
-from rules.predicates import Check
+from rules.predicates import Check, compile_predicate
+from rules.segments import CompiledSegment
 
 
 def rule_key(ruleset_id: str, rule_id: str) -> str:
@@ -67,6 +68,15 @@ class JourneyEntry:
     versions: dict[int, CompiledJourney]
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class SegmentEntry:
+    """One active segment: its id, its key in users' records, and its compiled form."""
+
+    id: str
+    short_key: str
+    compiled: CompiledSegment
+
+
 @dataclass(frozen=True, slots=True)
 class JourneyMatch:
     """A matcher of one journey version for one event type."""
@@ -80,13 +90,25 @@ class RuleIndex:
     """Matchers by event type (by descending rule priority, then ruleset and rule order), rules by state id;
     journeys by id and record key, their matchers by event type, and the behaviour shapes they read."""
 
-    def __init__(self, rulesets: Sequence[CompiledRuleset], journeys: Sequence[JourneyVersions] = ()) -> None:
-        """`journeys`: per journey, its kept versions with the active one last."""
+    def __init__(
+        self,
+        rulesets: Sequence[CompiledRuleset],
+        journeys: Sequence[JourneyVersions] = (),
+        segments: Sequence[CompiledSegment] = (),
+    ) -> None:
+        """`journeys`: per journey, its kept versions with the active one last; `segments`: the active ones."""
         self.journeys: dict[str, JourneyEntry] = {}
+        self.segments: dict[str, SegmentEntry] = {}
+        self.segment_by_short: dict[str, SegmentEntry] = {}
+        self.segments_by_type: dict[str, list[SegmentEntry]] = {}  # event type -> segments it may change
+        self.segments_on_patch: list[SegmentEntry] = []  # segments a profile or tag patch may change
+        # event type -> (behaviour shape, its matcher's where) whose events users keep (cep.history)
+        self.history_roles: dict[str, list[tuple[HistoryShape, Check]]] = {}
         self.journey_by_short: dict[str, JourneyEntry] = {}
         self.journey_roles: dict[str, tuple[JourneyMatch, ...]] = {}
         self.histories: dict[str, HistoryShape] = {}
         self._index_journeys(journeys)
+        self._index_segments(segments)
         self.rulesets = {compiled.ruleset.id: compiled for compiled in rulesets}
         self.by_state: dict[str, RuleEntry] = {}
         self.by_short_key: dict[str, RuleEntry] = {}
@@ -136,25 +158,38 @@ class RuleIndex:
                         if journey_role.role != "entry" or compiled is active:
                             journey_roles.setdefault(event_type, []).append(JourneyMatch(entry, compiled, journey_role))
                 for shape in compiled.histories:
-                    known = self.histories.get(shape.id)
-                    if known is not None:
-                        shape = HistoryShape(
-                            shape.id,
-                            shape.match,
-                            shape.sum_field,
-                            max(shape.window_ms, known.window_ms),
-                            max(shape.keep, known.keep),
-                            max(shape.horizon_ms, known.horizon_ms),
-                        )
-                    self.histories[shape.id] = shape
-        # History is kept once per shape whichever journeys read it: one role per shape.
+                    self._add_history(shape)
         for event_type, matches in journey_roles.items():
-            seen: set[str] = set()
-            unique = []
-            for match in matches:
-                if match.role.role == "history":
-                    if match.role.node in seen:
-                        continue
-                    seen.add(match.role.node)
-                unique.append(match)
-            self.journey_roles[event_type] = tuple(unique)
+            self.journey_roles[event_type] = tuple(match for match in matches if match.role.role != "history")
+
+    def _add_history(self, shape: HistoryShape) -> None:
+        """A behaviour shape some journey or segment reads: kept once per user whoever reads it, for the
+        longest window, the most events and the widest horizon any reader needs."""
+        known = self.histories.get(shape.id)
+        if known is not None:
+            shape = HistoryShape(
+                shape.id,
+                shape.match,
+                shape.sum_field,
+                max(shape.window_ms, known.window_ms),
+                max(shape.keep, known.keep),
+                max(shape.horizon_ms, known.horizon_ms),
+            )
+        self.histories[shape.id] = shape
+
+    def _index_segments(self, segments: Sequence[CompiledSegment]) -> None:
+        for compiled in segments:
+            entry = SegmentEntry(compiled.segment.id, short_rule_key("segment/" + compiled.segment.id), compiled)
+            self.segments[entry.id] = self.segment_by_short[entry.short_key] = entry
+            for shape in compiled.shapes:
+                self._add_history(shape)
+            triggers = {shape.match.event for shape in compiled.shapes}
+            if compiled.reads_tags:
+                triggers.update(("tag_added", "tag_removed"))
+            for event_type in triggers:
+                self.segments_by_type.setdefault(event_type, []).append(entry)
+            if compiled.reads_profile or compiled.reads_tags:
+                self.segments_on_patch.append(entry)
+        # History roles: one per shape and event type, for whichever journeys and segments read it.
+        for shape in self.histories.values():
+            self.history_roles.setdefault(shape.match.event, []).append((shape, compile_predicate(shape.match.where)))

@@ -134,6 +134,11 @@ class Simulation:
         self.cancelled.update(member for member in effects.timers_removed if member != consumed)
         for due, member in effects.timers_added:
             heapq.heappush(self.timers, (due, next(self._numbers), member))
+        # Segment timers: one name per user and segment, a new due replacing the old; a superseded entry
+        # left in the heap finds its due time no longer the user's and does nothing (cep.segments).
+        for member, due in effects.segment_timers.items():
+            if due:
+                heapq.heappush(self.timers, (due, next(self._numbers), member))
         if self.on_step is not None:
             assert self.now_ms is not None
             self.on_step(Step(self.now_ms, effects))

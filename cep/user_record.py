@@ -152,6 +152,8 @@ class UserState:
     first: dict[str, int] = field(default_factory=dict)  # rule key -> ts of the first matching event
     patterns: dict[str, PatternState] = field(default_factory=dict)  # state id -> pattern state
     journeys: dict[str, JourneyMarks] = field(default_factory=dict)  # journey short key -> marks
+    # segment key -> [member since ts (0: not a member), pending window timer's due (0: none)] (cep.segments)
+    segments: dict[str, list[int]] = field(default_factory=dict)
     # The newest `ts` of the user's own (producer) events: WeChat customer-service messages may only go
     # out within 48 h of it (connectors.delivery). 0: none seen.
     last_seen: int = 0
@@ -161,6 +163,7 @@ class UserState:
     # The rule index (`cep.rule_index.RuleIndex`) whose journeys this state's marks were last checked
     # against (instances of deleted journeys are dropped then); not stored.
     journeys_checked: object = field(default=None, repr=False, compare=False)
+    segments_checked: object = field(default=None, repr=False, compare=False)  # the same, for segments
 
     def remember(self, digest: int, now_ms: int) -> None:
         """Record a processed event id (see `seen`)."""
@@ -180,6 +183,7 @@ class UserState:
             or self.patterns
             or self.last_seen
             or self.journeys
+            or self.segments
         )
 
     def prune(self, now_ms: int, dedupe_horizon_ms: int) -> int:
@@ -189,7 +193,8 @@ class UserState:
 
         One pass over each part: it runs for every user of every batch.
         """
-        forever = bool(self.profile or self.tags or self.first)
+        # A membership (or a pending window timer) lasts until an event or timer changes it.
+        forever = bool(self.profile or self.tags or self.first or self.segments)
         latest = 0
         if self.seen:
             oldest = (now_ms - dedupe_horizon_ms) // 1000
@@ -277,6 +282,8 @@ def encode_user_state(state: UserState) -> bytes:
         record["l"] = state.last_seen
     if state.patterns:
         record["x"] = {sid: ps.pack() for sid, ps in state.patterns.items()}
+    if state.segments:
+        record["m"] = state.segments
     if state.journeys:
         record["j"] = {
             short: [marks.entered, {key: inst.pack() for key, inst in marks.instances.items()}]
@@ -305,6 +312,7 @@ def decode_user_state(raw: bytes | None) -> UserState:
             first=dict(record.get("1") or {}),
             last_seen=int(record.get("l") or 0),
             patterns={sid: _decode_pattern(value, relative) for sid, value in (record.get("x") or {}).items()},
+            segments={short: list(mark) for short, mark in (record.get("m") or {}).items()},
             journeys={
                 short: JourneyMarks(
                     {key: list(marks) for key, marks in entered.items()},

@@ -63,10 +63,14 @@ class Worker:
     async def rule_index(self) -> RuleIndex:
         """The evaluator's view of the active rulesets, rebuilt only when the registry changed."""
         rulesets = await self._registry.refresh()
-        journeys = self._registry.journeys()
-        identity = tuple(id(compiled) for compiled in rulesets) + tuple(id(kept.active) for kept in journeys)
+        journeys, segments = self._registry.journeys(), self._registry.segments()
+        identity = (
+            tuple(id(compiled) for compiled in rulesets)
+            + tuple(id(kept.active) for kept in journeys)
+            + tuple(id(segment) for segment in segments)
+        )
         if identity != self._index_of:
-            self._index, self._index_of = RuleIndex(rulesets, journeys), identity
+            self._index, self._index_of = RuleIndex(rulesets, journeys, segments), identity
         return self._index
 
     async def run(self) -> None:

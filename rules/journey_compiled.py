@@ -48,7 +48,7 @@ class HistoryShape:
 
     A branch runs at an event time at most `horizon_ms` (its journey's lateness) before the newest
     event kept: every event newer than `newest - horizon` is kept, and of the older ones in the window
-    only the newest `keep`, which is enough to decide any count comparison (see `_needs`).
+    only the newest `keep`, which is enough to decide any count comparison (see `events_needed`).
     """
 
     id: str
@@ -80,7 +80,7 @@ def behaviours_of(condition: Condition | None) -> list[Behaviour]:
     return found
 
 
-def _needs(behaviour: Behaviour) -> int:
+def events_needed(behaviour: Behaviour) -> int:
     """How many of the newest events decide the condition: one more than the compared count."""
     if behaviour.kind == "sum":
         return MAX_HISTORY
@@ -215,7 +215,7 @@ class CompiledJourney:
                         shape_id = history_id(behaviour.match, behaviour.sum_field)
                         known = shapes.get(shape_id)
                         window = max(behaviour.within_ms, known.window_ms if known else 0)
-                        keep = max(_needs(behaviour), known.keep if known else 0)
+                        keep = max(events_needed(behaviour), known.keep if known else 0)
                         horizon = max(journey.lateness_ms, known.horizon_ms if known else 0)
                         shapes[shape_id] = HistoryShape(
                             shape_id, behaviour.match, behaviour.sum_field, window, keep, horizon

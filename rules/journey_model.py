@@ -171,8 +171,8 @@ class Goal:
 class Journey:
     """A validated journey document. `version` is 0 until storage assigns one.
 
-    `entry` is the event that starts an instance; `entry_segment` is the hook for segment entry (the
-    audiences work) and is refused by validation until segments exist.
+    `entry` is the event that starts an instance (`{"segment": id}` in JSON is the matcher of that
+    segment's `segment_entered` events); `entry_segment` is unused.
     """
 
     id: str

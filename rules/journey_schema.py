@@ -148,10 +148,11 @@ class _JourneyParser(_Parser):
 
     def entry(self, value: Any, path: str) -> model.Matcher | None:
         if isinstance(value, dict) and "segment" in value:
+            # Entering a segment is the event `segment_entered` with `segment` = its id (cep.segments).
             parsed = self.fields(value, path, {"segment": self.identifier}, ("segment",))
-            if parsed is not None:
-                self.reject(_key(path, "segment"), "segment entry arrives with segments; not available yet")
-            return None
+            if parsed is None:
+                return None
+            return model.Matcher("segment_entered", model.Compare("field", "segment", "==", parsed["segment"]))
         return self.matcher(value, path)
 
     def journey_reentry(self, value: Any, path: str) -> jm.JourneyReentry | None:

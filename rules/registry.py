@@ -16,7 +16,8 @@ from rules.journey_model import Journey
 from rules.journey_schema import parse_journey
 from rules.model import Ruleset
 from rules.schema import parse_ruleset
-from rules.store import JOURNEYS, RulesetStore
+from rules.segments import CompiledSegment, load_segment
+from rules.store import JOURNEYS, SEGMENTS, RulesetStore
 
 log = logging.getLogger("beacon.rules")
 
@@ -44,6 +45,8 @@ class RulesetRegistry:
         # journey id -> its kept versions, oldest first, the active one last
         self._journeys: dict[str, JourneyVersions] = {}
         self._journey_versions: dict[tuple[str, int], CompiledJourney] = {}
+        self._segment_store = RulesetStore(store.redis, SEGMENTS)
+        self._segments: dict[str, CompiledSegment] = {}
         self._lock = asyncio.Lock()
         self._reading: asyncio.Task[int] | None = None  # a revision read not sent yet, shared by its callers
 
@@ -54,6 +57,10 @@ class RulesetRegistry:
     def journeys(self) -> list[JourneyVersions]:
         """Per active journey, its kept versions with the active one last, as of the last refresh."""
         return list(self._journeys.values())
+
+    def segments(self) -> list[CompiledSegment]:
+        """The active segments as of the last refresh."""
+        return list(self._segments.values())
 
     def get(self, ruleset_id: str) -> CompiledRuleset | None:
         """One compiled ruleset by id, if active."""
@@ -81,6 +88,7 @@ class RulesetRegistry:
                     continue
                 log.info("compiled ruleset %s v%s (%d rules)", item.id, item.version, len(ruleset.rules))
             self._journeys = await self._refresh_journeys()
+            self._segments = await self._refresh_segments()
             self._compiled, self._revision = fresh, revision
             metrics.set_active_rulesets(len(fresh))
             return self.current()
@@ -137,11 +145,32 @@ class RulesetRegistry:
         self._reading = None  # from here on the GET is sent: later callers need a later read
         return await self._store.revision()
 
+    async def _refresh_segments(self) -> dict[str, CompiledSegment]:
+        """Every active segment, compiled; unchanged versions are reused."""
+        _, stored = await self._segment_store.active()
+        fresh: dict[str, CompiledSegment] = {}
+        for item in stored:
+            existing = self._segments.get(item.id)
+            if existing is not None and existing.segment.version == item.version:
+                fresh[item.id] = existing
+                continue
+            try:
+                segment = load_segment(
+                    item.document, segment_id=item.id, lateness_ms=self._lateness, version=item.version
+                )
+            except ValidationError as exc:
+                log.error("stored segment %s v%s no longer validates: %s", item.id, item.version, exc)
+                continue
+            fresh[item.id] = CompiledSegment.build(segment, self._lateness)
+            log.info("compiled segment %s v%s", item.id, item.version)
+        return fresh
+
     def close(self) -> None:
         """Forget every compiled ruleset and journey (the next refresh compiles afresh)."""
         self._compiled.clear()
         self._journeys.clear()
         self._journey_versions.clear()
+        self._segments.clear()
         self._revision = -1
 
 

@@ -24,6 +24,7 @@ KEEP_VERSIONS = 20
 KEEP_JOURNEY_VERSIONS = 100
 RULESETS = ""  # key prefix of each kind of document
 JOURNEYS = "j:"
+SEGMENTS = "g:"
 
 
 def index_key(kind: str) -> str:
@@ -94,7 +95,7 @@ class RulesetStore:
         self.redis = redis
         self._kind = kind
         self._keep = KEEP_JOURNEY_VERSIONS if kind == JOURNEYS else KEEP_VERSIONS
-        self._what = "journey" if kind == JOURNEYS else "ruleset"
+        self._what = {JOURNEYS: "journey", SEGMENTS: "segment"}.get(kind, "ruleset")
         self._put = redis.register_script(PUT_SCRIPT)
         self._delete = redis.register_script(DELETE_SCRIPT)
 

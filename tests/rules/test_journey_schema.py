@@ -367,10 +367,12 @@ def test_unknown_fields_at_journey_and_node_level() -> None:
     )
 
 
-def test_segment_entry_is_refused_for_now() -> None:
-    assert problem(doc_with(entry={"segment": "big-spenders"})) == (
+def test_segment_entry_is_the_segments_entered_event() -> None:
+    journey = parse_journey(doc_with(entry={"segment": "big-spenders"}))
+    assert journey.entry == Matcher("segment_entered", Compare("field", "segment", "==", "big-spenders"))
+    assert problem(doc_with(entry={"segment": "no way"})) == (
         "entry.segment",
-        "segment entry arrives with segments; not available yet",
+        '"no way" is not a valid id (1-64 letters, digits, "_", "." or "-"; starts with a letter or digit)',
     )
 
 
@@ -570,12 +572,12 @@ def test_several_errors_at_once() -> None:
             "c": {"split": [{"weight": 50, "next": "a"}]},
         },
         tz="Nowhere",
-        entry={"segment": "s"},
+        entry={"segment": "s", "x": 1},
         key="sku",
         extra=1,
     )
     assert problems(doc, journey_id="other") == [
-        ("entry.segment", "segment entry arrives with segments; not available yet"),
+        ("entry.x", 'unknown field "x" (expected one of: segment)'),
         ("nodes.b.timeout", '"1x" is not a duration'),
         ("nodes.c.split", "weights add up to 50, not 100"),
         ("tz", '"Nowhere" is not a time zone (an IANA name like "Asia/Shanghai")'),
@@ -590,9 +592,9 @@ def test_several_errors_at_once() -> None:
 
 
 def test_graph_errors_are_reported_with_other_field_errors() -> None:
-    doc = doc_with({"a": {"do": [COUPON], "next": "a"}, "lost": END}, entry={"segment": "s"})
+    doc = doc_with({"a": {"do": [COUPON], "next": "a"}, "lost": END}, entry={"segment": "s", "x": 1})
     assert problems(doc) == [
-        ("entry.segment", "segment entry arrives with segments; not available yet"),
+        ("entry.x", 'unknown field "x" (expected one of: segment)'),
         ("nodes.lost", 'is not reachable from "start"'),
         ("nodes.a", "is on a cycle with no wait: a -> a"),
     ]
