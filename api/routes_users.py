@@ -15,7 +15,7 @@ from api.routes_actions import query_limit
 from beacon.errors import ValidationError
 from cep.events import ProfilePatch
 from cep.ledger import action_outcomes
-from cep.live_state import journey_state, live_state
+from cep.live_state import journey_state, live_state, segment_state
 from cep.profiles import Profile, patch_profile
 from cep.rule_index import RuleIndex
 from cep.trace import read_trace
@@ -70,9 +70,10 @@ async def get_user(request: web.Request) -> web.Response:
     state = await read_state(keys.redis(request), request.app[keys.SETTINGS].partitions, user_id)
     body = _profile_json(user_id, Profile(state.profile, frozenset(state.tags)))
     registry = keys.registry(request)
-    index = RuleIndex(await registry.refresh(), registry.journeys())
+    index = RuleIndex(await registry.refresh(), registry.journeys(), registry.segments())
     body["rules"] = live_state(state, index)
     body["journeys"] = journey_state(state, index)
+    body["segments"] = segment_state(state, index)
     return web.json_response(body)
 
 

@@ -48,7 +48,9 @@ def remember(state: UserState, shape: HistoryShape, event: Event, now_ms: int) -
         pattern = state.patterns[shape.id] = PatternState(event.ts, 0)
     elif event.ts > pattern.watermark:
         pattern.watermark = event.ts
-    pattern.expires_ms = now_ms + shape.window_ms + HISTORY_MARGIN_MS
+    # Wall-clock expiry, but never before the newest event's window has passed (an event may be stamped
+    # ahead of the server clock, and a segment's window timer fires at that event's ts + window).
+    pattern.expires_ms = max(now_ms, pattern.watermark) + shape.window_ms + HISTORY_MARGIN_MS
     pattern.packed = None
     items = pattern.parts.setdefault("h", {}).setdefault("_", [])
     # A branch reads [at - window, at] with at >= newest - horizon: older events can never count.

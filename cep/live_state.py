@@ -73,6 +73,16 @@ def journey_state(state: UserState, index: RuleIndex) -> dict[str, Any]:
     return journeys
 
 
+def segment_state(state: UserState, index: RuleIndex) -> dict[str, Any]:
+    """Per active segment the user is in (or has a window timer for): since when, and the next window change."""
+    found: dict[str, Any] = {}
+    for short, (since, due) in state.segments.items():
+        entry = index.segment_by_short.get(short)
+        if entry is not None:
+            found[entry.id] = {"member": bool(since), "since": since or None, "next_change": due or None}
+    return found
+
+
 def _rule_key(index: RuleIndex, short_key: str) -> str:
     entry = index.by_short_key.get(short_key)
     return entry.key if entry else f"(retired rule {short_key})"

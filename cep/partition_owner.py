@@ -212,8 +212,10 @@ class PartitionOwner:
             raise
         if entries:
             self._position = entries[-1][0]
-        if self._next_due is not None and effects.timers_added:
-            self._next_due = min(self._next_due, *(due_ms for due_ms, _ in effects.timers_added))
+        added = [due_ms for due_ms, _ in effects.timers_added]
+        added += [due_ms for due_ms in effects.segment_timers.values() if due_ms]
+        if self._next_due is not None and added:
+            self._next_due = min(self._next_due, *added)
         self._trim_cache()
         self._report(effects, decoded, due, now, time.perf_counter() - started)
 

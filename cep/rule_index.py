@@ -179,7 +179,8 @@ class RuleIndex:
 
     def _index_segments(self, segments: Sequence[CompiledSegment]) -> None:
         for compiled in segments:
-            entry = SegmentEntry(compiled.segment.id, short_rule_key("segment/" + compiled.segment.id), compiled)
+            short = short_rule_key(f"segment/{compiled.segment.id}/{compiled.born}")
+            entry = SegmentEntry(compiled.segment.id, short, compiled)
             self.segments[entry.id] = self.segment_by_short[entry.short_key] = entry
             for shape in compiled.shapes:
                 self._add_history(shape)

@@ -151,7 +151,7 @@ class RulesetRegistry:
         fresh: dict[str, CompiledSegment] = {}
         for item in stored:
             existing = self._segments.get(item.id)
-            if existing is not None and existing.segment.version == item.version:
+            if existing is not None and (existing.segment.version, existing.born) == (item.version, item.born):
                 fresh[item.id] = existing
                 continue
             try:
@@ -161,7 +161,7 @@ class RulesetRegistry:
             except ValidationError as exc:
                 log.error("stored segment %s v%s no longer validates: %s", item.id, item.version, exc)
                 continue
-            fresh[item.id] = CompiledSegment.build(segment, self._lateness)
+            fresh[item.id] = CompiledSegment.build(segment, self._lateness, item.born)
             log.info("compiled segment %s v%s", item.id, item.version)
         return fresh
 

@@ -102,9 +102,12 @@ class CompiledSegment:
     windows: tuple[Window, ...]
     reads_profile: bool
     reads_tags: bool
+    # The version that created the segment (after its last delete): users' memberships are kept under
+    # (id, born), so a segment re-created under a deleted id starts with no member.
+    born: int = 1
 
     @classmethod
-    def build(cls, segment: Segment, lateness_ms: int = 2000) -> CompiledSegment:
+    def build(cls, segment: Segment, lateness_ms: int = 2000, born: int = 1) -> CompiledSegment:
         """Compile a validated segment."""
         behaviours = behaviours_of(segment.where)
         shapes: dict[str, HistoryShape] = {}
@@ -132,6 +135,7 @@ class CompiledSegment:
             ),
             reads_profile=any(isinstance(leaf, model.Compare) for leaf in leaves),
             reads_tags=any(isinstance(leaf, model.HasTag) for leaf in leaves),
+            born=born,
         )
 
 
