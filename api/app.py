@@ -18,6 +18,7 @@ from api import (
     routes_journeys,
     routes_ops,
     routes_rulesets,
+    routes_segments,
     routes_users,
 )
 from api.middleware import auth_middleware, error_middleware
@@ -38,6 +39,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
         routes_events,
         routes_rulesets,
         routes_journeys,
+        routes_segments,
         routes_dryrun,
         routes_backtest,
         routes_users,

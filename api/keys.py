@@ -11,7 +11,7 @@ from beacon.clock import Clock
 from beacon.services import Services
 from beacon.settings import Settings
 from rules.registry import RulesetRegistry
-from rules.store import JOURNEYS, RulesetStore
+from rules.store import JOURNEYS, SEGMENTS, RulesetStore
 
 
 @dataclass(slots=True)
@@ -47,6 +47,11 @@ def store(request: web.Request) -> RulesetStore:
 def journey_store(request: web.Request) -> RulesetStore:
     """The journey store (the ruleset store's sibling, under `b:{rs}:j:*`)."""
     return RulesetStore(services(request).redis, JOURNEYS)
+
+
+def segment_store(request: web.Request) -> RulesetStore:
+    """The segment store (the ruleset store's sibling, under `b:{rs}:g:*`)."""
+    return RulesetStore(services(request).redis, SEGMENTS)
 
 
 def registry(request: web.Request) -> RulesetRegistry:

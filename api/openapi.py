@@ -99,6 +99,35 @@ OPENAPI: dict[str, Any] = {
             "parameters": _ID_PARAM,
             "get": _op("Per version and node: entered, waiting, left by branch, exited, converted", "rules"),
         },
+        "/v1/segments": {"get": _op("List active segments with their sizes", "rules")},
+        "/v1/segments:validate": {"post": _op("Validate a segment without storing it", "rules", "Segment")},
+        "/v1/segments:estimate": {
+            "post": {
+                **_op("Size an unsaved segment definition over the stored users", "rules", "SegmentEstimateBody"),
+                "description": (
+                    "Replies {estimate, exact, population, sampled, error_bound?, unreadable, elapsed_ms}: exact up to"
+                    " exact_limit user records, beyond that from a hash sample with a 95 % error bound. Behaviour"
+                    " conditions see only the history the engine keeps (shapes an active journey or segment reads)."
+                    " See docs/audiences.md."
+                ),
+            }
+        },
+        "/v1/segments/{id}": {
+            "parameters": _ID_PARAM,
+            "get": _op("A segment's active (or ?version=N) document, kept versions and size", "rules"),
+            "put": _op("Store a new version", "rules", "Segment"),
+            "delete": _op("Delete a segment and its members", "rules"),
+        },
+        "/v1/segments/{id}/members": {
+            "parameters": _ID_PARAM,
+            "get": {
+                **_op("One page of a segment's members: {members, cursor} (cursor empty when done)", "rules"),
+                "parameters": [
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                ],
+            },
+        },
         "/v1/users/{user_id}": {
             "parameters": _USER_PARAM,
             "get": _op("Profile, tags, live rule state and journey instances", "events"),
@@ -178,6 +207,25 @@ OPENAPI: dict[str, Any] = {
             },
             "Ruleset": {"type": "object", "description": "See README: the ruleset language"},
             "Journey": {"type": "object", "description": "See docs/journeys.md: the journey language"},
+            "Segment": {
+                "type": "object",
+                "required": ["where"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "description": {"type": "string"},
+                    "where": {"type": "object", "description": "See docs/audiences.md: the segment language"},
+                },
+            },
+            "SegmentEstimateBody": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "exactly one of where and segment",
+                "properties": {
+                    "where": {"type": "object", "description": "a segment condition"},
+                    "segment": {"$ref": "#/components/schemas/Segment"},
+                    "exact_limit": {"type": "integer", "minimum": 100, "maximum": 200000},
+                },
+            },
             "DryRunBody": {
                 "type": "object",
                 "required": ["events"],

@@ -2,11 +2,11 @@
 over the users' stored records.
 
 One pass of SCAN over the user state keys (`b:{p:<n>}:u:<user>:s`, `cep.user_state`) — on a Redis
-Cluster, `scan_iter` visits every primary — fetches the records in batches (one MGET per partition, a
-single slot each), decodes them and evaluates the compiled condition at `now_ms`, as the partition
-owner would with the user's profile, tags and kept behaviour history.
+Cluster, `scan_iter` visits every primary — fetches the records in batches (a pipeline of GETs),
+decodes them and evaluates the compiled condition at `now_ms`, as the partition owner would, with the
+user's profile, tags and kept behaviour history.
 
-Exact up to `limit` records (default `EXACT_LIMIT`). Beyond that, a hash sample: a user is evaluated
+Exact up to `limit` records (by default `EXACT_LIMIT`). Beyond that, a hash sample: a user is evaluated
 when `blake2b(user_id)` (64 bits) is below a threshold that starts at 2**64 and halves whenever more
 than `limit` users are held, dropping the held users above the new threshold. The sample is therefore a
 uniform one of every user whose hash is below the final threshold (between about `limit / 2` and
@@ -101,34 +101,33 @@ def error_bound(population: int, sampled: int, matched: int) -> int:
 
 
 async def estimate_segment(
-    redis: Redis, partitions: int, compiled: CompiledSegment, now_ms: int, limit: int = EXACT_LIMIT
+    redis: Redis, partitions: int, compiled: CompiledSegment, now_ms: int, limit: int | None = None
 ) -> Estimate:
-    """Evaluate `compiled` over every stored user (or a hash sample of them beyond `limit`)."""
+    """Evaluate `compiled` over every stored user (or a hash sample of them beyond `limit`, by default
+    `EXACT_LIMIT` as it is when called)."""
     started = time.monotonic()
+    limit = EXACT_LIMIT if limit is None else limit
     tags = {partition_tag(partition): partition for partition in range(partitions)}
     threshold = HASH_SPACE  # users whose hash is below it are evaluated
     # user hash -> member? (True / False), or None when the record did not decode. Keyed by the hash so
     # that a key SCAN returns twice (it may, while the keyspace is resized) is evaluated once.
     held: dict[int, bool | None] = {}
-    pending: dict[int, list[tuple[bytes, int]]] = {}  # partition -> (key, user hash) to fetch
-    waiting = 0
+    pending: list[tuple[bytes, int]] = []  # (key, user hash) to fetch
     scanned = 0
 
     async def flush() -> None:
-        nonlocal threshold, waiting
-        batches = list(pending.items())
-        pending.clear()
-        waiting = 0
-        if not batches:
+        nonlocal threshold
+        if not pending:
             return
+        # GETs in one pipeline: a cluster client sends each node its keys (it refuses MGET in a pipeline).
         async with redis.pipeline(transaction=False) as pipe:
-            for _, items in batches:
-                pipe.mget([key for key, _ in items])
-            replies = await pipe.execute()
-        for (_, items), raws in zip(batches, replies, strict=True):
-            for (_, digest), raw in zip(items, raws, strict=True):
-                if raw is not None:  # gone since the scan: the user no longer has a record
-                    held[digest] = _member(compiled, raw, now_ms)
+            for key, _ in pending:
+                pipe.get(key)
+            raws = await pipe.execute()
+        for (_, digest), raw in zip(pending, raws, strict=True):
+            if raw is not None:  # gone since the scan: the user no longer has a record
+                held[digest] = _member(compiled, raw, now_ms)
+        pending.clear()
         while len(held) > limit:
             threshold //= 2
             for digest in [digest for digest in held if digest >= threshold]:
@@ -136,18 +135,15 @@ async def estimate_segment(
 
     async for key in redis.scan_iter(match=STATE_MATCH, count=SCAN_COUNT, _type="string"):
         raw_key = key if isinstance(key, bytes) else str(key).encode()
-        found = _user_of(raw_key, tags, partitions)
-        if found is None:
+        user_id = _user_of(raw_key, tags, partitions)
+        if user_id is None:
             continue
-        partition, user_id = found
         scanned += 1
         digest = user_hash(user_id)
-        if digest >= threshold:
-            continue
-        pending.setdefault(partition, []).append((raw_key, digest))
-        waiting += 1
-        if waiting >= FETCH_BATCH:
-            await flush()
+        if digest < threshold:
+            pending.append((raw_key, digest))
+            if len(pending) >= FETCH_BATCH:
+                await flush()
     await flush()
 
     exact = threshold == HASH_SPACE
@@ -164,8 +160,9 @@ async def estimate_segment(
     return Estimate(estimate, False, population, sampled, bound, unreadable, elapsed_ms)
 
 
-def _user_of(key: bytes, tags: dict[str, int], partitions: int) -> tuple[int, str] | None:
-    """The partition and user of a user state key; None for any other key, or a partition not configured."""
+def _user_of(key: bytes, tags: dict[str, int], partitions: int) -> str | None:
+    """The user of a user state key; None for any other key, or a partition that is not configured or
+    does not own the user."""
     try:
         text = key.decode()
     except UnicodeDecodeError:
@@ -177,7 +174,7 @@ def _user_of(key: bytes, tags: dict[str, int], partitions: int) -> tuple[int, st
     user_id = rest[: -len(STATE) - 1]
     if partition is None or not user_id or partition_of(user_id, partitions) != partition:
         return None
-    return partition, user_id
+    return user_id
 
 
 def _member(compiled: CompiledSegment, raw: bytes | str, now_ms: int) -> bool | None:

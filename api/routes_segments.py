@@ -1,0 +1,179 @@
+"""Segment endpoints: versioned PUT, GET (with size), list, DELETE, validate, members, estimate.
+
+A segment is stored like a journey (`rules.store`, under `b:{rs}:g:*`); its membership is kept by the
+partition owners (`cep.segments`) in per-partition SETs and size HASHes (`cep.segment_members`), which
+these endpoints only read, and drop when the segment is deleted. See docs/audiences.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from api import keys
+from api.bodies import object_with_fields, read_body
+from api.middleware import requires
+from api.routes_rulesets import ruleset_id_of, version_of
+from beacon.errors import ValidationError
+from cep import segment_estimate
+from cep.segment_members import MEMBERS_PAGE_MAX, delete_members, members_page, segment_size
+from rules.schema import RulesetInvalid
+from rules.segments import CompiledSegment, Segment, load_segment
+
+MEMBERS_PAGE_DEFAULT = 100
+ESTIMATE_FIELDS = ("where", "segment", "exact_limit")
+ESTIMATE_ID = "estimate"  # the id an unsaved `where` is validated under
+
+
+@requires("rules")
+async def put_segment(request: web.Request) -> web.Response:
+    """Validate a segment and store it as its new active version."""
+    segment_id = ruleset_id_of(request)
+    document = _document(await read_body(request))
+    load_segment(document, segment_id=segment_id, lateness_ms=request.app[keys.SETTINGS].lateness_ms)
+    if "id" not in document:
+        document = {"id": segment_id, **document}
+    version = await keys.segment_store(request).put(segment_id, document, request.app[keys.CLOCK].now_ms())
+    # Compile here too, so this process's owners keep the new version before the response goes out.
+    await keys.registry(request).refresh()
+    return web.json_response({"id": segment_id, "version": version})
+
+
+@requires("rules")
+async def list_segments(request: web.Request) -> web.Response:
+    """Every active segment with its version, description and size."""
+    _, stored = await keys.segment_store(request).active()
+    redis, partitions = keys.redis(request), request.app[keys.SETTINGS].partitions
+    items = [
+        {
+            "id": item.id,
+            "version": item.version,
+            "description": item.document.get("description", ""),
+            "size": await segment_size(redis, partitions, item.id),
+            "updated_ms": item.updated_ms,
+        }
+        for item in stored
+    ]
+    return web.json_response({"segments": items})
+
+
+@requires("rules")
+async def get_segment(request: web.Request) -> web.Response:
+    """The active version (or `?version=N`) of one segment, its kept versions, and its size now."""
+    segment_id = ruleset_id_of(request)
+    store = keys.segment_store(request)
+    stored = await store.get(segment_id, version_of(request))
+    size = await segment_size(keys.redis(request), request.app[keys.SETTINGS].partitions, segment_id)
+    return web.json_response(
+        {
+            "id": stored.id,
+            "version": stored.version,
+            "document": stored.document,
+            "updated_ms": stored.updated_ms,
+            "versions": await store.versions(segment_id),
+            "size": size,
+        }
+    )
+
+
+@requires("rules")
+async def delete_segment(request: web.Request) -> web.Response:
+    """Deactivate a segment and forget its members and sizes."""
+    segment_id = ruleset_id_of(request)
+    await keys.segment_store(request).delete(segment_id)
+    await delete_members(keys.redis(request), request.app[keys.SETTINGS].partitions, segment_id)
+    await keys.registry(request).refresh()
+    return web.json_response({"id": segment_id, "deleted": True})
+
+
+@requires("rules")
+async def validate_segment(request: web.Request) -> web.Response:
+    """Validate a segment document without storing it."""
+    document = _document(await read_body(request))
+    segment = load_segment(document, segment_id=None, lateness_ms=request.app[keys.SETTINGS].lateness_ms)
+    return web.json_response({"valid": True, "id": segment.id})
+
+
+@requires("rules")
+async def segment_members(request: web.Request) -> web.Response:
+    """One page of a segment's members: `?cursor=` (from the previous page; absent or empty to start) and
+    `?limit=` (1..1000, default 100; a hint: Redis may return a small partition's members whole)."""
+    segment_id = ruleset_id_of(request)
+    limit = _limit_of(request)
+    cursor = request.query.get("cursor", "")
+    await keys.segment_store(request).get(segment_id)  # 404 for a segment that does not exist
+    try:
+        members, after = await members_page(
+            keys.redis(request), request.app[keys.SETTINGS].partitions, segment_id, cursor, limit
+        )
+    except ValueError as exc:
+        message = f"{exc}: pass the previous page's cursor, or none to start"
+        raise ValidationError(message, path="cursor") from None
+    return web.json_response({"members": members, "cursor": after})
+
+
+@requires("rules")
+async def estimate(request: web.Request) -> web.Response:
+    """Size an unsaved definition over the stored users: `{"where": <condition>}` or `{"segment": <document>}`,
+    with `exact_limit`? (records evaluated before a sample takes over, 100..200,000)."""
+    body = object_with_fields(await read_body(request), ESTIMATE_FIELDS)
+    segment = _estimated_segment(body, request.app[keys.SETTINGS].lateness_ms)
+    highest = segment_estimate.EXACT_LIMIT  # read now: a test may lower it
+    limit = body.get("exact_limit", highest)
+    if type(limit) is not int or not min(segment_estimate.MIN_LIMIT, highest) <= limit <= highest:
+        raise ValidationError(f"must be an integer from {segment_estimate.MIN_LIMIT} to {highest}", path="exact_limit")
+    settings = request.app[keys.SETTINGS]
+    result = await segment_estimate.estimate_segment(
+        keys.redis(request),
+        settings.partitions,
+        CompiledSegment.build(segment, settings.lateness_ms),
+        request.app[keys.CLOCK].now_ms(),
+        limit,
+    )
+    return web.json_response(result.to_json())
+
+
+def _estimated_segment(body: dict[str, Any], lateness_ms: int) -> Segment:
+    """The definition to estimate, validated; errors name their path in the request body."""
+    given = [name for name in ("where", "segment") if name in body]
+    if len(given) != 1:
+        raise ValidationError('takes exactly one of "where" (a condition) or "segment" (a document)', path="body")
+    if given[0] == "where":
+        return load_segment({"id": ESTIMATE_ID, "where": body["where"]}, segment_id=None, lateness_ms=lateness_ms)
+    try:
+        return load_segment(body["segment"], segment_id=None, lateness_ms=lateness_ms)
+    except RulesetInvalid as exc:
+        errors = [ValidationError(error.message, path=_inside("segment", error.path)) for error in exc.errors]
+        raise RulesetInvalid(errors) from None
+
+
+def _inside(field: str, path: str | None) -> str:
+    return f"{field}.{path}" if path else field
+
+
+def _document(body: Any) -> dict[str, Any]:
+    """A segment document must be an object: named as the body (the parser would name no path)."""
+    if not isinstance(body, dict):
+        raise ValidationError("must be an object", path="body")
+    return body
+
+
+def _limit_of(request: web.Request) -> int:
+    text = request.query.get("limit")
+    if text is None:
+        return MEMBERS_PAGE_DEFAULT
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MEMBERS_PAGE_MAX:
+        raise ValidationError(f"limit must be an integer from 1 to {MEMBERS_PAGE_MAX}", path="limit")
+    return int(text)
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the segment endpoints."""
+    app.router.add_post("/v1/segments:validate", validate_segment)
+    app.router.add_post("/v1/segments:estimate", estimate)
+    app.router.add_get("/v1/segments", list_segments)
+    app.router.add_put("/v1/segments/{id:[^/:]+}", put_segment)
+    app.router.add_get("/v1/segments/{id:[^/:]+}", get_segment)
+    app.router.add_delete("/v1/segments/{id:[^/:]+}", delete_segment)
+    app.router.add_get("/v1/segments/{id:[^/:]+}/members", segment_members)
