@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
 from redis.asyncio import Redis
 
 from cep.scripts import ScriptCall, run_scripts
 from connectors.settings import FrequencyCap, QuietHours
+
+# The cap name (in BEACON_CONNECTOR_FREQUENCY_CAPS) that counts every marketing message, whatever its
+# channel: "at most 3 marketing touches a week" across SMS, WeChat, mini-program and WeCom.
+MARKETING = "marketing"
+
+
+def is_marketing(record: Mapping[str, Any]) -> bool:
+    """A message not marked `"transactional": true` (order notices and the like are exempt from fatigue)."""
+    params = record.get("params") or {}
+    return record.get("type") == "message" and not (isinstance(params, dict) and params.get("transactional") is True)
 
 
 def cap_key(user_id: str, channel: str) -> str:

@@ -21,7 +21,7 @@ from cep.interactions import last_interaction
 from cep.profiles import get_profile
 from connectors import delivery_ledger as ledger
 from connectors.base import Connector, clip_reply, storable
-from connectors.caps import quiet_until, release_cap, take_cap
+from connectors.caps import MARKETING, is_marketing, quiet_until, release_cap, take_cap
 from connectors.dead_letters import add_dead_letter
 from connectors.policy import SKIP_REASONS, connector_error
 from connectors.ratelimit import take_token
@@ -187,6 +187,11 @@ class Deliverer:
         cap = settings.frequency_caps.get(name)
         if cap is not None and not await take_cap(self._redis, user_id, name, action_id, cap, now):
             return Verdict(ledger.SKIPPED, "frequency_capped")
+        fatigue = settings.frequency_caps.get(MARKETING) if is_marketing(record) else None
+        if fatigue is not None and not await take_cap(self._redis, user_id, MARKETING, action_id, fatigue, now):
+            if cap is not None:
+                await release_cap(self._redis, user_id, name, action_id)  # counted above, never sent
+            return Verdict(ledger.SKIPPED, "fatigue_capped")
         limit = settings.rate_limits.get(connector.bucket)
         booked = int(status.get("rate_booked_at") or 0)
         if limit is not None and not 0 < booked <= now:
@@ -274,3 +279,5 @@ class Deliverer:
         name = str(final.get("connector"))
         if release and name in self._settings.frequency_caps:
             await release_cap(self._redis, user_id, name, action_id)
+        if release and MARKETING in self._settings.frequency_caps and is_marketing(claimed.record):
+            await release_cap(self._redis, user_id, MARKETING, action_id)

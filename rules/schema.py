@@ -148,6 +148,8 @@ class _Parser:
                     "url": self.string,
                     "page": self.string,
                     "miniprogram": self.object,
+                    # Exempt from the cross-channel `marketing` frequency cap (connectors.caps).
+                    "transactional": self.boolean,
                 },
                 ("channel", "template"),
             ),

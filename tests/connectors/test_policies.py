@@ -138,3 +138,35 @@ async def test_rate_limit_is_shared_by_every_consumer_process(
         clock.advance(1_000)
         await wait_all(redis_client, coupons, {"delivered"})
     assert len(merchant.requests) == 6
+
+
+async def test_a_marketing_cap_counts_every_channel_and_spares_transactional_messages(
+    redis_client: aioredis.Redis, merchant: FakeMerchant, clock: ManualClock
+) -> None:
+    """`marketing=2/7d`: the third marketing message of the week is skipped whatever its channel; a
+    transactional one (order notice) still goes out; the cap counts messages, not coupons."""
+    await seed_profile(redis_client, "tired", {"phone": "+8613800000009", "member_id": "M9"})
+    settings = fast_settings(merchant, frequency_caps={"marketing": FrequencyCap(2, 7 * DAY_MS)})
+    first = sms("tired", clock.now_ms())
+    second = record("tired", "message", {"channel": "sms", "template": "promo-2"}, clock.now_ms())
+    third = sms("tired", clock.now_ms())
+    notice = record(
+        "tired", "message", {"channel": "sms", "template": "shipped", "transactional": True}, clock.now_ms()
+    )
+    gift = record("tired", "coupon", {"coupon_id": "C-1"}, clock.now_ms())
+    async with running_connectors(redis_client, settings, clock):
+        for action in (first, second):
+            await put_actions(redis_client, [action])
+            await wait_status(redis_client, action, {"delivered"})
+        await put_actions(redis_client, [third, notice, gift])
+        capped = await wait_status(redis_client, third, {"skipped"}, reason="fatigue_capped")
+        assert capped["attempts"] == 0
+        await wait_status(redis_client, notice, {"delivered"})
+        await wait_status(redis_client, gift, {"delivered"})
+        # A week after the first two, marketing may speak again.
+        clock.advance(7 * DAY_MS)
+        later = sms("tired", clock.now_ms())
+        await put_actions(redis_client, [later])
+        await wait_status(redis_client, later, {"delivered"})
+    templates = [request.body.get("template") for request in merchant.requests if request.mode == "ok"]
+    assert templates.count("promo") == 2 and "shipped" in templates and "promo-2" in templates

@@ -755,3 +755,15 @@ def test_any_json_anywhere_gives_a_ruleset_or_named_errors(slot: tuple[str | int
     except RulesetInvalid as invalid:
         assert invalid.errors
         assert all(error.message and (error.path or "").startswith(str(slot[0])) for error in invalid.errors)
+
+
+def test_a_message_may_be_marked_transactional_with_a_boolean() -> None:
+    """`transactional` exempts a message from the marketing fatigue cap: only true or false."""
+    base = {"id": "r", "rules": [{"id": "a", "when": {"event": "pay"}, "then": []}]}
+    message = {"action": "message", "channel": "sms", "template": "shipped"}
+    base["rules"][0]["then"] = [{**message, "transactional": True}]
+    assert parse_ruleset(base).rules[0].actions[0].params["transactional"] is True
+    base["rules"][0]["then"] = [{**message, "transactional": "yes"}]
+    with pytest.raises(RulesetInvalid) as refused:
+        parse_ruleset(base)
+    assert (refused.value.path, refused.value.message) == ("rules[0].then[0].transactional", "must be a boolean")
