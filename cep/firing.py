@@ -64,8 +64,11 @@ def build_actions(
     now_ms: int,
 ) -> tuple[CreatedAction, ...]:
     """The rule's actions rendered for an admitted firing on `trigger`."""
+    fields: dict[str, Any] = {"ruleset_id": ruleset.id, "ruleset_version": ruleset.version, "rule_id": rule.id}
+    if ruleset.fatigue is not None:
+        fields["fatigue"] = ruleset.fatigue.record(f"ruleset:{ruleset.id}")
     source = ActionSource(
-        {"ruleset_id": ruleset.id, "ruleset_version": ruleset.version, "rule_id": rule.id},
+        fields,
         (ruleset.id, str(ruleset.version), rule.id, trigger.user_id, trigger.event_id),
     )
     context = template_context(ruleset, rule, trigger, profile_attrs)

@@ -349,6 +349,8 @@ class Journeys:
         version = inst.version
         attrs = entry_attrs(inst, key, compiled.journey.key)
         entry_id = str(attrs.get("event_id", inst.entry))
+        cap = compiled.journey.fatigue
+        fatigue = {"fatigue": cap.record(f"journey:{journey_id}")} if cap is not None else {}
         source = ActionSource(
             {
                 "ruleset_id": journey_id,
@@ -357,6 +359,7 @@ class Journeys:
                 "journey_id": journey_id,
                 "node_id": node_id,
                 "source": "journey",
+                **fatigue,
             },
             ("journey", journey_id, str(version), node_id, user_id, str(inst.entry), key, str(inst.seq)),
         )

@@ -22,6 +22,15 @@ def is_marketing(record: Mapping[str, Any]) -> bool:
     return record.get("type") == "message" and not (isinstance(params, dict) and params.get("transactional") is True)
 
 
+def source_cap(record: Mapping[str, Any]) -> tuple[str, FrequencyCap] | None:
+    """The fatigue cap of the ruleset or journey that made a marketing message (its record's `fatigue`:
+    `{"cap": "journey:<id>", "max", "per_ms"}`), or None."""
+    fatigue = record.get("fatigue")
+    if not is_marketing(record) or not isinstance(fatigue, dict):
+        return None
+    return str(fatigue["cap"]), FrequencyCap(int(fatigue["max"]), int(fatigue["per_ms"]))
+
+
 def cap_key(user_id: str, channel: str) -> str:
     """The ZSET of one user's recent sends on one channel."""
     # Caps are the connectors' own: the user's hash tag is enough (no batch commit touches them).

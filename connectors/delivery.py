@@ -21,7 +21,7 @@ from cep.interactions import last_interaction
 from cep.profiles import get_profile
 from connectors import delivery_ledger as ledger
 from connectors.base import Connector, clip_reply, storable
-from connectors.caps import MARKETING, is_marketing, quiet_until, release_cap, take_cap
+from connectors.caps import MARKETING, is_marketing, quiet_until, release_cap, source_cap, take_cap
 from connectors.dead_letters import add_dead_letter
 from connectors.policy import SKIP_REASONS, connector_error
 from connectors.ratelimit import take_token
@@ -187,11 +187,19 @@ class Deliverer:
         cap = settings.frequency_caps.get(name)
         if cap is not None and not await take_cap(self._redis, user_id, name, action_id, cap, now):
             return Verdict(ledger.SKIPPED, "frequency_capped")
+        # Fatigue: across channels (the `marketing` cap), then the ruleset's or journey's own cap. A count
+        # taken above for a send that is now refused is given back.
+        taken = [name] if cap is not None else []
         fatigue = settings.frequency_caps.get(MARKETING) if is_marketing(record) else None
-        if fatigue is not None and not await take_cap(self._redis, user_id, MARKETING, action_id, fatigue, now):
-            if cap is not None:
-                await release_cap(self._redis, user_id, name, action_id)  # counted above, never sent
-            return Verdict(ledger.SKIPPED, "fatigue_capped")
+        scoped = source_cap(record)
+        for cap_name, fatigue_cap in ((MARKETING, fatigue), scoped or ("", None)):
+            if fatigue_cap is None:
+                continue
+            if not await take_cap(self._redis, user_id, cap_name, action_id, fatigue_cap, now):
+                for earlier in taken:
+                    await release_cap(self._redis, user_id, earlier, action_id)
+                return Verdict(ledger.SKIPPED, "fatigue_capped")
+            taken.append(cap_name)
         limit = settings.rate_limits.get(connector.bucket)
         booked = int(status.get("rate_booked_at") or 0)
         if limit is not None and not 0 < booked <= now:
@@ -281,3 +289,6 @@ class Deliverer:
             await release_cap(self._redis, user_id, name, action_id)
         if release and MARKETING in self._settings.frequency_caps and is_marketing(claimed.record):
             await release_cap(self._redis, user_id, MARKETING, action_id)
+        scoped = source_cap(claimed.record) if release else None
+        if scoped is not None:
+            await release_cap(self._redis, user_id, scoped[0], action_id)

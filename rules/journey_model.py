@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rules.model import Action, CompareOp, Matcher, Predicate
+from rules.model import Action, CompareOp, Fatigue, Matcher, Predicate
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +188,7 @@ class Journey:
     lateness_ms: int = 2_000
     description: str = ""
     version: int = 0
+    fatigue: Fatigue | None = None  # a cap on this journey's marketing messages per user
 
 
 def successors(node: Node) -> tuple[str | None, ...]:

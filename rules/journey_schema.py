@@ -112,6 +112,7 @@ class _JourneyParser(_Parser):
             "goal": self.goal,
             "tz": self.time_zone,
             "lateness": self.duration,
+            "fatigue": self.fatigue,
             "start": self.ref,
             "nodes": self.nodes,
         }
@@ -143,6 +144,7 @@ class _JourneyParser(_Parser):
             goal=parsed.get("goal"),
             tz=parsed.get("tz") or "UTC",
             lateness_ms=lateness if lateness is not None else self.default_lateness_ms,
+            fatigue=parsed.get("fatigue"),
             description=parsed.get("description") or "",
         )
 

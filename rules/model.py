@@ -148,6 +148,19 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class Fatigue:
+    """`{"max": N, "per": "7d"}` on a ruleset or journey: at most N marketing messages from it per user in
+    any window of `per_ms` (transactional messages exempt; counted by the connectors at delivery)."""
+
+    max: int
+    per_ms: int
+
+    def record(self, scope: str) -> dict[str, Any]:
+        """What an action record carries for the connectors: the cap's name, size and window."""
+        return {"cap": scope, "max": self.max, "per_ms": self.per_ms}
+
+
+@dataclass(frozen=True, slots=True)
 class Ruleset:
     """A validated ruleset document. `version` is 0 until storage assigns one."""
 
@@ -155,3 +168,4 @@ class Ruleset:
     rules: tuple[Rule, ...]
     description: str = ""
     version: int = 0
+    fatigue: Fatigue | None = None

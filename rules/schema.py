@@ -39,6 +39,7 @@ MAX_CORRELATE = 8  # each correlation value becomes part of a per-user state key
 MAX_IN_VALUES = 1000
 MAX_DEPTH = 16  # predicates and action params are walked recursively
 MAX_COUNT = 10_000  # a count threshold keeps that many timestamps per user
+MAX_FATIGUE = 1_000  # messages per user a fatigue cap may allow (the connectors keep one entry per send)
 # A year and some: longer is a pending timer or a window nobody remembers. Every duration is bounded:
 # an unbounded one (`"99999999999999999999999d"`) validated, then failed every encode of its state.
 MAX_DURATION_MS = 400 * 86_400_000
@@ -240,14 +241,32 @@ class _Parser:
     def ruleset(self, doc: object, ruleset_id: str | None) -> model.Ruleset | None:
         if ruleset_id is not None:
             self.identifier(ruleset_id, "id")
-        spec: dict[str, Parse] = {"id": self.identifier, "description": self.string, "rules": self.rules}
+        spec: dict[str, Parse] = {
+            "id": self.identifier,
+            "description": self.string,
+            "rules": self.rules,
+            "fatigue": self.fatigue,
+        }
         parsed = self.fields(doc, "", spec, ("rules",) if ruleset_id is not None else ("id", "rules"))
         if parsed is None:
             return None
         doc_id = parsed.get("id")
         if ruleset_id is not None and doc_id is not None and doc_id != ruleset_id:
             self.reject("id", f"{_quote(doc_id)} does not match the id in the URL {_quote(ruleset_id)}")
-        return model.Ruleset(doc_id or ruleset_id or "", parsed["rules"], parsed.get("description") or "")
+        return model.Ruleset(
+            doc_id or ruleset_id or "", parsed["rules"], parsed.get("description") or "", fatigue=parsed.get("fatigue")
+        )
+
+    def fatigue(self, value: Any, path: str) -> model.Fatigue | None:
+        """`{"max": N, "per": duration}`: a per-user cap on the marketing messages of a ruleset or journey."""
+        spec: dict[str, Parse] = {"max": self.bounded_count, "per": self.positive_duration}
+        parsed = self.fields(value, path, spec, ("max", "per"))
+        return model.Fatigue(parsed["max"], parsed["per"]) if parsed is not None else None
+
+    def bounded_count(self, value: Any, path: str) -> int | None:
+        if _is_int(value) and 1 <= value <= MAX_FATIGUE:
+            return value  # type: ignore[no-any-return]
+        return self.reject(path, f"must be an integer from 1 to {MAX_FATIGUE}")
 
     def rules(self, value: Any, path: str) -> tuple[model.Rule, ...] | None:
         seen: set[str] = set()

@@ -170,3 +170,31 @@ async def test_a_marketing_cap_counts_every_channel_and_spares_transactional_mes
         await wait_status(redis_client, later, {"delivered"})
     templates = [request.body.get("template") for request in merchant.requests if request.mode == "ok"]
     assert templates.count("promo") == 2 and "shipped" in templates and "promo-2" in templates
+
+
+async def test_a_journeys_own_fatigue_cap_counts_its_messages_only(
+    redis_client: aioredis.Redis, merchant: FakeMerchant, clock: ManualClock
+) -> None:
+    """A record carrying its source's cap (`fatigue`, from a journey's or ruleset's `"fatigue"`): the journey's
+    third message in the window is skipped, another source's message is not, a transactional one neither."""
+    await seed_profile(redis_client, "fan", {"phone": "+8613800000008"})
+    settings = fast_settings(merchant)
+    cap = {"cap": "journey:nurture", "max": 2, "per_ms": 7 * DAY_MS}
+
+    def from_nurture(template: str, **extra: Any) -> dict[str, Any]:
+        action = record("fan", "message", {"channel": "sms", "template": template, **extra}, clock.now_ms())
+        return {**action, "fatigue": cap}
+
+    first, second, third = from_nurture("n1"), from_nurture("n2"), from_nurture("n3")
+    notice = from_nurture("receipt", transactional=True)
+    other = sms("fan", clock.now_ms())  # no source cap
+    async with running_connectors(redis_client, settings, clock):
+        for action in (first, second):
+            await put_actions(redis_client, [action])
+            await wait_status(redis_client, action, {"delivered"})
+        await put_actions(redis_client, [third, notice, other])
+        await wait_status(redis_client, third, {"skipped"}, reason="fatigue_capped")
+        await wait_status(redis_client, notice, {"delivered"})
+        await wait_status(redis_client, other, {"delivered"})
+    sent = [request.body.get("template") for request in merchant.requests if request.mode == "ok"]
+    assert sorted(sent) == ["n1", "n2", "promo", "receipt"]

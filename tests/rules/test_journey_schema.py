@@ -359,7 +359,7 @@ def test_unknown_fields_at_journey_and_node_level() -> None:
     assert problem(doc_with(triggers=[])) == (
         "triggers",
         'unknown field "triggers" (expected one of: id, description, entry, key, reentry, exit, goal, tz, lateness, '
-        "start, nodes)",
+        "fatigue, start, nodes)",
     )
     assert problem(doc_with({"a": {"do": [COUPON], "nxt": "end", "label": "hi"}, "end": END}, start="a")) == (
         "nodes.a.nxt",
@@ -585,7 +585,7 @@ def test_several_errors_at_once() -> None:
         (
             "extra",
             'unknown field "extra" (expected one of: id, description, entry, key, reentry, exit, goal, tz, '
-            "lateness, start, nodes)",
+            "lateness, fatigue, start, nodes)",
         ),
         ("id", '"j" does not match the id in the URL "other"'),
     ]

@@ -18,6 +18,7 @@ from rules.model import (
     AllOf,
     AnyOf,
     Compare,
+    Fatigue,
     First,
     HasTag,
     Matcher,
@@ -334,7 +335,7 @@ def test_ruleset_invalid_carries_the_first_error_and_serialises_all() -> None:
         (
             {"id": "rs", "rules": [{"id": "r", "when": PAY, "then": [COUPON]}], "name": "x"},
             "name",
-            'unknown field "name" (expected one of: id, description, rules)',
+            'unknown field "name" (expected one of: id, description, rules, fatigue)',
         ),
         (
             {"id": "rs", "description": 5, "rules": [{"id": "r", "when": PAY, "then": [COUPON]}]},
@@ -767,3 +768,14 @@ def test_a_message_may_be_marked_transactional_with_a_boolean() -> None:
     with pytest.raises(RulesetInvalid) as refused:
         parse_ruleset(base)
     assert (refused.value.path, refused.value.message) == ("rules[0].then[0].transactional", "must be a boolean")
+
+
+def test_a_ruleset_may_cap_its_marketing_messages_per_user() -> None:
+    base = {"id": "r", "rules": [{"id": "a", "when": {"event": "pay"}, "then": [{"action": "tag", "add": ["x"]}]}]}
+    assert parse_ruleset({**base, "fatigue": {"max": 3, "per": "7d"}}).fatigue == Fatigue(3, 7 * 86_400_000)
+    with pytest.raises(RulesetInvalid) as refused:
+        parse_ruleset({**base, "fatigue": {"max": 0, "per": "7d", "extra": 1}})
+    assert [(e.path, e.message) for e in refused.value.errors] == [
+        ("fatigue.max", "must be an integer from 1 to 1000"),
+        ("fatigue.extra", 'unknown field "extra" (expected one of: max, per)'),
+    ]

@@ -1014,3 +1014,37 @@ async def test_sigkill_between_two_steps_neither_skips_nor_repeats_a_step(
             assert sorted(queued) == sorted(ledger_ids) and set(queued.values()) == {1}, (where, queued.most_common(3))
         finally:
             serve.stop()
+
+
+async def test_a_journeys_and_a_rulesets_fatigue_cap_travel_with_their_actions(
+    beacon: Beacon, redis_client: aioredis.Redis, clock: ManualClock
+) -> None:
+    """`"fatigue": {"max", "per"}` on a journey or ruleset reaches the connectors on every action record."""
+    await put_journey(
+        beacon,
+        {
+            "id": "nurture",
+            "entry": {"event": "follow"},
+            "fatigue": {"max": 2, "per": "7d"},
+            "start": "hi",
+            "nodes": {"hi": {"do": [{"action": "message", "channel": "sms", "template": "hi"}]}},
+        },
+    )
+    await beacon.put_ruleset(
+        {
+            "id": "promos",
+            "fatigue": {"max": 1, "per": "1d"},
+            "rules": [{"id": "p", "when": {"event": "follow"}, "then": [{"action": "coupon", "coupon_id": "C"}]}],
+        }
+    )
+    await beacon.post_events([event("f1", "follow", T0)])
+    await settled(redis_client)
+    found = {action["ruleset_id"]: action.get("fatigue") for action in await beacon.actions("f1")}
+    assert found == {
+        "nurture": {"cap": "journey:nurture", "max": 2, "per_ms": 7 * DAY},
+        "promos": {"cap": "ruleset:promos", "max": 1, "per_ms": DAY},
+    }
+    status, body = await beacon.call(
+        "POST", "/v1/journeys:validate", json={**library_journey("new-fan"), "fatigue": {"max": 0, "per": "1d"}}
+    )
+    assert (status, body["error"]["path"]) == (422, "fatigue.max")
