@@ -24,13 +24,15 @@ async def read_body(request: web.Request) -> Any:
     return decode_payload(raw, request.content_type)
 
 
-def object_with_fields(body: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
-    """`body` as an object holding no field outside `allowed` (a 422 naming the first stray one)."""
+def object_with_fields(body: Any, allowed: tuple[str, ...], path: str = "") -> dict[str, Any]:
+    """`body` (or the object at `path` inside it) holding no field outside `allowed` (a 422 naming the first
+    stray one)."""
     if not isinstance(body, dict):
-        raise ValidationError("body must be an object", path="body")
+        raise ValidationError(f"{path or 'body'} must be an object", path=path or "body")
     unknown = sorted(set(body) - set(allowed), key=str)
     if unknown:
-        raise ValidationError(f"unknown field {unknown[0]!r} (expected one of: {', '.join(allowed)})", path=unknown[0])
+        where = f"{path}.{unknown[0]}" if path else str(unknown[0])
+        raise ValidationError(f"unknown field {unknown[0]!r} (expected one of: {', '.join(allowed)})", path=where)
     return body
 
 

@@ -44,6 +44,12 @@ REDIS_ERRORS = Counter(
 RULE_MATCHES = Counter(
     "beacon_rule_matches_total", "Rule firings admitted by re-entry policy", ["ruleset", "rule"], registry=REGISTRY
 )
+ITEM_FANOUT = Counter(
+    "beacon_item_fanout_events_total",
+    "Events appended for users by item-event fan-out, by event type",
+    ["type"],
+    registry=REGISTRY,
+)
 JOURNEY_INSTANCES = Counter(
     "beacon_journey_instances_total",
     "Journey instances entered / exited / completed / converted, by node (node empty: the whole journey)",
@@ -100,6 +106,11 @@ TRIGGER_TO_DELIVERY = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
     registry=REGISTRY,
 )
+
+
+def on_item_fanout(event_type: str, count: int) -> None:
+    """Events an item event fanned out to users (`POST /v1/items/events`)."""
+    ITEM_FANOUT.labels(event_type).inc(count)
 
 
 def on_events_accepted(transport: str, count: int) -> None:

@@ -17,6 +17,7 @@ import msgpack
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from cep.item_index import ItemMark, item_key
 from cep.journey_stats import stats_key
 from cep.outbox import RECENT_MAXLEN, outbox_key, recent_key
 from cep.ownership import epoch_key
@@ -41,6 +42,7 @@ STALE = "STALE"
 #   tadd: [due, member, ...], trem: [member, ...], quar: [[field, value, ...], ...],
 #   cnt: [[hash ki, field, delta, ...], ...]       (journey statistics, segment sizes: HINCRBY)
 #   mem: [[members ki, user, +1 | -1], ...]        (segment members, cep.segment_members, in order)
+#   item: [[item ki, user, ts, window ms], ...]    (item index, cep.item_index)
 #   trace: [[trace ki, depth, ttl_ms, batch], ...]  (per-user trace: one element per user and batch)}
 # Returns 1; an error reply starting with FENCED when the epoch moved, or STALE when the stored position
 # is not `from` (then nothing was written).
@@ -146,6 +148,13 @@ for _, member in ipairs(plan.mem) do
   if member[3] > 0 then redis.call('SADD', KEYS[member[1]], member[2])
   else redis.call('SREM', KEYS[member[1]], member[2]) end
 end
+for _, mark in ipairs(plan.item) do
+  local key = KEYS[mark[1]]
+  local ts = tonumber(mark[3])
+  redis.call('ZADD', key, 'GT', ts, mark[2])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (ts - tonumber(mark[4])))
+  redis.call('PEXPIRE', key, mark[4])
+end
 for _, trace in ipairs(plan.trace) do
   local key = KEYS[trace[1]]
   if redis.call('LPUSH', key, trace[4]) > trace[2] then redis.call('LTRIM', key, 0, trace[2] - 1) end
@@ -184,6 +193,7 @@ class CommitPlan:
     quarantined: list[list[bytes]] = field(default_factory=list)
     counts: list[list[Any]] = field(default_factory=list)
     members: list[list[Any]] = field(default_factory=list)  # [members ki, user, +1 | -1] in order
+    items: list[list[Any]] = field(default_factory=list)  # [item ki, user, ts, window ms]
     sizes: dict[str, int] = field(default_factory=dict)  # segment -> change of its size in this partition
     _sizes_index: int = 0
     traces: list[list[Any]] = field(default_factory=list)
@@ -242,6 +252,11 @@ class CommitPlan:
             self._sizes_index = self._key(sizes_key(self.partition))
         self.sizes[segment_id] = self.sizes.get(segment_id, 0) + (1 if added else -1)
 
+    def item_mark(self, mark: ItemMark) -> None:
+        """A user did an indexed event on an item: into the item index, for the index's window."""
+        key = item_key(self.partition, mark.attr, mark.event_type, mark.value)
+        self.items.append([self._key(key), mark.user_id, mark.ts, mark.window_ms])
+
     def trace(self, user_id: str, batch: bytes, depth: int, ttl_ms: int) -> None:
         """Push a user's trace entries of this batch (one element), keeping the newest `depth` elements."""
         self.traces.append([self._key(user_key(self.partition, user_id, TRACE)), depth, ttl_ms, batch])
@@ -276,6 +291,7 @@ class CommitPlan:
             "quar": self.quarantined,
             "cnt": self._all_counts(),
             "mem": self.members,
+            "item": self.items,
             "trace": self.traces,
         }
         if self.last_id is not None:

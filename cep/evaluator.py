@@ -18,6 +18,7 @@ from cep import history
 from cep.correlation import correlation_key
 from cep.events import ORIGIN_PRODUCER, ORIGIN_TIMER, Event, ProfilePatch
 from cep.firing import ACTION_TIMER, TIMER_SEPARATOR, CreatedAction, build_actions, schedule_and_tag
+from cep.item_index import ItemMark, item_value
 from cep.journeys import JOURNEY_TIMER, JourneyFiring, Journeys
 from cep.rule_index import RuleEntry, RuleIndex
 from cep.segments import SEGMENT_TIMER, SegmentChange, Segments
@@ -59,6 +60,7 @@ class Effects:
     journey_counts: dict[tuple[str, int, str, str], int] = field(default_factory=dict)
     segment_changes: list[SegmentChange] = field(default_factory=list)
     segment_timers: dict[str, int] = field(default_factory=dict)  # member -> due (0: remove); last write wins
+    item_marks: list[ItemMark] = field(default_factory=list)  # indexed events on items (cep.item_index)
     # (user, entry) for the per-user trace (`GET /v1/users/{id}/trace`); None: not traced (backtests).
     trace: list[tuple[str, dict[str, Any]]] | None = None
     # Also trace, per event, which rules' matchers took it and which refused it (`where_false`): the
@@ -169,6 +171,12 @@ class Evaluator:
         recorded = self.index.history_roles.get(event.type)
         if recorded:
             history.record(state, recorded, event, now_ms)
+        indexed = self.index.items_by_type.get(event.type)
+        if indexed:
+            for attr, window_ms in indexed:
+                value = item_value(event.attrs.get(attr))
+                if value is not None:
+                    effects.item_marks.append(ItemMark(attr, event.type, value, event.user_id, event.ts, window_ms))
         roles: dict[RuleEntry, set[str]] = {}
         attrs = event.attrs
         candidates = self.index.by_type.get(event.type, ())

@@ -294,6 +294,8 @@ class PartitionOwner:
                 by_user.setdefault(user_id, []).append(found)
             for user_id, entries in by_user.items():
                 plan.trace(user_id, encode_batch(now, entries), self._limits.trace_depth, self._limits.trace_ttl_ms)
+        for mark in effects.item_marks:
+            plan.item_mark(mark)
         for change in effects.segment_changes:
             plan.segment_member(change.segment_id, change.user_id, added=change.added)
         rescheduled = set()
@@ -431,6 +433,7 @@ def _merge(into: Effects, other: Effects) -> None:
     into.chained.extend(other.chained)
     into.journey_firings.extend(other.journey_firings)
     into.segment_changes.extend(other.segment_changes)
+    into.item_marks.extend(other.item_marks)
     into.segment_timers.update(other.segment_timers)
     for name, delta in other.journey_counts.items():
         into.journey_counts[name] = into.journey_counts.get(name, 0) + delta

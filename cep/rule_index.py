@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rules.compiled import CompiledRuleset
+from rules.item_indexes import ItemIndex
 from rules.journey_compiled import CompiledJourney, HistoryShape, JourneyRole, JourneyVersions
 from rules.model import Rule
 from rules.predicates import Check, compile_predicate
@@ -95,6 +96,7 @@ class RuleIndex:
         rulesets: Sequence[CompiledRuleset],
         journeys: Sequence[JourneyVersions] = (),
         segments: Sequence[CompiledSegment] = (),
+        item_indexes: Sequence[ItemIndex] = (),
     ) -> None:
         """`journeys`: per journey, its kept versions with the active one last; `segments`: the active ones."""
         self.journeys: dict[str, JourneyEntry] = {}
@@ -109,6 +111,11 @@ class RuleIndex:
         self.histories: dict[str, HistoryShape] = {}
         self._index_journeys(journeys)
         self._index_segments(segments)
+        # event type -> (item attribute, window) of the item indexes that record it (cep.item_index)
+        self.items_by_type: dict[str, list[tuple[str, int]]] = {}
+        for item_index in item_indexes:
+            for event_type in item_index.events:
+                self.items_by_type.setdefault(event_type, []).append((item_index.attr, item_index.window_ms))
         self.rulesets = {compiled.ruleset.id: compiled for compiled in rulesets}
         self.by_state: dict[str, RuleEntry] = {}
         self.by_short_key: dict[str, RuleEntry] = {}

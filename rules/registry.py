@@ -11,13 +11,14 @@ from beacon.errors import ValidationError
 
 # Re-exported: cep.evaluate and cep.dryrun import the compiled form from here.
 from rules.compiled import CompiledRuleset as CompiledRuleset
+from rules.item_indexes import ItemIndex, parse_item_index
 from rules.journey_compiled import CompiledJourney, JourneyVersions
 from rules.journey_model import Journey
 from rules.journey_schema import parse_journey
 from rules.model import Ruleset
 from rules.schema import parse_ruleset
 from rules.segments import CompiledSegment, load_segment
-from rules.store import JOURNEYS, SEGMENTS, RulesetStore
+from rules.store import ITEM_INDEXES, JOURNEYS, SEGMENTS, RulesetStore
 
 log = logging.getLogger("beacon.rules")
 
@@ -47,6 +48,8 @@ class RulesetRegistry:
         self._journey_versions: dict[tuple[str, int], CompiledJourney] = {}
         self._segment_store = RulesetStore(store.redis, SEGMENTS)
         self._segments: dict[str, CompiledSegment] = {}
+        self._item_store = RulesetStore(store.redis, ITEM_INDEXES)
+        self._item_indexes: dict[str, ItemIndex] = {}
         self._lock = asyncio.Lock()
         self._reading: asyncio.Task[int] | None = None  # a revision read not sent yet, shared by its callers
 
@@ -57,6 +60,10 @@ class RulesetRegistry:
     def journeys(self) -> list[JourneyVersions]:
         """Per active journey, its kept versions with the active one last, as of the last refresh."""
         return list(self._journeys.values())
+
+    def item_indexes(self) -> list[ItemIndex]:
+        """The declared item indexes as of the last refresh."""
+        return list(self._item_indexes.values())
 
     def segments(self) -> list[CompiledSegment]:
         """The active segments as of the last refresh."""
@@ -89,6 +96,7 @@ class RulesetRegistry:
                 log.info("compiled ruleset %s v%s (%d rules)", item.id, item.version, len(ruleset.rules))
             self._journeys = await self._refresh_journeys()
             self._segments = await self._refresh_segments()
+            self._item_indexes = await self._refresh_item_indexes()
             self._compiled, self._revision = fresh, revision
             metrics.set_active_rulesets(len(fresh))
             return self.current()
@@ -165,12 +173,24 @@ class RulesetRegistry:
             log.info("compiled segment %s v%s", item.id, item.version)
         return fresh
 
+    async def _refresh_item_indexes(self) -> dict[str, ItemIndex]:
+        """Every declared item index (small documents: parsed afresh)."""
+        _, stored = await self._item_store.active()
+        fresh: dict[str, ItemIndex] = {}
+        for item in stored:
+            try:
+                fresh[item.id] = parse_item_index(item.document, attr=item.id, version=item.version)
+            except ValidationError as exc:
+                log.error("stored item index %s v%s no longer validates: %s", item.id, item.version, exc)
+        return fresh
+
     def close(self) -> None:
         """Forget every compiled ruleset and journey (the next refresh compiles afresh)."""
         self._compiled.clear()
         self._journeys.clear()
         self._journey_versions.clear()
         self._segments.clear()
+        self._item_indexes.clear()
         self._revision = -1
 
 

@@ -25,6 +25,7 @@ KEEP_JOURNEY_VERSIONS = 100
 RULESETS = ""  # key prefix of each kind of document
 JOURNEYS = "j:"
 SEGMENTS = "g:"
+ITEM_INDEXES = "x:"
 
 
 def index_key(kind: str) -> str:
@@ -95,7 +96,7 @@ class RulesetStore:
         self.redis = redis
         self._kind = kind
         self._keep = KEEP_JOURNEY_VERSIONS if kind == JOURNEYS else KEEP_VERSIONS
-        self._what = {JOURNEYS: "journey", SEGMENTS: "segment"}.get(kind, "ruleset")
+        self._what = {JOURNEYS: "journey", SEGMENTS: "segment", ITEM_INDEXES: "item index"}.get(kind, "ruleset")
         self._put = redis.register_script(PUT_SCRIPT)
         self._delete = redis.register_script(DELETE_SCRIPT)
 
