@@ -128,6 +128,16 @@ OPENAPI: dict[str, Any] = {
                 ],
             },
         },
+        "/v1/items/indexes": {"get": _op("Declared item indexes", "rules")},
+        "/v1/items/indexes/{attr}": {
+            "parameters": [{"name": "attr", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": _op("One item index", "rules"),
+            "put": _op("Index events by an item attribute: {events, window}", "rules"),
+            "delete": _op("Stop indexing an attribute", "rules"),
+        },
+        "/v1/items/events": {
+            "post": _op("Fan an item's event out to the users an item index names (see docs/audiences.md)", "events")
+        },
         "/v1/users/{user_id}": {
             "parameters": _USER_PARAM,
             "get": _op("Profile, tags, live rule state and journey instances", "events"),
