@@ -173,6 +173,8 @@ OPENAPI: dict[str, Any] = {
             "post": _op("Redeliver dead letters by id, or all (optionally one connector's)", "admin", "Replay")
         },
         "/metrics": {"get": _op("Prometheus metrics", None)},
+        "/openapi.json": {"get": _op("This document", None)},
+        "/docs": {"get": _op("This document as a page", None)},
         "/healthz": {"get": _op("Health", None)},
     },
     "components": {
