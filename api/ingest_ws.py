@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 from redis.asyncio import Redis
 
 from api import keys
@@ -127,6 +127,7 @@ class _Connection:
         self._answers: asyncio.Queue[_Answer | None] = asyncio.Queue()
         self._in_flight = 0
         self._idle_s = settings.ws_receive_timeout_ms / 1000 or None
+        self._peer = request.remote
 
     async def run(self, authenticated: bool) -> None:
         """Serve the socket until it closes; appends already read finish even if the peer has gone."""
@@ -134,15 +135,17 @@ class _Connection:
         appender = asyncio.create_task(self._append_loop(), name="ingest-append")
         try:
             await asyncio.wait({reader, appender}, return_when=asyncio.FIRST_COMPLETED)
-            if appender.done():
-                # Only a failed append ends the appender early; unacked frames will be resent by the
-                # producer on its next connection, so closing is the safe answer.
+            # The appender may be done without fault: on a close the reader's end-of-frames marker wakes it
+            # before `wait` returns, so both tasks are done here and only an exception means a failed append.
+            if appender.done() and not appender.cancelled() and appender.exception() is not None:
+                # Unacked frames will be resent by the producer on its next connection, so closing is the
+                # safe answer.
                 reader.cancel()
                 exc = appender.exception()
                 log.error("ingest append failed; closing the socket", exc_info=exc)
                 await self._ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"append failed; resend unacked frames")
                 return
-            if not reader.cancelled() and reader.exception() is not None:
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
                 log.error("ingest reader failed", exc_info=reader.exception())
             await appender
         except Exception:
@@ -164,8 +167,9 @@ class _Connection:
                 await self._slots.acquire()
                 msg = await self._receive()
                 if msg is None or msg.type not in _DATA:
-                    # CLOSE / CLOSED / ERROR: aiohttp has already answered the close or torn down.
+                    # CLOSE / CLOSING / CLOSED / ERROR: aiohttp has already answered the close or torn down.
                     self._slots.release()
+                    self._log_end(msg)
                     return
                 binary = msg.type is WSMsgType.BINARY
                 if first and (not authenticated or _is_auth_frame(msg.data, binary)):
@@ -191,6 +195,21 @@ class _Connection:
             log.info("closing ingest socket idle for %.1fs", self._idle_s or 0)
             await self._ws.close(code=CLOSE_IDLE, message=b"idle timeout")
             return None
+
+    def _log_end(self, msg: Any) -> None:
+        """Log why the socket ended: a close (by the peer, or ours on shutdown) is routine and logged at DEBUG, a
+        connection lost mid-read at INFO, a protocol error (a bad or oversized frame) at WARNING with its reason."""
+        if msg is None:
+            return  # closed for idleness, logged by `_receive`
+        if msg.type is WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
+            # The error's code is the one the socket was closed with (1002 protocol, 1007 data, 1009 too big).
+            log.warning(
+                "ingest socket from %s closed on a protocol error (code %s): %s", self._peer, msg.data.code, msg.data
+            )
+        elif msg.type is WSMsgType.ERROR:
+            log.info("ingest socket from %s lost: %r", self._peer, msg.data)
+        else:
+            log.debug("ingest socket from %s closed (%s, code %s)", self._peer, msg.type.name, self._ws.close_code)
 
     async def _authenticate(self, data: bytes | str, binary: bool) -> bool:
         """Check a first frame `{"auth": "<key>"}`; answer `{"auth": "ok"}`, or an error and close 4401/4403."""

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import msgpack
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 
+from api.app import build_app
+from api.ingest_ws import HUB
 from beacon.errors import ValidationError
 from beacon.settings import Settings
 from tests.harness import Beacon, eventually, ingest_hub, running_beacon, server_settings, stream_event_ids
@@ -236,6 +241,67 @@ async def test_shutdown_closes_open_sockets(redis_url: str, redis_client: aiored
         # The close frame says 1001; the socket is gone before the client could echo it, hence data.
         assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == aiohttp.WSCloseCode.GOING_AWAY
         assert not ingest_hub(beacon).sockets
+
+
+@asynccontextmanager
+async def served_as_in_production(settings: Settings) -> AsyncIterator[tuple[str, web.AppRunner]]:
+    """(ingest URL, runner) of the app served as `beacon serve` serves it. aiohttp's TestServer cancels a handler
+    once its client has gone, which hid what the handler logged after a close."""
+    runner = web.AppRunner(build_app(settings), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1/ingest", runner
+    finally:
+        await runner.cleanup()
+
+
+async def no_sockets(runner: web.AppRunner) -> None:
+    """Wait until every ingest handler has ended (and logged how)."""
+
+    async def open_sockets() -> int:
+        return len(runner.app[HUB].sockets)
+
+    assert await eventually(open_sockets, lambda n: n == 0) == 0
+
+
+def ingest_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name == "beacon.ingest"]
+
+
+@pytest.mark.parametrize("closer", ["client", "shutdown"])
+async def test_a_clean_close_is_not_an_error(
+    redis_url: str, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture, closer: str
+) -> None:
+    """Every normal close logged "ingest append failed; closing the socket" at ERROR: the appender, woken by the
+    reader's end-of-frames marker, was done too and was taken for a failed one."""
+    caplog.set_level(logging.DEBUG, logger="beacon.ingest")
+    settings = server_settings(redis_url, run_workers=False)
+    async with served_as_in_production(settings) as (url, runner), aiohttp.ClientSession() as session:
+        async with session.ws_connect(url) as ws:
+            assert (await roundtrip(ws, {"seq": 1, "events": [event(1)]}))["accepted"] == ["e1"]
+            if closer == "shutdown":
+                await runner.shutdown()  # closes open sockets (1001), as on SIGTERM
+                assert (await ws.receive(timeout=5)).type is aiohttp.WSMsgType.CLOSE
+        await no_sockets(runner)
+    records = ingest_records(caplog)
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
+    assert any("closed (CLOS" in r.getMessage() and r.levelno == logging.DEBUG for r in records)
+
+
+async def test_a_protocol_error_is_a_warning_with_its_reason(
+    redis_url: str, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="beacon.ingest")
+    settings = server_settings(redis_url, run_workers=False, max_body_bytes=64 * 1024)
+    async with served_as_in_production(settings) as (url, runner), aiohttp.ClientSession() as session:
+        async with session.ws_connect(url) as ws:
+            await ws.send_str(json.dumps({"seq": 1, "events": [event(1, attrs={"blob": "x" * 70_000})]}))
+            assert (await ws.receive(timeout=5)).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        await no_sockets(runner)
+    [warning] = [r for r in ingest_records(caplog) if r.levelno >= logging.WARNING]
+    assert warning.levelno == logging.WARNING
+    assert "protocol error (code 1009)" in warning.getMessage() and "exceeds limit" in warning.getMessage()
 
 
 def test_ws_settings_from_env() -> None:
