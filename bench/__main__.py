@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import durable_side, ingest, journeys, replay, scaling, timers
+from bench import durable_side, ingest, journeys, replay, scaling, segments, timers
 from bench.harness import beacon_stack
 from bench.report import RESULTS_DIR, Row, cpu_snapshot, others_share, skipped, table, write
 from bench.sizes import SIZES, Size, size_named
@@ -59,8 +59,13 @@ async def _journeys(size: Size, cluster: bool) -> list[Row]:
     return await journeys.journey_rows(size)
 
 
+async def _segments(size: Size, cluster: bool) -> list[Row]:
+    return await segments.segment_rows(size)
+
+
 # In `all` order; `timers` also measures memory, `durable` runs Beacon on the same log for the ratio,
-# `journeys` measures both the journey stream and the memory of waiting instances.
+# `journeys` measures both the journey stream and the memory of waiting instances, `segments` the CPU of
+# live segments, the memory of a membership and the estimate's latency.
 BENCHES: dict[str, Bench] = {
     "throughput": _throughput,
     "latency": _latency,
@@ -70,6 +75,7 @@ BENCHES: dict[str, Bench] = {
     "durable": _durable,
     "scaling": _scaling,
     "journeys": _journeys,
+    "segments": _segments,
 }
 ALIASES = {"ingest": ("throughput", "latency"), "memory": ("timers",), "all": tuple(BENCHES)}
 
@@ -95,6 +101,7 @@ def expected_row_ids(size: Size, names: list[str]) -> list[str]:
         "durable": durable_side.row_ids(),  # one skipped row without the `bench` extra
         "scaling": [*(f"scaling.workers.{count}" for count in size.worker_counts), "scaling.cluster"],
         "journeys": journeys.row_ids(),
+        "segments": segments.row_ids(),
     }
     return [row_id for name in names for row_id in ids[name]]
 

@@ -31,6 +31,10 @@ class Size:
     drain_timeout_s: float  # longest wait for a backlog to drain
     journey_events: int  # events per flat-out run of the journey stream
     journey_instances: int  # users put into a journey, waiting, per memory case
+    segment_events: int  # events per flat-out run of the segment-maintenance rows
+    segment_rounds: int  # off-then-on rounds of those runs, averaged
+    segment_users: int  # users made members of every segment of each segment memory case
+    estimate_users: int  # user records the segment estimate scans
 
 
 SIZES = {
@@ -56,6 +60,10 @@ SIZES = {
         drain_timeout_s=30,
         journey_events=1_500,
         journey_instances=1_000,
+        segment_events=1_500,
+        segment_rounds=1,
+        segment_users=1_000,
+        estimate_users=2_000,
     ),
     "default": Size(
         name="default",
@@ -79,6 +87,10 @@ SIZES = {
         drain_timeout_s=120,
         journey_events=60_000,
         journey_instances=100_000,
+        segment_events=60_000,
+        segment_rounds=2,
+        segment_users=100_000,
+        estimate_users=100_000,
     ),
     "full": Size(
         name="full",
@@ -102,6 +114,10 @@ SIZES = {
         drain_timeout_s=600,
         journey_events=200_000,
         journey_instances=1_000_000,
+        segment_events=200_000,
+        segment_rounds=2,
+        segment_users=1_000_000,
+        estimate_users=1_000_000,
     ),
 }
 
