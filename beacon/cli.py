@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     except BeaconError as exc:
         # Docker's HEALTHCHECK reserves exit code 2: a health check that cannot run is unhealthy (1).
         return _fail(f"configuration error: {exc}", 1 if args.command == "healthcheck" else EXIT_USAGE)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, settings.secret_values())
     try:
         if args.command == "healthcheck":
             urls = [args.url] if args.url else _health_urls(settings)

@@ -2,7 +2,8 @@
 
 Every variable is parsed strictly and refused with a `ValidationError` naming it: a boolean is one of
 `TRUE_WORDS` / `FALSE_WORDS`, a number must lie in its range, a choice must be one of its values, and a
-`BEACON_*` name that nothing reads is refused with the closest known name. An empty value means unset.
+`BEACON_*` name that nothing reads is refused with the closest known name. An empty value means unset. A secret
+(`SECRET_VARIABLES`) may be given as `<NAME>_FILE` instead, naming a file that holds it (`read_secret`).
 
 Hand-written rather than on pydantic-settings: the connector settings (`connectors.settings`) already
 parse their variables this way, the checks here are a few dozen lines, and that library would add
@@ -11,6 +12,7 @@ pydantic and its compiled core to every install without refusing unknown `BEACON
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import os
@@ -18,10 +20,11 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from beacon.errors import ValidationError
-from beacon.logs import redact
+from beacon.logs import LOG_FORMATS, REDACTED, redact
+from connectors.settings import SECRET_VARIABLES as CONNECTOR_SECRETS
 from connectors.settings import ConnectorSettings
 
 SCOPES = frozenset({"rules", "events", "admin"})
@@ -30,6 +33,10 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster")
+# Variables that may be given as <NAME>_FILE instead: a file holding the value, as Docker and Kubernetes mount
+# secrets. Their values never appear in a log line (`Settings.secret_values`) nor in an error.
+SECRET_VARIABLES = ("REDIS_URL", "BEACON_REDIS_URL", "BEACON_API_KEYS", *CONNECTOR_SECRETS)
+FILE_SUFFIX = "_FILE"
 MAX_PORT = 65_535
 # More partitions than Redis Cluster slots could not spread any further over masters.
 MAX_PARTITIONS = 16_384
@@ -119,6 +126,7 @@ class Settings:
     run_workers: bool = True
     run_api: bool = True
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one object per line (beacon.logs.JsonFormatter)
     # The /metrics and /healthz listener of `beacon worker` / `beacon connectors`: None = `host`, and the
     # role's port in DEFAULT_OPS_PORTS (another free port, logged, if several processes share a host).
     ops_host: str | None = None
@@ -139,12 +147,69 @@ class Settings:
         """How long `role` ("serve", "worker", "connectors") waits for Redis at start; None: for ever."""
         return self.redis_wait_ms if self.redis_wait_ms is not None else DEFAULT_REDIS_WAIT_MS[role]
 
+    def secret_values(self) -> frozenset[str]:
+        """The configured secrets' values (API keys, the Redis password, the connectors' secrets), which the log
+        formatter hides wherever they appear."""
+        values = set(self.api_keys) | self.connectors.secret_values()
+        if self.redis_url:
+            with contextlib.suppress(ValueError):
+                url = urlsplit(self.redis_url)
+                values.add(url.password or "")
+                values.update(parse_qs(url.query).get("password", ()))
+        return frozenset(value for value in values if value)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from `BEACON_*` variables (and plain `REDIS_URL`); refuse unknown `BEACON_*` names."""
+        """Build settings from `BEACON_*` variables (and plain `REDIS_URL`), a secret's from its `<NAME>_FILE`
+        when that is set instead; refuse unknown `BEACON_*` names."""
         env = os.environ if env is None else env
         refuse_unknown(env)
-        return _parse(_Variables(env), env)
+        resolved, from_files = read_secret_files(env)
+        try:
+            return _parse(_Variables(resolved), resolved)
+        except ValidationError as exc:
+            if exc.path not in from_files:
+                raise
+            # Name the variable that was set, and never quote what the file holds (a value the parser
+            # refused may still be a secret: a bare password where a URL belongs).
+            message = exc.message.replace(resolved[exc.path], REDACTED)
+            variable = exc.path + FILE_SUFFIX
+            raise ValidationError(f"{message} (read from {env[variable].strip()})", path=variable) from None
+
+
+def read_secret(env: Mapping[str, str], name: str) -> str | None:
+    """The secret `name` from `env`, or from the file `<name>_FILE` names (its text less trailing newlines);
+    None when neither is set. Refuses both set, and a file that cannot be read or is empty, in one line that
+    names the variable and the file but never quotes the file's contents."""
+    variable = name + FILE_SUFFIX
+    path = (env.get(variable) or "").strip()
+    if not path:
+        value = env.get(name)
+        return value if value else None
+    if (env.get(name) or "").strip():
+        raise ValidationError(f"{name} is set too; set {name} or {variable}, not both", path=variable)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValidationError(f"cannot read {path}: {exc.strerror or type(exc).__name__}", path=variable) from None
+    try:
+        value = data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ValidationError(f"cannot read {path}: not UTF-8 text", path=variable) from None
+    if not value.strip():
+        raise ValidationError(f"{path} is empty", path=variable)
+    return value
+
+
+def read_secret_files(env: Mapping[str, str]) -> tuple[dict[str, str], frozenset[str]]:
+    """(`env` with every secret given as `<NAME>_FILE` read into `<NAME>`, the names so read)."""
+    resolved = dict(env)
+    from_files = set()
+    for name in SECRET_VARIABLES:
+        if (env.get(name + FILE_SUFFIX) or "").strip():
+            resolved[name] = read_secret(env, name) or ""
+            from_files.add(name)
+    return resolved, frozenset(from_files)
 
 
 def _parse(read: _Variables, env: Mapping[str, str]) -> Settings:
@@ -184,6 +249,7 @@ def _parse(read: _Variables, env: Mapping[str, str]) -> Settings:
         run_connectors=read.flag("RUN_CONNECTORS", base.run_connectors),
         run_workers=read.flag("RUN_WORKERS", base.run_workers),
         log_level=read.choice("LOG_LEVEL", base.log_level, LOG_LEVELS),
+        log_format=read.choice("LOG_FORMAT", base.log_format, LOG_FORMATS),
         ops_host=read.text("OPS_HOST"),
         ops_port=read.optional_integer("OPS_PORT", 0, MAX_PORT),
         # Below a second, samples every quarter of it would cost more than they tell.
@@ -308,7 +374,8 @@ def settings_variables() -> frozenset[str]:
 def known_variables() -> frozenset[str]:
     """Every `BEACON_*` name some part of Beacon reads."""
     own, connectors = _variable_names()
-    return own | connectors | frozenset(OTHER_VARIABLES)
+    files = frozenset(name + FILE_SUFFIX for name in SECRET_VARIABLES if name.startswith(PREFIX))
+    return own | connectors | frozenset(OTHER_VARIABLES) | files
 
 
 def refuse_unknown(env: Mapping[str, str]) -> None:
@@ -323,5 +390,7 @@ def refuse_unknown(env: Mapping[str, str]) -> None:
         unknown[0].removeprefix(PREFIX), [name[len(PREFIX) :] for name in sorted(known)], 1, 0.6
     )
     hint = f"; did you mean {PREFIX}{close[0]}?" if close else ""
+    if unknown[0].endswith(FILE_SUFFIX) and unknown[0].removesuffix(FILE_SUFFIX) in known:
+        hint = f"; {unknown[0].removesuffix(FILE_SUFFIX)} cannot be read from a file (only secrets can)"
     more = f" ({len(unknown) - 1} more unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
     raise ValidationError(f"unknown setting{hint}{more}", path=unknown[0])

@@ -21,6 +21,17 @@ MESSAGE_CHANNELS = frozenset({"sms", "wechat_template", "wechat_cs", "miniprogra
 WECHAT_API = "https://api.weixin.qq.com"
 WECOM_API = "https://qyapi.weixin.qq.com"
 WEB_PORTS = frozenset({80, 443})  # what an allow-list entry without a port allows
+# The secrets among the variables read here: each may be given as <NAME>_FILE instead, a file holding the value
+# (Docker and Kubernetes secrets; beacon.settings reads it), and their values never appear in a log line.
+SECRET_VARIABLES = (
+    "BEACON_WECHAT_SECRET",
+    "BEACON_MINIPROGRAM_SECRET",
+    "BEACON_WECOM_SECRET",
+    "BEACON_COUPON_TOKEN",
+    "BEACON_POINTS_TOKEN",
+    "BEACON_SMS_TOKEN",
+    "BEACON_WEBHOOK_SECRET",
+)
 T = TypeVar("T")
 
 
@@ -146,6 +157,16 @@ class ConnectorSettings:
         kept for the Redis steps around them. An attempt that outlived its lease would be claimed and posted
         again by another consumer while its own post was still in flight."""
         return self.lease_ms * 3 // 4
+
+    def secret_values(self) -> frozenset[str]:
+        """The configured secrets (app secrets, the webhook signing key, endpoint tokens) for the log formatter
+        to hide: a token is the value of its endpoint's Authorization header, less its scheme."""
+        values = {self.webhook_secret, self.wechat.secret, self.miniprogram.secret, self.wecom.secret}
+        for endpoint in (self.coupon, self.points, self.sms):
+            for name, value in endpoint.headers.items():
+                if name.lower() == "authorization":
+                    values.add(value.split(" ", 1)[-1])
+        return frozenset(value for value in values if value)
 
     def check(self) -> None:
         """Refuse settings under which every slow call would be posted twice: one call must fit an attempt."""

@@ -1,18 +1,28 @@
 """Settings from the environment: strict booleans, numbers in range, choices, unknown names refused with a
-did-you-mean, Redis URLs checked, passwords redacted from logs; the README lists every variable."""
+did-you-mean, Redis URLs checked, secrets from files, passwords and secrets redacted from logs, text or JSON log
+lines; the README lists every variable."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from beacon.errors import ValidationError
-from beacon.logs import RedactingFormatter, redact
-from beacon.settings import FALSE_WORDS, TRUE_WORDS, Settings, known_variables, settings_variables
+from beacon.logs import JsonFormatter, RedactingFormatter, configure_logging, redact
+from beacon.settings import (
+    FALSE_WORDS,
+    SECRET_VARIABLES,
+    TRUE_WORDS,
+    Settings,
+    known_variables,
+    settings_variables,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -108,6 +118,14 @@ def test_every_unknown_name_is_listed_and_a_far_one_gets_no_guess() -> None:
     assert message == "BEACON_QQQ: unknown setting (1 more unknown: BEACON_ZZZ)"
 
 
+def test_a_file_variable_of_a_setting_that_is_no_secret_is_refused() -> None:
+    message = refused({"BEACON_PORT_FILE": "/run/secrets/port"})
+    assert message == "BEACON_PORT_FILE: unknown setting; BEACON_PORT cannot be read from a file (only secrets can)"
+    assert refused({"BEACON_API_KEYS_FIEL": "/k"}) == (
+        "BEACON_API_KEYS_FIEL: unknown setting; did you mean BEACON_API_KEYS_FILE?"
+    )
+
+
 def test_names_read_elsewhere_are_known() -> None:
     env = {
         "BEACON_URL": "http://beacon:8080",  # CLI
@@ -132,6 +150,140 @@ def test_a_redis_url_needs_a_redis_scheme_and_the_error_hides_its_password() -> 
 def test_connector_settings_keep_their_own_checks() -> None:
     message = refused({"BEACON_CONNECTOR_LEASE_MS": "1000", "BEACON_CONNECTOR_HTTP_TIMEOUT_MS": "3000"})
     assert message.startswith("BEACON_CONNECTOR_LEASE_MS: 1000 ms is too short")
+
+
+def secret_file(tmp_path: Path, text: str, name: str = "secret") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_secrets_are_read_from_files(tmp_path: Path) -> None:
+    """Docker and Kubernetes mount secrets as files; every secret setting takes `<NAME>_FILE`, newline stripped."""
+    env = {
+        "BEACON_API_KEYS_FILE": secret_file(tmp_path, "k1:admin,k2:events\n", "keys"),
+        "REDIS_URL_FILE": secret_file(tmp_path, "redis://:hunter2@redis:6379/0\n", "url"),
+        "BEACON_WEBHOOK_SECRET_FILE": secret_file(tmp_path, "whsec-1\r\n", "webhook"),
+        "BEACON_WECHAT_SECRET_FILE": secret_file(tmp_path, "wx-secret", "wechat"),
+        "BEACON_SMS_TOKEN_FILE": secret_file(tmp_path, "sms-token\n", "sms"),
+    }
+    settings = Settings.from_env(env)
+    assert settings.api_keys == {"k1": frozenset({"rules", "events", "admin"}), "k2": frozenset({"events"})}
+    assert settings.redis_url == "redis://:hunter2@redis:6379/0"
+    assert (settings.connectors.webhook_secret, settings.connectors.wechat.secret) == ("whsec-1", "wx-secret")
+    assert settings.connectors.sms.headers["Authorization"] == "Bearer sms-token"
+    assert settings.secret_values() >= {"k1", "k2", "hunter2", "whsec-1", "wx-secret", "sms-token"}
+    path = secret_file(tmp_path, "redis://r:6379/1", "beacon-url")
+    assert Settings.from_env({"BEACON_REDIS_URL_FILE": path}).redis_url == "redis://r:6379/1"
+
+
+def test_every_secret_is_read_from_its_file_and_hidden_from_logs(tmp_path: Path) -> None:
+    env: dict[str, str] = {}
+    for name in SECRET_VARIABLES:
+        value = f"pw-{name.lower()}"
+        text = f"redis://:{value}@r:6379" if name.endswith("REDIS_URL") else value
+        env[name + "_FILE"] = secret_file(tmp_path, text + ":admin" if name == "BEACON_API_KEYS" else text, name)
+    plain = env.pop("REDIS_URL_FILE")  # BEACON_REDIS_URL wins over REDIS_URL
+    assert {f"pw-{name.lower()}" for name in SECRET_VARIABLES} - {"pw-redis_url"} <= Settings.from_env(
+        env
+    ).secret_values()
+    assert "pw-redis_url" in Settings.from_env({"REDIS_URL_FILE": plain}).secret_values()
+    assert {name + "_FILE" for name in SECRET_VARIABLES if name.startswith("BEACON_")} <= known_variables()
+
+
+def test_a_secret_set_both_ways_is_refused(tmp_path: Path) -> None:
+    env = {"BEACON_API_KEYS": "k:admin", "BEACON_API_KEYS_FILE": secret_file(tmp_path, "k:admin")}
+    message = refused(env)
+    assert message.startswith("BEACON_API_KEYS_FILE: ")
+    assert "BEACON_API_KEYS or BEACON_API_KEYS_FILE, not both" in message
+    # An empty value is unset, here as everywhere.
+    assert Settings.from_env({**env, "BEACON_API_KEYS": ""}).api_keys == {"k": frozenset({"rules", "events", "admin"})}
+
+
+@pytest.mark.parametrize("problem", ["missing", "directory", "empty", "binary"])
+def test_an_unreadable_secret_file_is_named_never_quoted(tmp_path: Path, problem: str) -> None:
+    path = tmp_path / "wecom"
+    if problem == "directory":
+        path.mkdir()
+    elif problem == "empty":
+        path.write_text("\n")
+    elif problem == "binary":
+        path.write_bytes(b"hunter2\xff\xfe")
+    message = refused({"BEACON_WECOM_SECRET_FILE": str(path)})
+    assert message.startswith("BEACON_WECOM_SECRET_FILE: ") and str(path) in message
+    assert "hunter2" not in message
+
+
+def test_a_refused_secret_from_a_file_names_the_file_variable_and_hides_the_value(tmp_path: Path) -> None:
+    """A bare password where the Redis URL belongs: the error says so without printing the password."""
+    path = secret_file(tmp_path, "hunter2\n")
+    message = refused({"BEACON_REDIS_URL_FILE": path})
+    assert message.startswith("BEACON_REDIS_URL_FILE: '***' is not a Redis URL") and path in message
+    assert "hunter2" not in message
+    message = refused({"BEACON_API_KEYS_FILE": secret_file(tmp_path, "k:nosuchscope", "keys")})
+    assert message.startswith("BEACON_API_KEYS_FILE: unknown scope(s) ['nosuchscope']")
+
+
+def test_configured_secrets_never_reach_a_log_line() -> None:
+    env = {
+        "BEACON_API_KEYS": "key-of-alice:admin",
+        "BEACON_WEBHOOK_SECRET": "whsec-hush",
+        "BEACON_COUPON_TOKEN": "coupon-hush",
+        "BEACON_REDIS_URL": "redis://u:hunter2@r:6379/0",
+    }
+    settings = Settings.from_env(env)
+    record = logging.LogRecord(
+        "beacon", logging.INFO, __file__, 1, "%s %s %s", ("key-of-alice", settings.connectors, "hunter2"), None
+    )
+    for formatter in (
+        RedactingFormatter("%(message)s", secrets=settings.secret_values()),
+        JsonFormatter(secrets=settings.secret_values()),
+    ):
+        line = formatter.format(record)
+        assert not {"key-of-alice", "whsec-hush", "coupon-hush", "hunter2"} & set(re.findall(r"[\w-]+", line))
+    # WeChat's and WeCom's token calls carry the app secret in the query string.
+    assert redact("GET https://api/cgi-bin/gettoken?corpid=c&corpsecret=s3&x=1") == (
+        "GET https://api/cgi-bin/gettoken?corpid=c&corpsecret=***&x=1"
+    )
+
+
+def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    """BEACON_LOG_FORMAT=json: one object per line, with the ids a call passes as `extra`, and the traceback."""
+    assert Settings.from_env({"BEACON_LOG_FORMAT": "JSON"}).log_format == "json"
+    assert refused({"BEACON_LOG_FORMAT": "yaml"}) == "BEACON_LOG_FORMAT: 'yaml' is not one of text, json"
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging("INFO", "json", secrets={"sekrit-value"})
+    try:
+        log = logging.getLogger("beacon.test")
+        ids = {"partition": 3, "user_id": "u1", "action_id": "a1", "connector": "sms", "ratio": 0.5}
+        log.info("delivered %d of %s to %s", 2, "sekrit-value", "redis://u:pw@r", extra=ids)
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("failed on partition %s", 4, extra={"partition": 4})
+        log.debug("not at INFO")
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first == {
+        "ts": first["ts"],
+        "level": "INFO",
+        "logger": "beacon.test",
+        "message": "delivered 2 of *** to redis://u:***@r",
+        **ids,
+    }
+    ts = datetime.fromisoformat(first["ts"])
+    assert ts.utcoffset() == timedelta(0)
+    assert abs((datetime.now(UTC) - ts).total_seconds()) < 60
+    assert (second["level"], second["message"], second["partition"]) == ("ERROR", "failed on partition 4", 4)
+    assert second["exc"].startswith("Traceback") and second["exc"].endswith("ValueError: boom")
 
 
 @pytest.mark.parametrize(
