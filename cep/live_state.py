@@ -76,10 +76,15 @@ def journey_state(state: UserState, index: RuleIndex) -> dict[str, Any]:
 def segment_state(state: UserState, index: RuleIndex) -> dict[str, Any]:
     """Per active segment the user is in (or has a window timer for): since when, and the next window change."""
     found: dict[str, Any] = {}
-    for short, (since, due) in state.segments.items():
+    for short, (mark, due, _) in state.segments.items():
         entry = index.segment_by_short.get(short)
         if entry is not None:
-            found[entry.id] = {"member": bool(since), "since": since or None, "next_change": due or None}
+            found[entry.id] = {
+                "member": mark > 0,
+                "since": mark if mark > 0 else None,
+                "left_at": -mark - 1 if mark < 0 else None,
+                "next_change": due or None,
+            }
     return found
 
 

@@ -3,7 +3,8 @@ and at the exact event time a behaviour window next changes (a timer), with no e
 
 Pure functions of (user state, event / patch / timer, now), called by the evaluator, so live processing,
 dry-runs and backtests agree. A user's memberships live in the record (`UserState.segments`: segment key
--> [member since ts (0: not a member), pending timer due (0: none)]). A change emits `segment_entered` /
+-> [mark, pending timer due (0: none), changes], the mark > 0 the time the user entered, < 0 when they
+left (`left_mark`), 0 never). A change emits `segment_entered` /
 `segment_exited` (attrs `{"segment": id}`), evaluated at once like tag events, so rules and journeys
 (`"entry": {"segment": id}`) act on it; the commit adds the user to (or removes them from) the segment's
 member SET and size counter (`cep.segment_members`) in the same atomic call.
@@ -28,6 +29,14 @@ from rules.predicates import NO_ATTRS
 from rules.segments import CompiledSegment
 
 SEGMENT_TIMER = "g"
+NEVER_MEMBER = 0
+
+
+def left_mark(at: int) -> int:
+    """The mark of a user who left at `at`: negative (and never 0, which means "never a member")."""
+    return -(at + 1)
+
+
 ENTERED = "segment_entered"
 EXITED = "segment_exited"
 
@@ -92,14 +101,19 @@ class Segments:
             compiled = entry.compiled
             member = compiled.check(NO_ATTRS, state.profile, state.tags, history, at)
             mark = state.segments.get(entry.short_key)
-            since, due = (mark[0], mark[1]) if mark is not None else (0, 0)
-            if member != bool(since):
-                since = at if member else 0
+            since, due, changes = (mark[0], mark[1], mark[2]) if mark is not None else (NEVER_MEMBER, 0, 0)
+            if member != (since > 0):
+                # The count of changes names the change: one cause (a timer re-set to the same due time
+                # after an out-of-order event) may change membership twice, and both events must pass
+                # dedupe. It is committed state, so a batch processed again emits the same ids; it restarts
+                # only once the mark has lapsed, after the dedupe horizon has forgotten the old ids.
+                changes += 1
+                event_id_tail = f"{cause_id}:{changes}"
+                since = at if member else left_mark(at)
                 effects.segment_changes.append(SegmentChange(entry.id, user_id, member))
                 kind = ENTERED if member else EXITED
-                caused.append(
-                    Event(f"{kind}:{entry.id}:{cause_id}", user_id, kind, at, {"segment": entry.id}, at, ORIGIN_ACTION)
-                )
+                event_id = f"{kind}:{entry.id}:{event_id_tail}"
+                caused.append(Event(event_id, user_id, kind, at, {"segment": entry.id}, at, ORIGIN_ACTION))
                 if effects.trace is not None:
                     effects.trace.append(
                         (user_id, {"kind": "segment", "ts": at, "segment": entry.id, "what": kind, "cause": cause_id})
@@ -108,10 +122,8 @@ class Segments:
             if next_due != due:
                 effects.segment_timers[segment_timer(user_id, entry.id)] = next_due
                 due = next_due
-            if since or due:
-                state.segments[entry.short_key] = [since, due]
-            else:
-                state.segments.pop(entry.short_key, None)
+            if since != NEVER_MEMBER or due:
+                state.segments[entry.short_key] = [since, due, changes]
         return caused
 
     def _drop_retired(self, state: UserState) -> None:

@@ -152,7 +152,9 @@ class UserState:
     first: dict[str, int] = field(default_factory=dict)  # rule key -> ts of the first matching event
     patterns: dict[str, PatternState] = field(default_factory=dict)  # state id -> pattern state
     journeys: dict[str, JourneyMarks] = field(default_factory=dict)  # journey short key -> marks
-    # segment key -> [member since ts (0: not a member), pending window timer's due (0: none)] (cep.segments)
+    # segment key -> [mark, pending window timer's due (0: none), changes]: the mark > 0 is when the user
+    # entered, < 0 when they left (-(ts + 1)), kept for the dedupe horizon; changes names the next one
+    # (cep.segments)
     segments: dict[str, list[int]] = field(default_factory=dict)
     # The newest `ts` of the user's own (producer) events: WeChat customer-service messages may only go
     # out within 48 h of it (connectors.delivery). 0: none seen.
@@ -193,8 +195,7 @@ class UserState:
 
         One pass over each part: it runs for every user of every batch.
         """
-        # A membership (or a pending window timer) lasts until an event or timer changes it.
-        forever = bool(self.profile or self.tags or self.first or self.segments)
+        forever = bool(self.profile or self.tags or self.first)
         latest = 0
         if self.seen:
             oldest = (now_ms - dedupe_horizon_ms) // 1000
@@ -225,6 +226,22 @@ class UserState:
                 del self.patterns[sid]
         if self.journeys:
             forever = self._prune_journeys(now_ms) or forever
+        if self.segments:
+            # A member, or a pending window timer, keeps the record; a "left at" mark only for the dedupe
+            # horizon (it names the user's next change of that segment: cep.segments).
+            horizon_start = now_ms - dedupe_horizon_ms
+            lapsed = []
+            for short, (mark, due, _) in self.segments.items():
+                if mark > 0 or due:
+                    forever = True
+                elif mark < 0:
+                    left_at = -mark - 1
+                    if left_at < horizon_start:
+                        lapsed.append(short)
+                    else:
+                        latest = max(latest, left_at + dedupe_horizon_ms)
+            for short in lapsed:
+                del self.segments[short]
         if self.last_seen:
             latest = max(latest, now_ms + LAST_SEEN_TTL_MS)
         return 0 if forever else max(latest - now_ms, 1)

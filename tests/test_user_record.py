@@ -126,3 +126,16 @@ def test_prune_drops_what_lapsed_and_says_how_long_the_rest_lives() -> None:
     state.first["r"] = NOW
     assert state.prune(NOW, 7 * DAY_MS) == 0  # a first-time mark is kept for ever
     assert UserState(last_seen=NOW).prune(NOW, 7 * DAY_MS) == 72 * 3_600_000
+
+
+def test_segment_marks_round_trip_and_a_left_mark_lapses_after_the_dedupe_horizon() -> None:
+    """A member (or a pending window timer) keeps the record; a "left at" mark only for the dedupe horizon."""
+    day = 86_400_000
+    state = UserState(segments={"member": [1_000, 0, 1], "timer": [-5, 9_000, 2], "left": [-(10 * day) - 1, 0, 3]})
+    assert decode_user_state(encode_user_state(state)).segments == state.segments
+    assert state.prune(10 * day, 7 * day) == 0  # kept for ever: a member and a timer
+    assert set(state.segments) == {"member", "timer", "left"}
+    left_only = UserState(segments={"left": [-(10 * day) - 1, 0, 3]})
+    assert left_only.prune(12 * day, 7 * day) == 5 * day  # until the mark lapses
+    assert left_only.prune(18 * day, 7 * day) and left_only.segments == {}
+    assert left_only.is_empty()

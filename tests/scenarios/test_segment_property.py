@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
-
 from cep.evaluator import Effects
 from cep.events import Event, ProfilePatch
 from cep.rule_index import RuleIndex
@@ -318,13 +316,13 @@ def without(
 @dataclass
 class Checked:
     compared: bool = False
-    repeated_ids: int = 0  # changes whose segment event repeated an earlier event id (the known bug)
+    repeated_ids: int = 0  # changes whose segment event repeated an earlier event id (must stay 0)
 
 
 def check(case: Case) -> Checked:
     """The runtime's membership changes equal the reference's, and the rules on segment events acted on
-    each, except on a change whose event repeated an earlier event's id (a known bug, see
-    `test_a_repeated_entry_at_the_same_instant_reaches_rules`). Nothing is compared when the case reads
+    each (every segment event's id is new, see `test_a_repeated_entry_at_the_same_instant_reaches_rules`).
+    Nothing is compared when the case reads
     behaviour beyond the lateness bound (the generator avoids it)."""
     segments = [parse_segment(document, lateness_ms=LATENESS_MS) for document in case.documents]
     expected, beyond = segment_reference.evaluate(
@@ -342,7 +340,9 @@ def check(case: Case) -> Checked:
             f"{context}\nexpected {json.dumps(readable(expected), indent=1)}\n"
             f"actual {json.dumps(readable(actual.changes), indent=1)}\ncase: {case.dump()}"
         )
-    wanted = without(expected, actual.repeated_ids)
+    # Every segment event has an id of its own (a repeat would be dropped as a duplicate: once a bug).
+    assert not actual.repeated_ids, f"{context}: segment events repeating an earlier id: {actual.repeated_ids}"
+    wanted = expected
     if actual.acted != wanted:
         raise AssertionError(
             f"{context}: rules on segment events\nexpected {json.dumps(readable(wanted), indent=1)}\n"
@@ -365,18 +365,12 @@ def test_membership_matches_the_reference() -> None:
     assert compared == len(chosen), f"only {compared} of {len(chosen)} cases compared"
 
 
-# -- known bugs: minimal cases the property test found -----------------------------------------------
+# -- regressions: minimal cases of bugs the property test found -----------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a timer re-evaluating an instant already evaluated names its segment event as before: dedupe drops it",
-)
 def test_a_repeated_entry_at_the_same_instant_reaches_rules() -> None:
-    """u enters at 10.001 s (a's window timer), leaves at 9.5 s (b out of order, within the lateness), enters
-    at 10.001 s again (the timer set anew) and leaves at 10.801 s (b at 9.8 s leaves its window). Membership
-    is right, but the second `segment_entered` is named `segment_entered:s:due:<timer>:<due>` like the
-    first, so dedupe drops it and no rule or journey sees that entry."""
+    """Regression: u enters at 10.001 s (a timer), leaves at 9.5 s (b out of order), enters at 10.001 s again
+    (the timer set anew): the second `segment_entered` was named like the first, and dedupe dropped it."""
     document = {
         "id": "s",
         "where": {"all": [{"did_not": {"event": "a"}, "within": "10s"}, {"did": {"event": "b"}, "within": "1s"}]},
