@@ -40,7 +40,9 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=110,
+        # Every benchmark at smoke size takes 60-90 s on an idle 2-core machine; a shared CI machine may
+        # take much longer, which is not a failure of anything this test checks.
+        timeout=400,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     document = json.loads((out / "latest-smoke.json").read_text())
@@ -49,7 +51,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return {"document": document, "csv": csv_rows, "stdout": completed.stdout}
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(420)
 def test_every_row_is_reported(smoke_run: dict[str, object]) -> None:
     """The table, the JSON and the CSV hold exactly the expected rows; only the cluster row is skipped,
     and the durable_rules comparison when the `bench` extra is not installed (as in CI)."""
@@ -76,7 +78,7 @@ def test_every_row_is_reported(smoke_run: dict[str, object]) -> None:
     assert set(document["background_cpu_percent"]) == set(BENCHES)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(420)
 def test_values_are_sane(smoke_run: dict[str, object]) -> None:
     """Measured values are finite and positive where they must be; percentiles are ordered; no timer is lost."""
     document = smoke_run["document"]
