@@ -22,7 +22,7 @@ from api import (
     routes_segments,
     routes_users,
 )
-from api.middleware import auth_middleware, error_middleware
+from api.middleware import auth_middleware, error_middleware, metrics_middleware
 from beacon.clock import Clock, SystemClock
 from beacon.services import open_services
 from beacon.settings import Settings
@@ -32,7 +32,9 @@ log = logging.getLogger("beacon.api")
 
 def build_app(settings: Settings, clock: Clock | None = None) -> web.Application:
     """The application for `settings`; services start on app startup and stop on cleanup."""
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware, auth_middleware], client_max_size=settings.max_body_bytes
+    )
     app[keys.SETTINGS] = settings
     app[keys.CLOCK] = clock or SystemClock()
     app[keys.SERVICES] = keys.ServiceSlot()

@@ -1,14 +1,16 @@
-"""API middleware: bearer-key auth with scopes, and every error as a JSON body (never a bare 500)."""
+"""API middleware: request metrics, bearer-key auth with scopes, and every error as a JSON body (never a bare 500)."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
 
 from api.keys import SETTINGS
+from beacon import metrics
 from beacon.errors import AuthError, BeaconError, ForbiddenError
 
 log = logging.getLogger("beacon.api")
@@ -30,6 +32,27 @@ def requires(scope: str) -> Callable[[H], H]:
 def error_response(error: BeaconError) -> web.Response:
     """The JSON response for one of our errors."""
     return web.json_response(error.to_json(), status=error.status)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count each request by its route's template (never the raw path: ids would mint series) and status, and
+    time it; outermost, so it sees the status the error middleware chose. A WebSocket session is counted, not
+    timed (its "latency" is how long the socket stayed open)."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else metrics.UNMATCHED_ROUTE
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # below 400 (redirects): the error middleware passes them on
+        metrics.on_http_request(route, request.method, exc.status, time.perf_counter() - started)
+        raise
+    except Exception:
+        metrics.on_http_request(route, request.method, 500, time.perf_counter() - started)
+        raise
+    status = response.status
+    metrics.on_http_request(route, request.method, status, None if status == 101 else time.perf_counter() - started)
+    return response
 
 
 @web.middleware

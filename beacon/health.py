@@ -30,6 +30,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from beacon import metrics
 from beacon.pause import pause
 from cep import streams
 from cep.outbox import outbox_key
@@ -84,6 +85,7 @@ class HealthMonitor:
         """Sample until the process stops; a failed sample is remembered, never raised."""
         while not self._stopping.is_set():
             await self.sample()
+            metrics.set_health_problems(len(self.problems()))
             await pause(self._stopping, self.sample_every_s)
 
     async def sample(self) -> None:

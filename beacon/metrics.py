@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import platform
+import re
+from importlib import metadata
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+import beacon
+
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_* (CPU seconds, resident memory, open fds, start time) and python_info, as on the default registry;
+# python_gc_* too: workers tune the collector (beacon.services.tune_gc) and its cost shows there.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
 
 EVENTS_ACCEPTED = Counter(
     "beacon_events_accepted_total", "Events durably appended to an event stream", ["transport"], registry=REGISTRY
@@ -96,10 +117,46 @@ PENDING_TIMERS = Gauge("beacon_pending_timers", "Timers waiting for their due ti
 RULESETS_ACTIVE = Gauge("beacon_rulesets_active", "Active rulesets in this process", registry=REGISTRY)
 ACTION_DELIVERIES = Counter(
     "beacon_action_deliveries_total",
-    "Delivery attempts by connector and outcome",
-    ["connector", "outcome"],
+    "Delivery attempts by connector, outcome and reason (why it was skipped, deferred, failed or dead; "
+    "empty when delivered)",
+    ["connector", "outcome", "reason"],
     registry=REGISTRY,
 )
+OUTBOX_BACKLOG = Gauge(
+    "beacon_outbox_backlog_entries",
+    "Outbox entries the connectors have not finished with (unread plus read and unacknowledged), over all partitions",
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Gauge(
+    "beacon_dead_letter_entries",
+    "Actions in the dead-letter stream (out of attempts, not replayed since), up to its cap",
+    registry=REGISTRY,
+)
+STREAM_LAG_SECONDS = Gauge(
+    "beacon_stream_lag_seconds",
+    "Age of the oldest event stream entry not yet committed, per partition (0: nothing waits)",
+    ["partition"],
+    registry=REGISTRY,
+)
+HEALTH_PROBLEMS = Gauge(
+    "beacon_health_problems",
+    "Problems /healthz reports from its background samples and loops (0: healthy; see beacon.health)",
+    registry=REGISTRY,
+)
+HTTP_REQUESTS = Counter(
+    "beacon_http_requests_total",
+    "API requests by route template (unmatched: no route for the path or the method), method and status code",
+    ["route", "method", "status"],
+    registry=REGISTRY,
+)
+HTTP_SECONDS = Histogram(
+    "beacon_http_request_duration_seconds",
+    "API request handling time by route template and method (WebSocket sessions are not timed)",
+    ["route", "method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+BUILD_INFO = Info("beacon_build", "The running Beacon's version and Python version", registry=REGISTRY)
 TRIGGER_TO_DELIVERY = Histogram(
     "beacon_trigger_to_delivery_seconds",
     "From an action's creation to its delivery",
@@ -207,11 +264,82 @@ def set_active_rulesets(count: int) -> None:
     RULESETS_ACTIVE.set(count)
 
 
-def on_delivery(connector: str, outcome: str, latency_s: float | None = None) -> None:
-    """A delivery attempt ended with `outcome` (delivered, failed, skipped, dead, ...)."""
-    ACTION_DELIVERIES.labels(connector, outcome).inc()
+def on_delivery(connector: str, outcome: str, reason: str = "", latency_s: float | None = None) -> None:
+    """A delivery attempt ended with `outcome` (delivered, failed, skipped, dead, deferred) for `reason`
+    (the connector's or the policy's short code, such as http_4xx or frequency_capped; "" when delivered)."""
+    ACTION_DELIVERIES.labels(connector, outcome, _bounded_reason(reason)).inc()
     if latency_s is not None and outcome == "delivered":
         TRIGGER_TO_DELIVERY.observe(max(latency_s, 0.0))
+
+
+# Reasons are our codes, but WeChat's unknown errcodes become `errcode_<n>`: a provider could mint series
+# without end. Past this many distinct reasons in a process, or for anything not shaped like a code, "other".
+REASONS_MAX = 64
+_REASON = re.compile(r"[a-z0-9_]{1,40}")
+_reasons_seen: set[str] = set()
+
+
+def _bounded_reason(reason: str) -> str:
+    if reason in _reasons_seen or not reason:
+        return reason
+    if len(_reasons_seen) >= REASONS_MAX or not _REASON.fullmatch(reason):
+        return "other"
+    _reasons_seen.add(reason)
+    return reason
+
+
+def set_outbox_backlog(entries: int) -> None:
+    """Outbox entries not yet done with, over all partitions (cluster-wide: every process reports the same)."""
+    OUTBOX_BACKLOG.set(entries)
+
+
+def set_dead_letters(count: int) -> None:
+    """Entries in the dead-letter stream (cluster-wide)."""
+    DEAD_LETTERS.set(count)
+
+
+def set_stream_lag_seconds(ages_s: list[float]) -> None:
+    """Per partition (by index), how old its oldest uncommitted entry is (0 when none waits)."""
+    for partition, age in enumerate(ages_s):
+        STREAM_LAG_SECONDS.labels(str(partition)).set(max(age, 0.0))
+
+
+def set_health_problems(count: int) -> None:
+    """How many problems the process's health monitor sees now."""
+    HEALTH_PROBLEMS.set(count)
+
+
+UNMATCHED_ROUTE = "unmatched"
+# Methods a client may send are any token: others count as "other", so a scanner cannot mint series.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# The children for each (route, method, status) seen: labels() takes a lock and builds a tuple per call,
+# and this runs on every ingest request. Bounded by the routes x methods x status codes the app can answer.
+_http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+
+def on_http_request(route: str, method: str, status: int, seconds: float | None) -> None:
+    """An API request to route template `route` (`/v1/journeys/{id}`, or UNMATCHED_ROUTE) answered `status`
+    after `seconds` (None: not timed, a WebSocket session)."""
+    verb = method if method in _METHODS else "other"
+    key = (route, verb, status)
+    children = _http_children.get(key)
+    if children is None:
+        children = (HTTP_REQUESTS.labels(route, verb, str(status)), HTTP_SECONDS.labels(route, verb))
+        _http_children[key] = children
+    children[0].inc()
+    if seconds is not None:
+        children[1].observe(seconds)
+
+
+def _version() -> str:
+    """The installed distribution's version (the package's own when it runs from a source tree)."""
+    try:
+        return metadata.version("beacon-cep")
+    except metadata.PackageNotFoundError:
+        return beacon.__version__
+
+
+BUILD_INFO.info({"version": _version(), "python": platform.python_version()})
 
 
 def exposition() -> tuple[bytes, str]:

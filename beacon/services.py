@@ -23,7 +23,7 @@ from beacon.logs import redact
 from beacon.pause import pause
 from beacon.redis_errors import REFUSALS, describe, is_redis_trouble
 from beacon.settings import Settings
-from cep import scripts, streams
+from cep import outbox, scripts, streams
 from cep.commit import COMMIT_SCRIPT
 from cep.journey_stats import read_counts, waiting_now
 from cep.layout import check_layout
@@ -31,6 +31,8 @@ from cep.ownership import MEMBERS_SCRIPT, PARTITION_LEASE_SCRIPT
 from cep.partition_owner import OwnerLimits
 from cep.streams import APPEND_SCRIPT
 from cep.worker import Worker
+from connectors.consumer import GROUP as OUTBOX_GROUP
+from connectors.dead_letters import dead_letter_count
 from connectors.redis_trouble import REDIS_BACKOFF
 from connectors.runtime import run_connectors
 from rules.registry import RulesetRegistry
@@ -264,11 +266,16 @@ async def stop_tasks(tasks: list[asyncio.Task[None]], stopping: asyncio.Event, g
 async def _report_gauges(
     redis: Redis, partitions: int, registry: RulesetRegistry, stopping: asyncio.Event, *, journeys: bool
 ) -> None:
-    """Gauges read from Redis now and then: the stream backlog and each journey's waiting instances."""
+    """Gauges read from Redis now and then: the stream backlog and lag, the outbox backlog, the dead letters
+    (every process: each reports the same cluster-wide figures, so one process's scrape shows them), and each
+    journey's waiting instances."""
     reported: set[str] = set()
     while not stopping.is_set():
         try:
             metrics.set_stream_lag(await streams.backlog(redis, partitions))
+            metrics.set_stream_lag_seconds(await streams.lag_seconds(redis, partitions))
+            metrics.set_outbox_backlog(await outbox.backlog(redis, partitions, OUTBOX_GROUP))
+            metrics.set_dead_letters(await dead_letter_count(redis))
             # Cluster-wide figures: only `serve` reports them, so a sum over processes does not count twice.
             kept = {item.active.journey.id: item for item in registry.journeys()} if journeys else {}
             active = set(kept)

@@ -139,6 +139,27 @@ async def backlog(redis: Redis, partitions: int) -> int:
     return sum(max(int(added or 0) - int(done or 0), 0) for added, done in replies)
 
 
+async def lag_seconds(redis: Redis, partitions: int) -> list[float]:
+    """Per partition, how long its oldest entry not yet committed has waited, by Redis's clock (entry ids carry
+    the ms Redis appended them at); 0.0 where nothing waits."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for partition in range(partitions):
+            pipe.hget(progress_key(partition), PROGRESS_ID)
+        committed: list[Any] = await pipe.execute()
+    async with redis.pipeline(transaction=False) as pipe:
+        for partition, last in enumerate(committed):
+            # Exclusive start: the committed entry itself may still be there (trimming is approximate).
+            pipe.xrange(events_key(partition), min=f"({_text(last or b'0-0')}", max="+", count=1)
+        oldest: list[Any] = await pipe.execute()
+    seconds, micros = await redis.time()
+    now_ms = seconds * 1000 + micros // 1000
+    return [(now_ms - stream_id(entries[0][0])[0]) / 1000 if entries else 0.0 for entries in oldest]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 async def trim_committed(redis: Redis, partition: int) -> None:
     """Drop entries whose effects are committed, so the stream is as long as its backlog."""
     last, _ = await progress(redis, partition)

@@ -28,6 +28,12 @@ async def add_dead_letter(
     await redis.xadd(DEAD_LETTERS_KEY, fields, maxlen=maxlen, approximate=True)
 
 
+async def dead_letter_count(redis: Redis) -> int:
+    """Entries in the dead-letter stream: actions that ran out of attempts and were not replayed since (a replay
+    deletes its entry), up to the stream's approximate cap."""
+    return int(await redis.xlen(DEAD_LETTERS_KEY))
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -91,6 +97,9 @@ async def replay(redis: Redis, clock: Clock, partitions: int, rows: Sequence[dic
             refused.append({"action_id": action_id, "reason": "changed"})
             continue
         replayed.append(action_id)
+        if row.get("id"):
+            # Listed no more (the listing checks the ledger anyway): the stream's length counts the dead.
+            await redis.xdel(DEAD_LETTERS_KEY, row["id"])
     return {"replayed": replayed, "refused": refused}
 
 

@@ -167,7 +167,7 @@ class Deliverer:
         await self._finish(claimed, final)
         # Trigger-to-delivery latency; a delayed action's clock starts when it fell due.
         started = max(int(record.get("created_at") or 0), int(record.get("due_at") or 0))
-        metrics.on_delivery(name, ledger.DELIVERED, (done - started) / 1000 if started else None)
+        metrics.on_delivery(name, ledger.DELIVERED, latency_s=(done - started) / 1000 if started else None)
         return ledger.DELIVERED
 
     async def _checks(self, claimed: ledger.Stored, name: str, connector: Connector) -> Verdict:
@@ -230,7 +230,7 @@ class Deliverer:
             reply=storable(error.message, 500), next_attempt_at=at, rate_booked_at=None,
         )  # fmt: skip
         await ledger.swap_status(self._redis, self._partitions, claimed, failed, wake_at=at)
-        metrics.on_delivery(name, ledger.FAILED)
+        metrics.on_delivery(name, ledger.FAILED, error.reason)
         return ledger.FAILED
 
     async def _dead(
@@ -246,7 +246,7 @@ class Deliverer:
             dead_at=now, next_attempt_at=None, rate_booked_at=None,
         )  # fmt: skip
         await self._finish(claimed, dead, release=release)
-        metrics.on_delivery(name, ledger.DEAD)
+        metrics.on_delivery(name, ledger.DEAD, error.reason)
         return ledger.DEAD
 
     async def _skip(
@@ -265,7 +265,7 @@ class Deliverer:
             next_attempt_at=None, rate_booked_at=None, reply=storable(detail.message, 500) if detail else None,
         )  # fmt: skip
         await self._finish(claimed, skipped, release=release)
-        metrics.on_delivery(name, ledger.SKIPPED)
+        metrics.on_delivery(name, ledger.SKIPPED, reason)
         return ledger.SKIPPED
 
     async def _defer(self, claimed: ledger.Stored, name: str, at: int, reason: str, booked: int | None = None) -> str:
@@ -274,7 +274,7 @@ class Deliverer:
             rate_booked_at=booked,
         )  # fmt: skip
         await ledger.swap_status(self._redis, self._partitions, claimed, deferred, wake_at=at)
-        metrics.on_delivery(name, DEFERRED)
+        metrics.on_delivery(name, DEFERRED, reason)
         return DEFERRED
 
     async def _finish(self, claimed: ledger.Stored, final: dict[str, Any], *, release: bool = False) -> None:

@@ -156,9 +156,15 @@ async def wait_all(
 
 
 def deliveries(connector: str, outcome: str) -> float:
-    """The deliveries counter's current value for one connector and outcome."""
-    return (
-        REGISTRY.get_sample_value("beacon_action_deliveries_total", {"connector": connector, "outcome": outcome}) or 0.0
+    """The deliveries counter's current value for one connector and outcome, summed over reasons."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        if family.name == "beacon_action_deliveries"
+        for sample in family.samples
+        if sample.name == "beacon_action_deliveries_total"
+        and sample.labels["connector"] == connector
+        and sample.labels["outcome"] == outcome
     )
 
 
