@@ -1,4 +1,6 @@
-"""The `beacon` command: serve, worker, connectors, rules push / validate, backtest, healthcheck.
+"""The `beacon` command: serve, worker, connectors, rules, journeys, users, actions, dead-letters, backtest,
+healthcheck. This module is the parser and the dispatch; the commands that query a running server are in
+`beacon.cli_commands`.
 
 Every failure the command expects ends in one line on stderr and an exit code (see `beacon.cli_http`):
 1 input refused, 2 usage or configuration, 3 a server (Redis, Beacon) unreachable, 4 an HTTP error.
@@ -10,21 +12,22 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Iterator
 from importlib import metadata
-from pathlib import Path
-from typing import Any
 
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import beacon
+from beacon import cli_commands
+from beacon.cli_commands import DEFAULT_URL, add_commands, add_rules_commands
+from beacon.cli_commands import load_document as _load_document
+from beacon.cli_commands import seconds as _seconds
 from beacon.cli_http import EXIT_UNREACHABLE, EXIT_USAGE, CommandError, healthcheck, push_ruleset
 from beacon.clock import SystemClock
 from beacon.data_dir_lock import DataDirLock
@@ -35,7 +38,6 @@ from beacon.settings import DEFAULT_OPS_PORTS, MAX_PORT, Settings
 
 log = logging.getLogger("beacon")
 
-DEFAULT_URL = "http://127.0.0.1:8080"
 PUSH_TIMEOUT_S = 30.0
 HEALTHCHECK_TIMEOUT_S = 3.0
 EPILOG = (
@@ -153,17 +155,6 @@ def _run_process(command: str, settings: Settings) -> int:
     return 0
 
 
-def _load_document(path: str) -> Any:
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CommandError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}", EXIT_USAGE) from None
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise CommandError(f"{path} is not valid JSON: {exc}", EXIT_USAGE) from None
-
-
 def _validate(path: str, lateness_ms: int) -> int:
     from rules.schema import RulesetInvalid, parse_ruleset
 
@@ -194,17 +185,6 @@ def _port(text: str) -> int:
     if not text.isdigit() or int(text) > MAX_PORT:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-{MAX_PORT})")
     return int(text)
-
-
-def _seconds(text: str) -> float:
-    """An argparse type: a positive number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < 86_400:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
 
-    rules = commands.add_parser("rules", help="ruleset files: push to a server, validate offline", epilog=EPILOG)
+    rules = commands.add_parser(
+        "rules", help="rulesets: push, list, get, diff, delete, dry-run on a server; validate offline", epilog=EPILOG
+    )
     rule_commands = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")
     push = rule_commands.add_parser(
         "push",
@@ -259,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate = rule_commands.add_parser("validate", help="check a ruleset file offline")
     validate.add_argument("file", help="ruleset JSON file, - for stdin")
+    add_rules_commands(rule_commands)
+    add_commands(commands)
 
     backtest = commands.add_parser("backtest", help="run ruleset and journey files over a recorded event log, offline")
     backtest.add_argument(
@@ -321,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"configuration error: {exc}", 1 if args.command == "healthcheck" else EXIT_USAGE)
     configure_logging(settings.log_level, settings.log_format, settings.secret_values())
     try:
+        if getattr(args, "remote", None) is not None:  # a command of beacon.cli_commands
+            return cli_commands.run(args)
         if args.command == "healthcheck":
             urls = [args.url] if args.url else _health_urls(settings)
             return min(asyncio.run(healthcheck(urls, args.timeout)), 1)
