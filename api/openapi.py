@@ -128,6 +128,41 @@ OPENAPI: dict[str, Any] = {
                 ],
             },
         },
+        "/v1/audiences": {
+            "get": _op("List audiences: id, kind (list or expr), size (an expression's computed now)", "rules")
+        },
+        "/v1/audiences/{id}": {
+            "parameters": _ID_PARAM,
+            "get": _op("An audience: kind, expression (if one), size now", "rules"),
+            "put": {
+                **_op("Replace an audience: a static list or an expression", "rules"),
+                "description": (
+                    'application/json {"ids": [...]} or {"expr": ...}; text/csv (one id per line, optional header'
+                    ' user_id) or application/x-ndjson ({"user_id": ...} per line), streamed. Expressions: union,'
+                    ' intersect, exclude {from, minus}, sample {of, percent} over "seg:<id>" / "aud:<id>".'
+                    " See docs/audiences.md."
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"type": "object"}},
+                        "text/csv": {"schema": {"type": "string"}},
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                    },
+                },
+            },
+            "delete": _op("Delete an audience (refused with 409 while an expression refers to it)", "rules"),
+        },
+        "/v1/audiences/{id}/members": {
+            "parameters": _ID_PARAM,
+            "get": {
+                **_op("One page of an audience's members: {members, cursor} (cursor empty when done)", "rules"),
+                "parameters": [
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                ],
+            },
+        },
         "/v1/items/indexes": {"get": _op("Declared item indexes", "rules")},
         "/v1/items/indexes/{attr}": {
             "parameters": [{"name": "attr", "in": "path", "required": True, "schema": {"type": "string"}}],
