@@ -29,9 +29,22 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-# The property tests' live server: both start their clock at T0 on 2 partitions.
+# Scenario servers start their manual clock at T0 and run 2 partitions (test_seed_scenarios.T0, PARTITIONS).
 LIVE_T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 LIVE_PARTITIONS = 2
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """The scenario's server clock, at T0 until the test moves it."""
+    return ManualClock(LIVE_T0)
+
+
+@pytest.fixture
+async def beacon(redis_url: str, redis_client: aioredis.Redis, clock: ManualClock) -> AsyncIterator[Beacon]:
+    """The real app on a real socket, on the scenario's backend and clock."""
+    async with running_beacon(server_settings(redis_url, partitions=LIVE_PARTITIONS), clock=clock) as running:
+        yield running
 
 
 @dataclass

@@ -3,15 +3,14 @@ the users who carted the item in the window and did not pay for it, once, whatev
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from beacon.clock import ManualClock
-from tests.harness import Beacon, running_beacon, server_settings
-from tests.scenarios.test_seed_scenarios import DAY, MINUTE, PARTITIONS, T0, event, settled
+from tests.harness import Beacon
+from tests.scenarios.test_seed_scenarios import DAY, MINUTE, T0, event, settled
 
 HOUR = 60 * MINUTE
 PRICE_DROP_RULES = {
@@ -37,17 +36,6 @@ DROP = {
     "attrs": {"drop_pct": 25},
     "users": {"did": {"event": "add_to_cart"}, "did_not": {"event": "pay"}, "within": "30d"},
 }
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
-
-
-@pytest.fixture
-async def beacon(redis_url: str, redis_client: aioredis.Redis, clock: ManualClock) -> AsyncIterator[Beacon]:
-    async with running_beacon(server_settings(redis_url, partitions=PARTITIONS), clock=clock) as running:
-        yield running
 
 
 async def told(beacon: Beacon, users: list[str]) -> dict[str, list[dict[str, Any]]]:

@@ -49,17 +49,6 @@ SINGLE_ONLY = pytest.mark.parametrize("redis_url", ["single"], indirect=True)
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
-
-
-@pytest.fixture
-async def beacon(redis_url: str, redis_client: aioredis.Redis, clock: ManualClock) -> AsyncIterator[Beacon]:
-    async with running_beacon(server_settings(redis_url, partitions=PARTITIONS), clock=clock) as running:
-        yield running
-
-
-@pytest.fixture
 async def beacon_tracing_matches(
     redis_url: str, redis_client: aioredis.Redis, clock: ManualClock
 ) -> AsyncIterator[Beacon]:

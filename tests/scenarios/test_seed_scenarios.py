@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 
 from beacon.clock import ManualClock
 from cep import streams, timers
 from cep.outbox import outbox_key
 from rules.schema import parse_ruleset
-from tests.harness import Beacon, eventually, running_beacon, server_settings
+from tests.harness import Beacon, eventually
 from tests.scenarios.library import library_names, library_ruleset
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MINUTE = 60_000
 DAY = 86_400_000
 PARTITIONS = 2
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
-
-
-@pytest.fixture
-async def beacon(redis_url: str, redis_client: aioredis.Redis, clock: ManualClock) -> AsyncIterator[Beacon]:
-    async with running_beacon(server_settings(redis_url, partitions=PARTITIONS), clock=clock) as running:
-        yield running
 
 
 async def settled(redis: aioredis.Redis, *, timers_due_by: int | None = None) -> None:

@@ -5,16 +5,14 @@ no event arriving; sizes and member lists follow; rules and journeys act on `seg
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 
 from beacon.clock import ManualClock
-from tests.harness import Beacon, running_beacon, server_settings
+from tests.harness import Beacon
 from tests.scenarios.journeys_kit import put_journey
-from tests.scenarios.test_seed_scenarios import MINUTE, PARTITIONS, T0, advance, event, settled
+from tests.scenarios.test_seed_scenarios import MINUTE, T0, advance, event, settled
 
 HOUR = 60 * MINUTE
 ACTIVE = {
@@ -33,17 +31,6 @@ ON_SEGMENTS = {
         }
     ],
 }
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
-
-
-@pytest.fixture
-async def beacon(redis_url: str, redis_client: aioredis.Redis, clock: ManualClock) -> AsyncIterator[Beacon]:
-    async with running_beacon(server_settings(redis_url, partitions=PARTITIONS), clock=clock) as running:
-        yield running
 
 
 async def put_segment(beacon: Beacon, document: dict[str, Any]) -> None:
