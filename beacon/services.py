@@ -23,7 +23,7 @@ from beacon.logs import redact
 from beacon.pause import pause
 from beacon.redis_errors import REFUSALS, describe, is_redis_trouble
 from beacon.settings import Settings
-from cep import outbox, scripts, streams
+from cep import outbox, scripts, streams, timers
 from cep.commit import COMMIT_SCRIPT
 from cep.journey_stats import read_counts, waiting_now
 from cep.layout import check_layout
@@ -276,6 +276,7 @@ async def _report_gauges(
             metrics.set_stream_lag_seconds(await streams.lag_seconds(redis, partitions))
             metrics.set_outbox_backlog(await outbox.backlog(redis, partitions, OUTBOX_GROUP))
             metrics.set_dead_letters(await dead_letter_count(redis))
+            metrics.set_pending_timers(await timers.pending_count(redis, partitions))
             # Cluster-wide figures: only `serve` reports them, so a sum over processes does not count twice.
             kept = {item.active.journey.id: item for item in registry.journeys()} if journeys else {}
             active = set(kept)

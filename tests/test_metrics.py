@@ -291,3 +291,14 @@ def _grafana_queries() -> list[str]:
 def _metric_names(text: str) -> set[str]:
     """Names with our prefixes or the client library's (process_, python_) in PromQL or rule text."""
     return set(re.findall(r"\b(?:beacon|process|python)_[a-z0-9_]+\b", text))
+
+
+async def test_pending_timers_counts_the_timer_sets(beacon: Beacon, redis_client: aioredis.Redis) -> None:
+    """Before: `beacon_pending_timers` was declared but never set, so it always read 0."""
+    from cep.timers import timers_key
+
+    await redis_client.zadd(timers_key(0), {"d\x1fu1\x1fa1\x1frs": 9_999_999_999_999, "d\x1fu2\x1fa2\x1frs": 1})
+    await redis_client.zadd(timers_key(1), {"d\x1fu3\x1fa3\x1frs": 9_999_999_999_999})
+    assert await wait_value(beacon, "beacon_pending_timers", 3.0) == 3.0  # over every partition
+    await redis_client.zrem(timers_key(0), "d\x1fu2\x1fa2\x1frs")
+    assert await wait_value(beacon, "beacon_pending_timers", 2.0) == 2.0
