@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from beacon import services
 from cep import outbox, streams
 from cep.events import Event, partition_of
+from cep.timers import timers_key
 from connectors.consumer import GROUP
 from tests.connectors.kit import PARTITIONS, fast_settings, put_actions, record, wait_status
 from tests.connectors.providers import FakeMerchant
@@ -295,8 +296,6 @@ def _metric_names(text: str) -> set[str]:
 
 async def test_pending_timers_counts_the_timer_sets(beacon: Beacon, redis_client: aioredis.Redis) -> None:
     """Before: `beacon_pending_timers` was declared but never set, so it always read 0."""
-    from cep.timers import timers_key
-
     await redis_client.zadd(timers_key(0), {"d\x1fu1\x1fa1\x1frs": 9_999_999_999_999, "d\x1fu2\x1fa2\x1frs": 1})
     await redis_client.zadd(timers_key(1), {"d\x1fu3\x1fa3\x1frs": 9_999_999_999_999})
     assert await wait_value(beacon, "beacon_pending_timers", 3.0) == 3.0  # over every partition
