@@ -7,17 +7,19 @@ import contextlib
 import json
 import logging
 import random
+import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import msgpack
 from yarl import URL
 
 log = logging.getLogger("beacon.client")
+T = TypeVar("T")
 
 INGEST_PATH = "/v1/ingest"
 # Close codes after which reconnecting cannot help: the key, or a frame the server will never take.
@@ -42,6 +44,19 @@ class EventsRejectedError(ProducerError):
         first = rejected[0]
         super().__init__(f"{len(rejected)} event(s) rejected; first: {first.path}: {first.message}")
         self.rejected = rejected
+
+
+class FlushTimeoutError(ProducerError, TimeoutError):
+    """flush() or close() ran out of time with events still unacknowledged (they stay pending)."""
+
+    def __init__(self, timeout: float, unacked_events: int, unacked_frames: int) -> None:
+        super().__init__(
+            f"flush timed out after {timeout:g}s: {unacked_events} event(s) in {unacked_frames} frame(s) "
+            "not acknowledged (is the server reachable?)"
+        )
+        self.timeout = timeout
+        self.unacked_events = unacked_events
+        self.unacked_frames = unacked_frames
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +136,7 @@ class BeaconProducer:
         self._runner: asyncio.Task[None] | None = None
         self._fatal: ProducerError | None = None
         self._stopping = False
+        self._closed = False
 
     async def __aenter__(self) -> BeaconProducer:
         await self.start()
@@ -173,10 +189,25 @@ class BeaconProducer:
             self._linger_task = asyncio.create_task(self._linger(), name="beacon-producer-linger")
         return str(wire["event_id"])
 
-    async def flush(self) -> None:
-        """Send the open batch and wait until every frame so far is acked (or raise why it cannot be)."""
-        await self._seal()
-        await self._drained.wait()
+    @property
+    def unacked_events(self) -> int:
+        """Events sent or queued without an ack yet (the open batch included)."""
+        return sum(len(frame.events) for frame in self._pending.values()) + len(self._batch)
+
+    async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (the error names what is unacked)
+        """Send the open batch and wait until every frame so far is acked (or raise why it cannot be).
+
+        With `timeout` (seconds), raise FlushTimeoutError when the acks have not all come by then; the
+        events stay pending and are still resent, so a later flush() may succeed.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self._seal()
+                await self._drained.wait()
+        except TimeoutError:
+            if self._fatal is not None:
+                raise self._fatal from None
+            raise FlushTimeoutError(timeout or 0.0, self.unacked_events, self.unacked_frames) from None
         if self._fatal is not None:
             raise self._fatal
         if self._strict and len(self.errors) > self._reported_errors:
@@ -184,15 +215,23 @@ class BeaconProducer:
             self._reported_errors = len(self.errors)
             raise EventsRejectedError(rejected)
 
-    async def close(self) -> None:
-        """Flush, then close the socket and the session."""
+    async def close(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (as flush)
+        """Flush (for at most `timeout` seconds), then close the socket and the session; idempotent.
+
+        The producer is closed even when the flush fails or times out; the error is raised after.
+        """
+        if self._closed:
+            return
         try:
             if self._runner is not None and self._fatal is None and not self._stopping:
-                await self.flush()
+                await self.flush(timeout)
         finally:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._stopping = True
         self._has_work.set()
         for task in (self._linger_task, self._runner):
@@ -204,8 +243,7 @@ class BeaconProducer:
         if self._owns_session and self._session is not None:
             await self._session.close()
         if self._pending or self._batch:
-            count = sum(len(frame.events) for frame in self._pending.values()) + len(self._batch)
-            log.warning("producer closed with %d event(s) never acknowledged", count)
+            log.warning("producer closed with %d event(s) never acknowledged", self.unacked_events)
 
     def _check_usable(self) -> None:
         if self._fatal is not None:
@@ -375,6 +413,94 @@ class BeaconProducer:
         self._drained.set()
         self._has_work.set()
         self._slots.release()
+
+
+class SyncProducer:
+    """BeaconProducer for code without an event loop: the producer runs on a private loop in a thread.
+
+    Every method blocks until the producer has done it, so plain scripts, WSGI handlers and notebooks can
+    send events. Arguments are BeaconProducer's; `on_error` runs on the producer's thread. Use it as a
+    context manager or call close(): the thread is a daemon, so a forgotten close() loses the unacked
+    events instead of hanging the interpreter at exit.
+    """
+
+    def __init__(self, url: str, api_key: str | None = None, **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="beacon-producer", daemon=True)
+        self._thread.start()
+        self._closed = False
+        try:
+            self._producer: BeaconProducer = self._call(self._open(url, api_key, options))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    @staticmethod
+    async def _open(url: str, api_key: str | None, options: dict[str, Any]) -> BeaconProducer:
+        # Built on the loop that runs it, so its locks and events belong to that loop.
+        producer = BeaconProducer(url, api_key, **options)
+        await producer.start()
+        return producer
+
+    def __enter__(self) -> SyncProducer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._close(self._producer._shutdown())
+
+    @property
+    def errors(self) -> list[RejectedEvent]:
+        """Every rejected event so far (see BeaconProducer.errors)."""
+        return self._producer.errors
+
+    @property
+    def acked_events(self) -> int:
+        return self._producer.acked_events
+
+    @property
+    def unacked_events(self) -> int:
+        return self._producer.unacked_events
+
+    def send(self, event: Mapping[str, Any]) -> str:
+        """Queue `event` (blocks while max_in_flight frames wait for acks); returns its event_id."""
+        return self._call(self._producer.send(event))
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every event so far is acked; FlushTimeoutError after `timeout` seconds."""
+        self._call(self._producer.flush(timeout))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush (at most `timeout` seconds), close the producer and stop its thread; idempotent."""
+        if not self._closed:
+            self._close(self._producer.close(timeout))
+
+    def _close(self, closing: Coroutine[Any, Any, None]) -> None:
+        try:
+            self._call(closing)
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._closed = True
+        if self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coroutine.close()
+            raise ProducerError("the producer is closed")
+        if threading.current_thread() is self._thread:
+            coroutine.close()
+            raise ProducerError("SyncProducer called from its own thread (an on_error callback?): use the async API")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
 
 def _frame_payload(seq: int, packed_events: list[bytes]) -> bytes:

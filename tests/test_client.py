@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import threading
 from collections import Counter
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from aiohttp import WSCloseCode
 from aiohttp.test_utils import TestServer
 
 from api.app import build_app
-from beacon.client import BeaconProducer, EventsRejectedError, IngestRefusedError, RejectedEvent
+from beacon.client import (
+    BeaconProducer,
+    EventsRejectedError,
+    FlushTimeoutError,
+    IngestRefusedError,
+    ProducerError,
+    RejectedEvent,
+    SyncProducer,
+)
+from beacon.settings import Settings
 from tests.harness import Beacon, eventually, ingest_hub, running_beacon, server_settings, stream_event_ids
 
 TS = 1_700_000_000_000
 PARTITIONS = 2
+LIBRARY = Path(__file__).resolve().parent.parent / "rules" / "library"
+T = TypeVar("T")
 
 
 def event(n: int, **extra: Any) -> dict[str, Any]:
@@ -173,3 +189,73 @@ async def test_idle_close_then_send_reconnects(redis_url: str, redis_client: aio
         await producer.send(event(2))
         await producer.flush()
         assert producer.acked_events == 2 and producer.connections == 2
+
+
+async def test_flush_waits_for_acks_and_times_out_when_the_server_is_gone(beacon: Beacon) -> None:
+    producer = BeaconProducer(beacon.url("/v1/ingest"), linger_ms=60_000, max_backoff_s=0.1)
+    await producer.start()
+    try:
+        for n in range(5):
+            await producer.send(event(n))
+        assert producer.unacked_events == 5  # still in the open batch: linger is a minute
+        await producer.flush(timeout=5)
+        assert producer.acked_events == 5 and producer.unacked_events == 0
+        await beacon.server.close()
+        for n in range(5, 8):
+            await producer.send(event(n))
+        with pytest.raises(FlushTimeoutError, match=r"3 event\(s\) in 1 frame\(s\) not acknowledged") as timed_out:
+            await producer.flush(timeout=0.3)
+        assert (timed_out.value.unacked_events, timed_out.value.unacked_frames) == (3, 1)
+        assert isinstance(timed_out.value, TimeoutError)
+        with pytest.raises(FlushTimeoutError):
+            await producer.close(timeout=0.1)  # closes anyway, then says what was lost
+    finally:
+        await producer.close()
+    await producer.close()  # idempotent
+    with pytest.raises(ProducerError, match="not running"):
+        await producer.send(event(9))
+
+
+@contextmanager
+def beacon_in_a_thread(settings: Settings) -> Iterator[tuple[Beacon, Any]]:
+    """A real server on its own loop in a thread, for tests that are plain functions like a script."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    running = running_beacon(settings)
+
+    def run(coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(30)
+
+    try:
+        beacon = run(running.__aenter__())
+        try:
+            yield beacon, run
+        finally:
+            run(running.__aexit__(None, None, None))
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+def test_sync_producer_from_a_plain_function(redis_url: str) -> None:
+    redis.Redis.from_url(redis_url).flushall()
+    ruleset = json.loads((LIBRARY / "welcome-on-follow.json").read_text())
+    with beacon_in_a_thread(server_settings(redis_url)) as (beacon, run):
+        run(beacon.put_ruleset(ruleset))
+        with SyncProducer(beacon.url("/v1/ingest"), linger_ms=60_000) as producer:
+            ids = [producer.send({"user_id": f"sync-{n}", "type": "follow", "ts": TS + n}) for n in range(3)]
+            assert producer.unacked_events == 3
+            producer.flush(timeout=5)
+            assert producer.acked_events == 3 and producer.unacked_events == 0
+            producer.send({"user_id": "sync-0", "type": "has space", "ts": TS})
+        # Leaving the block flushed the last event: the server rejected it, and said why.
+        assert [(r.code, r.path) for r in producer.errors] == [("invalid", "events[0].type")]
+        assert len(set(ids)) == 3
+        for n in range(3):  # the workers processed each follow: the rule fired for every user
+            actions = run(beacon.wait_actions(f"sync-{n}", 1))
+            assert {action["rule_id"] for action in actions} == {"follow-journey"}
+    producer.close()  # idempotent, also after the context manager closed it
+    with pytest.raises(ProducerError, match="closed"):
+        producer.send(event(1))
