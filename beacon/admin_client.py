@@ -103,8 +103,7 @@ class BeaconAdmin:
         document: Mapping[str, Any] | None = None,
     ) -> JSON:
         """Run the stored ruleset (or an unsaved `document`) on `events` → firings, late events, pending timers."""
-        body = _body(events=list(events), profiles=profiles, until=until, document=document)
-        return await self._json("POST", _path("rulesets", ruleset_id, action="dry-run"), body=body)
+        return await self._dry_run("rulesets", ruleset_id, events, profiles, until, document)
 
     # -- journeys
 
@@ -138,8 +137,19 @@ class BeaconAdmin:
         document: Mapping[str, Any] | None = None,
     ) -> JSON:
         """Run the stored journey (or an unsaved `document`) on `events` with a simulated clock."""
+        return await self._dry_run("journeys", journey_id, events, profiles, until, document)
+
+    async def _dry_run(
+        self,
+        kind: str,
+        document_id: str,
+        events: Sequence[Mapping[str, Any]],
+        profiles: Mapping[str, Any] | None,
+        until: int | None,
+        document: Mapping[str, Any] | None,
+    ) -> JSON:
         body = _body(events=list(events), profiles=profiles, until=until, document=document)
-        return await self._json("POST", _path("journeys", journey_id, action="dry-run"), body=body)
+        return await self._json("POST", _path(kind, document_id, action="dry-run"), body=body)
 
     # -- segments
 
