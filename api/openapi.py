@@ -75,6 +75,14 @@ OPENAPI: dict[str, Any] = {
                         "explode": True,
                     },
                     {
+                        "name": "journey",
+                        "in": "query",
+                        "description": "x-ndjson bodies only: a stored journey id (repeatable)",
+                        "schema": {"type": "array", "items": {"type": "string"}},
+                        "style": "form",
+                        "explode": True,
+                    },
+                    {
                         "name": "until",
                         "in": "query",
                         "description": "x-ndjson bodies only",
@@ -283,14 +291,19 @@ OPENAPI: dict[str, Any] = {
             },
             "BacktestBody": {
                 "type": "object",
-                "required": ["rulesets", "events"],
+                "required": ["events"],
                 "additionalProperties": False,
                 "properties": {
                     "rulesets": {
                         "type": "array",
-                        "minItems": 1,
                         "items": {"oneOf": [{"type": "string"}, {"$ref": "#/components/schemas/Ruleset"}]},
-                        "description": "stored ruleset ids (active version) or unsaved documents",
+                        "description": "stored ruleset ids (active version) or unsaved documents (required "
+                        "unless journeys are given)",
+                    },
+                    "journeys": {
+                        "type": "array",
+                        "items": {"oneOf": [{"type": "string"}, {"$ref": "#/components/schemas/Journey"}]},
+                        "description": "stored journey ids (active version) or unsaved documents",
                     },
                     "events": {"type": "array", "maxItems": 100000, "items": {"$ref": "#/components/schemas/Event"}},
                     "until": {"type": "integer", "description": "stop the simulated clock here (ms)"},

@@ -1,4 +1,5 @@
-"""`POST /v1/backtest`: stored or unsaved rulesets over recorded events, summarised per rule and per day."""
+"""`POST /v1/backtest`: stored or unsaved rulesets and journeys over recorded events, summarised per rule,
+per journey and per day."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from api.recorded_events import events_from_lines, parse_recorded_event
 from beacon.errors import DecodeError, NotFoundError, TooLargeError, ValidationError
 from cep.backtest import run_backtest
 from cep.events import Event
+from rules.journey_model import Journey
 from rules.model import Ruleset
-from rules.registry import compile_ruleset
+from rules.registry import compile_ruleset, load_journey
 from rules.schema import RulesetInvalid
 
-BACKTEST_FIELDS = ("rulesets", "events", "until")
-NDJSON_QUERY = ("ruleset", "until")
+BACKTEST_FIELDS = ("rulesets", "journeys", "events", "until")
+NDJSON_QUERY = ("ruleset", "journey", "until")
 NDJSON = "application/x-ndjson"
 MAX_BACKTEST_EVENTS = 100_000
 MAX_BACKTEST_RULESETS = 64
@@ -67,9 +69,43 @@ def _prefixed(prefix: str, path: str | None) -> str:
     return f"{prefix}{path}" if path.startswith("[") else f"{prefix}.{path}"
 
 
-async def _rulesets(request: web.Request, items: Any) -> list[Ruleset]:
+async def _journeys(request: web.Request, items: Any) -> list[Journey]:
+    """Each item a stored journey id (its active version) or an unsaved document; errors name `journeys[i]`."""
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise ValidationError("journeys must be a list of journey ids or documents", path="journeys")
+    if len(items) > MAX_BACKTEST_RULESETS:
+        raise TooLargeError(f"at most {MAX_BACKTEST_RULESETS} journeys per backtest", path="journeys")
+    lateness_ms = request.app[keys.SETTINGS].lateness_ms
+    journeys: list[Journey] = []
+    for index, item in enumerate(items):
+        path = f"journeys[{index}]"
+        if isinstance(item, str):
+            try:
+                stored = await keys.journey_store(request).get(item)
+            except NotFoundError as exc:
+                raise NotFoundError(exc.message, path=path) from None
+            journey = load_journey(stored.document, journey_id=item, lateness_ms=lateness_ms, version=stored.version)
+        elif isinstance(item, dict):
+            try:
+                journey = load_journey(item, journey_id=None, lateness_ms=lateness_ms)
+            except RulesetInvalid as exc:
+                errors = [ValidationError(error.message, path=_prefixed(path, error.path)) for error in exc.errors]
+                raise RulesetInvalid(errors) from None
+        else:
+            raise ValidationError("must be a stored journey id or a journey document", path=path)
+        if any(earlier.id == journey.id for earlier in journeys):
+            raise ValidationError(f"journey {journey.id!r} is given twice", path=path)
+        journeys.append(journey)
+    return journeys
+
+
+async def _rulesets(request: web.Request, items: Any, *, required: bool = True) -> list[Ruleset]:
     """Each item a stored ruleset id (its active version) or an unsaved document; errors name `rulesets[i]`."""
-    if not isinstance(items, list) or not items:
+    if items is None and not required:
+        return []
+    if not isinstance(items, list) or (required and not items):
         raise ValidationError("rulesets must be a non-empty list of ruleset ids or documents", path="rulesets")
     if len(items) > MAX_BACKTEST_RULESETS:
         raise TooLargeError(f"at most {MAX_BACKTEST_RULESETS} rulesets per backtest", path="rulesets")
@@ -123,15 +159,18 @@ async def post_backtest(request: web.Request) -> web.Response:
         if unknown:
             raise ValidationError(f"unknown query parameter {unknown[0]!r} (expected ruleset, until)", path=unknown[0])
         ruleset_ids = request.query.getall("ruleset", [])
-        if not ruleset_ids:
-            raise ValidationError("name the rulesets as ?ruleset=<id> (repeatable)", path="ruleset")
-        rulesets = await _rulesets(request, ruleset_ids)
+        journey_ids = request.query.getall("journey", [])
+        if not ruleset_ids and not journey_ids:
+            raise ValidationError("name the rulesets or journeys as ?ruleset=<id> / ?journey=<id>", path="ruleset")
+        rulesets = await _rulesets(request, ruleset_ids or None, required=False)
+        journeys = await _journeys(request, journey_ids or None)
         until = _until(request.query.get("until"))
         # Validation and the run are CPU work of up to seconds: off the event loop, so ingest keeps flowing.
         events = await asyncio.to_thread(_line_events, body, now)
     else:
         document = object_with_fields(decode_payload(body, request.content_type), BACKTEST_FIELDS)
-        rulesets = await _rulesets(request, document.get("rulesets"))
+        journeys = await _journeys(request, document.get("journeys"))
+        rulesets = await _rulesets(request, document.get("rulesets"), required=not journeys)
         until = _until(document.get("until"))
         events = await asyncio.to_thread(_inline_events, document.get("events"), now)
     report = await asyncio.to_thread(
@@ -141,6 +180,7 @@ async def post_backtest(request: web.Request) -> web.Response:
         until_ms=until,
         dedupe_horizon_ms=settings.dedupe_horizon_ms,
         max_steps=MAX_STEPS,
+        journeys=journeys,
     )
     return web.json_response(report.to_json())
 

@@ -18,6 +18,7 @@ from tests.scenarios.library import library_ruleset
 
 MIX = json.loads((Path(__file__).resolve().parents[2] / "bench" / "rulesets" / "mix.json").read_text())
 NDJSON = {"Content-Type": "application/x-ndjson"}
+NEW_FAN = Path(__file__).resolve().parents[2] / "rules" / "library" / "journeys" / "new-fan.json"
 
 
 @pytest.fixture
@@ -210,3 +211,28 @@ async def test_openapi_describes_the_backtest(beacon: Beacon) -> None:
         NDJSON["Content-Type"],
     }
     assert set(document["components"]["schemas"]["BacktestBody"]["properties"]) == set(routes_backtest.BACKTEST_FIELDS)
+
+
+async def test_journeys_backtest_over_http_as_the_command_does(beacon: Beacon) -> None:
+    """A stored journey (by id, in a JSON body or ?journey= on x-ndjson) or an unsaved one, with or without
+    rulesets: counted per node as its statistics would be live."""
+    new_fan = json.loads(NEW_FAN.read_text())
+    status, _ = await beacon.call("PUT", "/v1/journeys/new-fan", json=new_fan)
+    assert status == 200
+    events = [{"user_id": f"u{n}", "type": "follow", "ts": T0 + n, "event_id": f"f{n}"} for n in range(10)]
+    events += [{"user_id": f"u{n}", "type": "menu_click", "ts": T0 + MINUTE + n, "event_id": f"c{n}"} for n in range(4)]
+    status, stored = await beacon.call("POST", "/v1/backtest", json={"journeys": ["new-fan"], "events": events})
+    assert status == 200, stored
+    (journey,) = stored["journeys"]
+    assert (journey["journey_id"], journey["version"]) == ("new-fan", 1)
+    assert journey["versions"]["1"]["journey"]["entered"] == 10 and journey["actions"]["tag"] == 4
+    assert journey["versions"]["1"]["nodes"]["wait-click"]["left"] == {"menu_click": 4, "timeout": 6}
+    status, unsaved = await beacon.call("POST", "/v1/backtest", json={"journeys": [new_fan], "events": events})
+    assert status == 200 and unsaved["journeys"][0]["actions"] == journey["actions"]
+    status, lines = await beacon.call("POST", "/v1/backtest?journey=new-fan", data=ndjson(events), headers=NDJSON)
+    assert status == 200 and without_timing(lines) == without_timing(stored)
+    broken = {**new_fan, "start": "nowhere"}
+    found = await error(beacon, 422, json={"journeys": [broken], "events": events})
+    assert found["path"] == "journeys[0].start"
+    found = await error(beacon, 404, json={"journeys": ["nope"], "events": events})
+    assert found["path"] == "journeys[0]"
