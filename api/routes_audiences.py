@@ -15,7 +15,7 @@ from api.bodies import MSGPACK_TYPES, decode_bytes, object_with_fields, read_bod
 from api.event_wire import check_identifier
 from api.middleware import requires
 from api.routes_rulesets import ruleset_id_of
-from beacon.errors import BeaconError, NotFoundError, TooLargeError, ValidationError
+from beacon.errors import ConflictError, NotFoundError, TooLargeError, UnsupportedMediaError, ValidationError
 from cep import audience_members
 from cep.audience_members import EXPR, LIST, ListWriter
 from rules.audiences import Node, Ref, parse_expression, refs_of
@@ -26,20 +26,6 @@ CSV_TYPES = ("text/csv",)
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines")
 READ_CHUNK = 1 << 16
 MAX_LINE = 4096  # bytes in one uploaded line (an id is at most 128 characters)
-
-
-class UnsupportedMediaError(BeaconError):
-    """A body in a format the endpoint does not take."""
-
-    status = 415
-    code = "unsupported_media_type"
-
-
-class ConflictError(BeaconError):
-    """A change other stored documents stand in the way of."""
-
-    status = 409
-    code = "conflict"
 
 
 @requires("rules")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -20,12 +21,14 @@ from rules.journey_model import Journey
 from rules.model import Ruleset
 from rules.registry import compile_ruleset, load_journey
 from rules.schema import RulesetInvalid
+from rules.store import RulesetStore
 
 BACKTEST_FIELDS = ("rulesets", "journeys", "events", "until")
 NDJSON_QUERY = ("ruleset", "journey", "until")
 NDJSON = "application/x-ndjson"
 MAX_BACKTEST_EVENTS = 100_000
 MAX_BACKTEST_RULESETS = 64
+T = TypeVar("T", Ruleset, Journey)
 # Above the ingest limit (BEACON_MAX_BODY_BYTES) on purpose: 100,000 recorded events of ~600 bytes.
 MAX_BACKTEST_BODY_BYTES = 64 * 1024 * 1024
 # Events, chained events and timers together: each event may schedule a timer or two and chain a few
@@ -73,32 +76,15 @@ async def _journeys(request: web.Request, items: Any) -> list[Journey]:
     """Each item a stored journey id (its active version) or an unsaved document; errors name `journeys[i]`."""
     if items is None:
         return []
-    if not isinstance(items, list):
-        raise ValidationError("journeys must be a list of journey ids or documents", path="journeys")
-    if len(items) > MAX_BACKTEST_RULESETS:
-        raise TooLargeError(f"at most {MAX_BACKTEST_RULESETS} journeys per backtest", path="journeys")
     lateness_ms = request.app[keys.SETTINGS].lateness_ms
-    journeys: list[Journey] = []
-    for index, item in enumerate(items):
-        path = f"journeys[{index}]"
-        if isinstance(item, str):
-            try:
-                stored = await keys.journey_store(request).get(item)
-            except NotFoundError as exc:
-                raise NotFoundError(exc.message, path=path) from None
-            journey = load_journey(stored.document, journey_id=item, lateness_ms=lateness_ms, version=stored.version)
-        elif isinstance(item, dict):
-            try:
-                journey = load_journey(item, journey_id=None, lateness_ms=lateness_ms)
-            except RulesetInvalid as exc:
-                errors = [ValidationError(error.message, path=_prefixed(path, error.path)) for error in exc.errors]
-                raise RulesetInvalid(errors) from None
-        else:
-            raise ValidationError("must be a stored journey id or a journey document", path=path)
-        if any(earlier.id == journey.id for earlier in journeys):
-            raise ValidationError(f"journey {journey.id!r} is given twice", path=path)
-        journeys.append(journey)
-    return journeys
+
+    def stored(document: Any, item_id: str, version: int) -> Journey:
+        return load_journey(document, journey_id=item_id, lateness_ms=lateness_ms, version=version)
+
+    def unsaved(document: Any) -> Journey:
+        return load_journey(document, journey_id=None, lateness_ms=lateness_ms)
+
+    return await _documents(items, "journeys", "journey", keys.journey_store(request), stored, unsaved)
 
 
 async def _rulesets(request: web.Request, items: Any, *, required: bool = True) -> list[Ruleset]:
@@ -107,30 +93,52 @@ async def _rulesets(request: web.Request, items: Any, *, required: bool = True) 
         return []
     if not isinstance(items, list) or (required and not items):
         raise ValidationError("rulesets must be a non-empty list of ruleset ids or documents", path="rulesets")
-    if len(items) > MAX_BACKTEST_RULESETS:
-        raise TooLargeError(f"at most {MAX_BACKTEST_RULESETS} rulesets per backtest", path="rulesets")
     lateness_ms = request.app[keys.SETTINGS].lateness_ms
-    rulesets: list[Ruleset] = []
+
+    def stored(document: Any, item_id: str, version: int) -> Ruleset:
+        return compile_ruleset(document, ruleset_id=item_id, lateness_ms=lateness_ms, version=version)
+
+    def unsaved(document: Any) -> Ruleset:
+        return compile_ruleset(document, ruleset_id=None, lateness_ms=lateness_ms)
+
+    return await _documents(items, "rulesets", "ruleset", keys.store(request), stored, unsaved)
+
+
+async def _documents(
+    items: Any,
+    field: str,
+    what: str,
+    store: RulesetStore,
+    stored: Callable[[Any, str, int], T],
+    unsaved: Callable[[Any], T],
+) -> list[T]:
+    """Rulesets or journeys named in a backtest: each a stored id (its active version) or an unsaved
+    document, validated; every error names `<field>[i]` (and the path inside the document)."""
+    if not isinstance(items, list):
+        raise ValidationError(f"{field} must be a list of {what} ids or documents", path=field)
+    if len(items) > MAX_BACKTEST_RULESETS:
+        raise TooLargeError(f"at most {MAX_BACKTEST_RULESETS} {field} per backtest", path=field)
+    found: list[T] = []
     for index, item in enumerate(items):
-        path = f"rulesets[{index}]"
+        path = f"{field}[{index}]"
         if isinstance(item, str):
             try:
-                stored = await keys.store(request).get(item)
+                document = await store.get(item)
             except NotFoundError as exc:
                 raise NotFoundError(exc.message, path=path) from None
-            ruleset = compile_ruleset(stored.document, ruleset_id=item, lateness_ms=lateness_ms, version=stored.version)
+            loaded = stored(document.document, item, document.version)
         elif isinstance(item, dict):
             try:
-                ruleset = compile_ruleset(item, ruleset_id=None, lateness_ms=lateness_ms)
+                loaded = unsaved(item)
             except RulesetInvalid as exc:
                 errors = [ValidationError(error.message, path=_prefixed(path, error.path)) for error in exc.errors]
                 raise RulesetInvalid(errors) from None
         else:
-            raise ValidationError("must be a stored ruleset id or a ruleset document", path=path)
-        if any(earlier.id == ruleset.id for earlier in rulesets):
-            raise ValidationError(f"ruleset {ruleset.id!r} is given twice", path=path)
-        rulesets.append(ruleset)
-    return rulesets
+            raise ValidationError(f"must be a stored {what} id or a {what} document", path=path)
+        if any(earlier.id == loaded.id for earlier in found):
+            raise ValidationError(f"{what} {loaded.id!r} is given twice", path=path)
+        found.append(loaded)
+    return found
 
 
 def _inline_events(raw_events: Any, now_ms: int) -> list[Event]:

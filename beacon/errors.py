@@ -66,6 +66,20 @@ class TooLargeError(BeaconError):
     code = "too_large"
 
 
+class UnsupportedMediaError(BeaconError):
+    """A body in a format the endpoint does not take."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ConflictError(BeaconError):
+    """A change other stored documents stand in the way of."""
+
+    status = 409
+    code = "conflict"
+
+
 class ConnectorError(BeaconError):
     """An action sink failed; `retryable` says whether the delivery policy may try again."""
 
