@@ -24,7 +24,6 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,17 +261,6 @@ class Measured:
         return self.parts["record_growth"] + self.parts["timer_member"]
 
 
-async def usages(redis: Redis, keys: Sequence[str]) -> list[int]:
-    """MEMORY USAGE (SAMPLES 0) of each key, pipelined; 0 for a missing key."""
-    found: list[int] = []
-    for start in range(0, len(keys), 1_000):
-        async with redis.pipeline(transaction=False) as pipe:
-            for key in keys[start : start + 1_000]:
-                pipe.memory_usage(key, samples=0)
-            found += [int(value or 0) for value in await pipe.execute()]
-    return found
-
-
 def _logins(users: list[str], case: Case) -> list[dict[str, Any]]:
     return [
         {"user_id": user, "type": "login", "event_id": f"{case.prefix}l-{user}", "attrs": {"channel": "web"}}
@@ -348,22 +336,22 @@ async def _measure(stack: BeaconStack, redis: Redis, case: Case, traced: bool, s
     empty = await memory.state_bytes(redis, partitions)
     await _send(stack, redis, _logins(users, case), size)
     baseline = await memory.state_bytes(redis, partitions)
-    records_before = sum(await usages(redis, records))
+    records_before = sum(await memory.usages(redis, records))
     timers_before = await memory.timer_set_bytes(redis, partitions)
     pending_before = await cep_timers.pending_count(redis, partitions)
-    stats_before = sum(await usages(redis, stats_keys))
+    stats_before = sum(await memory.usages(redis, stats_keys))
 
     started = time.monotonic()
     await _send(stack, redis, _entries(users, case), size)
     seconds = time.monotonic() - started
     after = await memory.state_bytes(redis, partitions)
-    records_after = sum(await usages(redis, records))
+    records_after = sum(await memory.usages(redis, records))
     timers_after = await memory.timer_set_bytes(redis, partitions)
     timers_added = await cep_timers.pending_count(redis, partitions) - pending_before
-    stats_after = sum(await usages(redis, stats_keys))
-    trace = sum(await usages(redis, [user_key_for(partitions, user, TRACE) for user in sample]))
+    stats_after = sum(await memory.usages(redis, stats_keys))
+    trace = sum(await memory.usages(redis, [user_key_for(partitions, user, TRACE) for user in sample]))
     ledger_families = (LEDGER, LEDGER_INDEX, LEDGER_STATUS)
-    ledger = sum(await usages(redis, [user_key_for(partitions, u, f) for u in sample for f in ledger_families]))
+    ledger = sum(await memory.usages(redis, [user_key_for(partitions, u, f) for u in sample for f in ledger_families]))
     counts = await read_counts(redis, partitions, case.journey)
     packed_journeys, packed_record, packed_fields = await _packed_sizes(redis, partitions, sample[-1])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -21,12 +22,20 @@ SECTION = "redis memory"
 SETTLE_S = 0.5
 
 
+async def usages(redis: Redis, keys: Sequence[str]) -> list[int]:
+    """MEMORY USAGE (SAMPLES 0) of each key, pipelined; 0 for a missing key."""
+    found: list[int] = []
+    for start in range(0, len(keys), 1_000):
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in keys[start : start + 1_000]:
+                pipe.memory_usage(key, samples=0)
+            found += [int(value or 0) for value in await pipe.execute()]
+    return found
+
+
 async def key_bytes(redis: Redis, keys: list[str]) -> int:
     """Exact MEMORY USAGE (SAMPLES 0) summed over keys; missing keys count 0."""
-    total = 0
-    for key in keys:
-        total += int(await redis.memory_usage(key, samples=0) or 0)
-    return total
+    return sum(await usages(redis, keys))
 
 
 async def state_bytes(redis: Redis, partitions: int) -> int:

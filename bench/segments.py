@@ -370,17 +370,6 @@ async def stream_rows(size: Size) -> list[Row]:
 # -- memory -------------------------------------------------------------------------------------------
 
 
-async def usages(redis: Redis, keys: Sequence[str]) -> list[int]:
-    """MEMORY USAGE (SAMPLES 0) of each key, pipelined; 0 for a missing key."""
-    found: list[int] = []
-    for start in range(0, len(keys), 1_000):
-        async with redis.pipeline(transaction=False) as pipe:
-            for key in keys[start : start + 1_000]:
-                pipe.memory_usage(key, samples=0)
-            found += [int(value or 0) for value in await pipe.execute()]
-    return found
-
-
 async def _raw_records(redis: Redis, keys: Sequence[str]) -> list[bytes]:
     async with redis.pipeline(transaction=False) as pipe:
         for key in keys:
@@ -465,11 +454,11 @@ async def _measure(stack: BeaconStack, redis: Redis, case: MemoryCase, size: Siz
 
     baseline = await memory.state_bytes(redis, partitions)
     raw_before = await _raw_records(redis, records)
-    records_before = sum(await usages(redis, records))
+    records_before = sum(await memory.usages(redis, records))
     timers_before = await memory.timer_set_bytes(redis, partitions)
     pending_before = await cep_timers.pending_count(redis, partitions)
-    sets_before = sum(await usages(redis, sets))
-    hashes_before = sum(await usages(redis, size_hashes))
+    sets_before = sum(await memory.usages(redis, sets))
+    hashes_before = sum(await memory.usages(redis, size_hashes))
 
     started = time.monotonic()
     if case.windowed:
@@ -490,11 +479,11 @@ async def _measure(stack: BeaconStack, redis: Redis, case: MemoryCase, size: Siz
 
     after = await memory.state_bytes(redis, partitions)
     raw_after = await _raw_records(redis, records)
-    records_after = sum(await usages(redis, records))
+    records_after = sum(await memory.usages(redis, records))
     timers_after = await memory.timer_set_bytes(redis, partitions)
     timers_added = await cep_timers.pending_count(redis, partitions) - pending_before
-    sets_after = sum(await usages(redis, sets))
-    hashes_after = sum(await usages(redis, size_hashes))
+    sets_after = sum(await memory.usages(redis, sets))
+    hashes_after = sum(await memory.usages(redis, size_hashes))
     members = sum([await segment_size(redis, partitions, str(doc["id"])) for doc in case.segments])
     timer_member = ""
     if case.windowed:
