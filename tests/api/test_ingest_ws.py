@@ -310,3 +310,29 @@ def test_ws_settings_from_env() -> None:
     assert (settings.ws_heartbeat_ms, settings.ws_receive_timeout_ms, settings.ws_max_in_flight) == (0, 1500, 3)
     with pytest.raises(ValidationError):
         Settings.from_env({"BEACON_WS_MAX_IN_FLIGHT": "0"})
+
+
+async def test_items_that_cannot_be_stored_are_refused_alone_and_the_socket_survives(
+    beacon: Beacon, redis_client: aioredis.Redis
+) -> None:
+    """A 2**64 attribute or a lone surrogate passed validation, failed the append and closed the socket
+    with 1011 "resend unacked frames": a client following the docs resent the same frame for ever."""
+    # Raw JSON text: json.dumps would escape the surrogate into valid UTF-8 the server never sees whole.
+    text = (
+        '{"seq": 3, "events": ['
+        f"{json.dumps(event(1))}, "
+        '{"user_id": "u1", "type": "view", "ts": 1700000000002, "event_id": "e2", '
+        '"attrs": {"n": 18446744073709551616}}, '
+        '{"user_id": "u1\\ud800", "type": "view", "ts": 1700000000003, "event_id": "e3"}, '
+        f"{json.dumps(event(4))}]}}"
+    )
+    async with connect(beacon) as ws:
+        await ws.send_str(text)
+        reply = json.loads(await ws.receive_str(timeout=5))
+        assert reply["ack"] == 3 and reply["accepted"] == ["e1", "e4"], reply
+        assert [(error["index"], error["path"]) for error in reply["errors"]] == [
+            (1, "events[1].attrs.n"),
+            (2, "events[2].user_id"),
+        ], reply
+        assert await roundtrip(ws, {"seq": 4, "events": [event(5)]}) == {"ack": 4, "accepted": ["e5"], "errors": []}
+    assert sorted(await stream_event_ids(redis_client, PARTITIONS)) == ["e1", "e4", "e5"]
