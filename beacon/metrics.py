@@ -165,6 +165,19 @@ TRIGGER_TO_DELIVERY = Histogram(
 )
 
 
+PLAN_SENT = Counter(
+    "beacon_plan_sent_total",
+    "Users a plan's runs sent their plan event to (appended to the users' partition streams)",
+    ["plan"],
+    registry=REGISTRY,
+)
+
+
+def on_plan_sent(plan_id: str, count: int) -> None:
+    """Users a plan run's send reached (`cep.plan_driver`)."""
+    PLAN_SENT.labels(plan_id).inc(count)
+
+
 def on_item_fanout(event_type: str, count: int) -> None:
     """Events an item event fanned out to users (`POST /v1/items/events`)."""
     ITEM_FANOUT.labels(event_type).inc(count)

@@ -29,6 +29,7 @@ from cep.journey_stats import read_counts, waiting_now
 from cep.layout import check_layout
 from cep.ownership import MEMBERS_SCRIPT, PARTITION_LEASE_SCRIPT
 from cep.partition_owner import OwnerLimits
+from cep.plan_driver import PlanDriver
 from cep.streams import APPEND_SCRIPT
 from cep.worker import Worker
 from connectors.consumer import GROUP as OUTBOX_GROUP
@@ -149,6 +150,17 @@ async def open_services(
                 weight=settings.serve_partition_weight if role == "serve" else 1.0,
             )
             services.tasks.append(asyncio.create_task(services.worker.run(), name="worker"))
+            # Plans are sent by the processes that own partitions, each to the partitions it owns.
+            ownership = services.worker.ownership
+            driver = PlanDriver(
+                redis,
+                registry,
+                clock,
+                lambda: ownership.owned,
+                partitions=settings.partitions,
+                stopping=services.stopping,
+            )
+            services.tasks.append(asyncio.create_task(driver.run(), name="plans"))
         delivering = settings.run_connectors if connectors is None else connectors
         if delivering:
             delivery = run_connectors(

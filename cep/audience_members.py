@@ -352,6 +352,24 @@ async def _snapshot(
         await evaluation.close()
 
 
+async def snapshot_into(
+    redis: Redis,
+    partition: int,
+    dest: str,
+    node: Node,
+    stored: Mapping[str, dict[str, Any]],
+    minus: list[str],
+) -> None:
+    """Store a node's members of one partition in `dest`, less the members of the `minus` keys (a plan's
+    earlier branches). `dest` gets the evaluation TTL; the caller sets the one it needs."""
+    evaluation = _Evaluation(redis, partition, resolver(stored))
+    try:
+        result = await evaluation.key_of(node)
+        await _store(redis, "SDIFFSTORE" if minus else "SUNIONSTORE", dest, [result, *minus])
+    finally:
+        await evaluation.close()
+
+
 def _parse_cursor(cursor: str, partitions: int, expression: bool) -> tuple[int, int, str]:
     if not cursor:
         return 0, 0, secrets.token_hex(8) if expression else ""

@@ -18,6 +18,7 @@ EVENT_CODEC_VERSION = 1
 ORIGIN_PRODUCER = ""
 ORIGIN_ACTION = "action"  # tag_added / tag_removed emitted by a tag action
 ORIGIN_TIMER = "timer"  # the trigger of a timer (an absence deadline)
+ORIGIN_PLAN = "plan"  # a plan occurrence reaching one user (cep.plan_runs appends them)
 
 
 # Not frozen: a frozen dataclass's __init__ goes through object.__setattr__ per field, four times the

@@ -25,13 +25,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cep.correlation import correlation_key
-from cep.events import ORIGIN_TIMER, Event
+from cep.events import ORIGIN_PLAN, ORIGIN_TIMER, Event
 from cep.firing import TIMER_SEPARATOR, ActionSource, CreatedAction, render_actions, schedule_and_tag
 from cep.history import history_of
 from cep.rule_index import JourneyEntry, JourneyMatch, RuleIndex
 from cep.user_record import FINISHED, NEVER, Instance, JourneyMarks, UserState, event_id_hash
 from rules.journey_compiled import CompiledJourney
 from rules.journey_model import Branch, Do, Exit, Split, Wait, WaitFor
+from rules.plans import PLAN_EVENT, PLAN_PREFIX, plan_journey_id
 from rules.predicates import NO_ATTRS, NO_TAGS
 
 JOURNEY_TIMER = "j"
@@ -87,8 +88,8 @@ class Journeys:
         matches = self.index.journey_roles.get(event.type)
         if state.journeys and state.journeys_checked is not self.index:
             self._drop_retired(state, event.user_id, effects)
-        if not matches:
-            return []
+        if not matches or (event.type == PLAN_EVENT and event.origin != ORIGIN_PLAN):
+            return []  # a producer's "plan" event starts no plan: only a plan's own run sends them
         by_journey: dict[str, list[JourneyMatch]] = {}
         attrs = event.attrs
         for match in matches:
@@ -237,14 +238,18 @@ class Journeys:
         # Re-entry is counted per instance key: with `"key": ["sku"]`, each product has its own history.
         reentry = journey.reentry
         entries, last_ts, _ = marks.entered.get(key) or (0, 0, NEVER)
+        if reentry.policy == "max_per" and event.ts >= last_ts + reentry.period_ms:
+            entries, last_ts = 0, event.ts  # the window closed: this entry opens the next one
         if entries and (
             reentry.policy == "once"
-            or (reentry.policy == "max" and entries >= reentry.max_entries)
+            or (reentry.policy in ("max", "max_per") and entries >= reentry.max_entries)
             or (reentry.policy == "once_per" and event.ts < last_ts + reentry.period_ms)
         ):
             return _blocked(effects, user_id, event, entry.id, version, f"reentry_{reentry.policy}")
         # `always` needs no marks: the live instance alone keeps a second one out.
-        if reentry.policy != "always":
+        if reentry.policy == "max_per":  # `last_ts` is when the window opened, not the last entry
+            marks.entered[key] = [entries + 1, last_ts, now_ms + reentry.period_ms + REENTRY_MARGIN_MS]
+        elif reentry.policy != "always":
             expires = now_ms + reentry.period_ms + REENTRY_MARGIN_MS if reentry.policy == "once_per" else NEVER
             marks.entered[key] = [entries + 1, max(last_ts, event.ts), expires]
         attrs = {name: event.attrs[name] for name in compiled.kept_fields if name in event.attrs}
@@ -257,6 +262,7 @@ class Journeys:
         entry_hash = event_id_hash(event.event_id)
         inst = marks.instances[key] = Instance(version, FINISHED, event.ts, 0, entry_hash, event.ts, attrs, [], goal_by)
         _count(effects, entry.id, version, "", "entered", 1)
+        _count_run(effects, event, "entered")
         _trace(effects, user_id, event.ts, entry.id, version, "", "entered", event=event.event_id, key=key)
         return self._walk(state, entry, compiled, marks, key, inst, journey.start, event.ts, event, now_ms, effects)
 
@@ -296,7 +302,13 @@ class Journeys:
                 )
                 node_id = node.next
             elif isinstance(node, Wait):
-                due = wait_due(node, at, state.profile)
+                due = wait_due(node, at, state.profile, entry_attrs(inst, key, journey.key))
+                if due is not None and node.late_after_ms is not None and due + node.late_after_ms < at:
+                    # A plan's local time long past (its sending ran late): too late to act on at all.
+                    _trace(effects, user_id, at, entry.id, version, node_id, "too_late", due=due)
+                    _count(effects, entry.id, version, node_id, "left:too_late", 1)
+                    self._end(effects, entry.id, compiled, marks, key, inst, user_id, at)
+                    return caused
                 if due is None or due <= at:
                     reason = "profile_date_missing" if due is None else "date_passed"
                     _trace(effects, user_id, at, entry.id, version, node_id, "wait_skipped", reason=reason)
@@ -351,6 +363,11 @@ class Journeys:
         entry_id = str(attrs.get("event_id", inst.entry))
         cap = compiled.journey.fatigue
         fatigue = {"fatigue": cap.record(f"journey:{journey_id}")} if cap is not None else {}
+        if journey_id.startswith(PLAN_PREFIX):  # a plan's journey: its actions are the plan's
+            plan_id = journey_id.removeprefix(PLAN_PREFIX)
+            origin = {"source": "plan", "plan_id": plan_id, "occurrence": attrs.get("occurrence")}
+        else:
+            origin = {"source": "journey"}
         source = ActionSource(
             {
                 "ruleset_id": journey_id,
@@ -358,7 +375,7 @@ class Journeys:
                 "rule_id": node_id,
                 "journey_id": journey_id,
                 "node_id": node_id,
-                "source": "journey",
+                **origin,
                 **fatigue,
             },
             ("journey", journey_id, str(version), node_id, user_id, str(inst.entry), key, str(inst.seq)),
@@ -465,11 +482,17 @@ class Journeys:
                 )
 
 
-def wait_due(node: Wait, at: int, profile: Mapping[str, Any]) -> int | None:
-    """When a `wait` started at event time `at` ends; None when its profile date is missing or unreadable."""
+def wait_due(node: Wait, at: int, profile: Mapping[str, Any], attrs: Mapping[str, Any]) -> int | None:
+    """When a `wait` started at event time `at` ends; None when its profile date (or the entry's local
+    date-time) is missing or unreadable."""
     if node.duration_ms is not None:
         return at + node.duration_ms
     zone = ZoneInfo(node.tz)
+    if node.until_entry is not None:
+        local = attrs.get(node.until_entry)
+        if not isinstance(local, str) or len(local) <= 10:
+            return None  # a date-time, never a bare date (which would mean midnight)
+        return profile_time(local, _profile_zone(profile, node.tz_profile) or zone)
     if node.until is not None:
         hour, minute = node.until
         local = datetime.fromtimestamp(at / 1000, zone)
@@ -480,6 +503,17 @@ def wait_due(node: Wait, at: int, profile: Mapping[str, Any]) -> int | None:
         return int(candidate.timestamp() * 1000)
     assert node.until_profile is not None
     return profile_time(profile.get(node.until_profile), zone)
+
+
+def _profile_zone(profile: Mapping[str, Any], name: str | None) -> ZoneInfo | None:
+    """The user's own time zone from a profile attribute (an IANA name), if it has a valid one."""
+    value = profile.get(name) if name is not None else None
+    if not isinstance(value, str) or not 0 < len(value) <= 64 or value in ("localtime", "posixrules"):
+        return None
+    try:
+        return ZoneInfo(value)
+    except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
+        return None
 
 
 def profile_time(value: Any, zone: ZoneInfo) -> int | None:
@@ -578,7 +612,15 @@ def _trace(
         )
 
 
+def _count_run(effects: Any, event: Event, what: str) -> None:
+    """A plan run's outcome per user, counted under the plan (its runs view reads them, `cep.plan_runs`)."""
+    if event.type == PLAN_EVENT:
+        attrs = event.attrs
+        _count(effects, plan_journey_id(str(attrs.get("plan"))), 0, f"run:{attrs.get('occurrence')}", what, 1)
+
+
 def _blocked(effects: Any, user_id: str, event: Event, journey_id: str, version: int, reason: str) -> list[Event]:
     _count(effects, journey_id, version, "", f"blocked:{reason}", 1)
+    _count_run(effects, event, f"blocked:{reason}")
     _trace(effects, user_id, event.ts, journey_id, version, "", "not_entered", reason=reason, event=event.event_id)
     return []

@@ -14,7 +14,8 @@ from typing import Any
 from rules.compiled import CompiledRuleset
 from rules.item_indexes import ItemIndex
 from rules.journey_compiled import CompiledJourney, HistoryShape, JourneyRole, JourneyVersions
-from rules.model import Rule
+from rules.model import AllOf, Compare, Rule
+from rules.plans import PLAN_EVENT, Plan, journey_targets
 from rules.predicates import Check, compile_predicate
 from rules.segments import CompiledSegment
 
@@ -97,8 +98,10 @@ class RuleIndex:
         journeys: Sequence[JourneyVersions] = (),
         segments: Sequence[CompiledSegment] = (),
         item_indexes: Sequence[ItemIndex] = (),
+        plans: Sequence[Plan] = (),
     ) -> None:
-        """`journeys`: per journey, its kept versions with the active one last; `segments`: the active ones."""
+        """`journeys`: per journey, its kept versions with the active one last (plans' journeys included);
+        `segments`: the active ones; `plans`: the active ones, whose branches may enter journeys."""
         self.journeys: dict[str, JourneyEntry] = {}
         self.segments: dict[str, SegmentEntry] = {}
         self.segment_by_short: dict[str, SegmentEntry] = {}
@@ -109,7 +112,7 @@ class RuleIndex:
         self.journey_by_short: dict[str, JourneyEntry] = {}
         self.journey_roles: dict[str, tuple[JourneyMatch, ...]] = {}
         self.histories: dict[str, HistoryShape] = {}
-        self._index_journeys(journeys)
+        self._index_journeys(journeys, plans)
         self._index_segments(segments)
         # event type -> (item attribute, window) of the item indexes that record it (cep.item_index)
         self.items_by_type: dict[str, list[tuple[str, int]]] = {}
@@ -146,8 +149,9 @@ class RuleIndex:
             by_type.setdefault(event_type, []).append(role)
         self.by_type: dict[str, tuple[RoleEntry, ...]] = {key: tuple(value) for key, value in by_type.items()}
 
-    def _index_journeys(self, journeys: Sequence[JourneyVersions]) -> None:
+    def _index_journeys(self, journeys: Sequence[JourneyVersions], plans: Sequence[Plan]) -> None:
         journey_roles: dict[str, list[JourneyMatch]] = {}
+        targets = journey_targets(list(plans))
         for kept in journeys:
             active, versions = kept.active, kept.versions
             journey_id = active.journey.id
@@ -166,6 +170,11 @@ class RuleIndex:
                             journey_roles.setdefault(event_type, []).append(JourneyMatch(entry, compiled, journey_role))
                 for shape in compiled.histories:
                     self._add_history(shape)
+            for plan_id, branch in targets.get(journey_id, ()):
+                # A plan branch that enters this journey: its events are one more entry matcher.
+                where = AllOf((Compare("field", "plan", "==", plan_id), Compare("field", "branch", "==", branch)))
+                role = JourneyRole("entry", compile_predicate(where))
+                journey_roles.setdefault(PLAN_EVENT, []).append(JourneyMatch(entry, active, role))
         for event_type, matches in journey_roles.items():
             self.journey_roles[event_type] = tuple(match for match in matches if match.role.role != "history")
 

@@ -63,15 +63,18 @@ class Worker:
     async def rule_index(self) -> RuleIndex:
         """The evaluator's view of the active rulesets, rebuilt only when the registry changed."""
         rulesets = await self._registry.refresh()
-        journeys, segments, items = self._registry.journeys(), self._registry.segments(), self._registry.item_indexes()
+        registry = self._registry
+        journeys, segments, items = registry.journeys(), registry.segments(), registry.item_indexes()
+        plans = registry.plans()
         identity = (
             tuple(id(compiled) for compiled in rulesets)
             + tuple(id(kept.active) for kept in journeys)
             + tuple(id(segment) for segment in segments)
             + tuple(id(item_index) for item_index in items)
+            + tuple(id(plan) for plan in plans)
         )
         if identity != self._index_of:
-            self._index, self._index_of = RuleIndex(rulesets, journeys, segments, items), identity
+            self._index, self._index_of = RuleIndex(rulesets, journeys, segments, items, plans), identity
         return self._index
 
     async def run(self) -> None:

@@ -30,6 +30,7 @@ from rules.journey_model import (
     WaitFor,
 )
 from rules.model import AllOf, AnyOf, Compare, Matcher, Not
+from rules.plans import PLAN_PREFIX
 from rules.predicates import Check, compile_predicate, type_class
 from rules.templates import compile_value
 
@@ -140,6 +141,8 @@ def _first(item: list[Any]) -> Any:
 def kept_fields(journey: Journey) -> frozenset[str]:
     """The entry event's attributes an instance keeps: its key, correlations, branch `field`s, templates."""
     names = set(journey.key)
+    if journey.id.startswith(PLAN_PREFIX):
+        names.add("occurrence")  # a plan's actions name their occurrence
     for journey_exit in journey.exits:
         names.update(journey_exit.correlate)
     for node in journey.nodes.values():
@@ -158,6 +161,8 @@ def kept_fields(journey: Journey) -> frozenset[str]:
                     names.add(item.name)
         elif isinstance(node, Do):
             names.update(_EVENT_FIELD.findall(json.dumps([action.params for action in node.actions])))
+        elif isinstance(node, Wait) and node.until_entry is not None:
+            names.add(node.until_entry)
     return frozenset(names)
 
 

@@ -68,7 +68,11 @@ class Do:
 class Wait:
     """Wait in event time: a duration, until a local time of day, or until a date in the profile.
 
-    Exactly one of `duration_ms`, `until` ((hour, minute) in `tz`) and `until_profile` is set.
+    Exactly one of `duration_ms`, `until` ((hour, minute) in `tz`), `until_profile` and `until_entry` is
+    set. `until_entry` names an entry-event attribute holding a local date-time without a zone
+    ("2026-12-12T10:00"): a plan at each user's local time waits for it in the zone the profile attribute
+    `tz_profile` names, or in `tz` when that is missing or not a zone (`rules.plans` builds such waits;
+    the journey language does not offer them).
     """
 
     duration_ms: int | None = None
@@ -76,6 +80,9 @@ class Wait:
     until_profile: str | None = None
     tz: str = "UTC"
     next: str | None = None
+    until_entry: str | None = None
+    tz_profile: str | None = None
+    late_after_ms: int | None = None  # a time passed longer ago than this ends the instance instead
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,12 +147,14 @@ NODE_KINDS = ("do", "wait", "until", "until_profile", "wait_for", "branch", "spl
 
 @dataclass(frozen=True, slots=True)
 class JourneyReentry:
-    """How often a user may enter: `once` ever, `once_per` `period_ms`, `always`, or `max` entries ever.
+    """How often a user may enter: `once` ever, `once_per` `period_ms`, `always`, `max` entries ever, or
+    `max_per`: at most `max_entries` in a window of `period_ms` that opens at the first entry after the
+    previous window closed (a plan's participation limit, `{"max": 2, "per": "30d"}` in a journey).
 
     Whatever the policy, a user has at most one live instance per instance key.
     """
 
-    policy: Literal["once", "once_per", "always", "max"]
+    policy: Literal["once", "once_per", "always", "max", "max_per"]
     period_ms: int = 0
     max_entries: int = 0
 

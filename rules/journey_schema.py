@@ -159,8 +159,14 @@ class _JourneyParser(_Parser):
 
     def journey_reentry(self, value: Any, path: str) -> jm.JourneyReentry | None:
         if isinstance(value, dict) and "max" in value:
-            parsed = self.fields(value, path, {"max": self.bounded_int(1, MAX_ENTRIES)}, ("max",))
-            return jm.JourneyReentry("max", max_entries=parsed["max"]) if parsed is not None else None
+            spec: dict[str, Parse] = {"max": self.bounded_int(1, MAX_ENTRIES), "per": self.positive_duration}
+            parsed = self.fields(value, path, spec, ("max",))
+            if parsed is None:
+                return None
+            if "per" in value:  # at most N entries per window
+                per = parsed.get("per")
+                return jm.JourneyReentry("max_per", per, parsed["max"]) if per is not None else None
+            return jm.JourneyReentry("max", max_entries=parsed["max"])
         reentry = self.reentry(value, path)  # a rule's: once | once_per {period} | always
         return jm.JourneyReentry(reentry.policy, reentry.period_ms) if reentry is not None else None
 

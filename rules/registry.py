@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from beacon import metrics
 from beacon.errors import ValidationError
@@ -16,9 +18,10 @@ from rules.journey_compiled import CompiledJourney, JourneyVersions
 from rules.journey_model import Journey
 from rules.journey_schema import parse_journey
 from rules.model import Ruleset
+from rules.plans import Plan, parse_plan, plan_journey, plan_journey_id
 from rules.schema import parse_ruleset
 from rules.segments import CompiledSegment, load_segment
-from rules.store import ITEM_INDEXES, JOURNEYS, SEGMENTS, RulesetStore
+from rules.store import ITEM_INDEXES, JOURNEYS, PLANS, SEGMENTS, RulesetStore, StoredRuleset
 
 log = logging.getLogger("beacon.rules")
 
@@ -50,6 +53,10 @@ class RulesetRegistry:
         self._segments: dict[str, CompiledSegment] = {}
         self._item_store = RulesetStore(store.redis, ITEM_INDEXES)
         self._item_indexes: dict[str, ItemIndex] = {}
+        self._plan_store = RulesetStore(store.redis, PLANS)
+        self._plans: dict[str, Plan] = {}  # active version of each plan
+        self._plan_journeys: dict[str, JourneyVersions] = {}  # by journey id `plan:<id>`
+        self._plan_versions: dict[tuple[str, int], CompiledJourney] = {}
         self._lock = asyncio.Lock()
         self._reading: asyncio.Task[int] | None = None  # a revision read not sent yet, shared by its callers
 
@@ -58,8 +65,13 @@ class RulesetRegistry:
         return list(self._compiled.values())
 
     def journeys(self) -> list[JourneyVersions]:
-        """Per active journey, its kept versions with the active one last, as of the last refresh."""
-        return list(self._journeys.values())
+        """Per active journey, its kept versions with the active one last, as of the last refresh; plans'
+        journeys (`rules.plans.plan_journey`) included."""
+        return [*self._journeys.values(), *self._plan_journeys.values()]
+
+    def plans(self) -> list[Plan]:
+        """The active version of every plan, as of the last refresh."""
+        return list(self._plans.values())
 
     def item_indexes(self) -> list[ItemIndex]:
         """The declared item indexes as of the last refresh."""
@@ -94,46 +106,86 @@ class RulesetRegistry:
                     log.error("stored ruleset %s v%s no longer validates: %s", item.id, item.version, exc)
                     continue
                 log.info("compiled ruleset %s v%s (%d rules)", item.id, item.version, len(ruleset.rules))
-            self._journeys = await self._refresh_journeys()
+            self._journeys, self._journey_versions = await self._refresh_versions(
+                self._journey_store, self._journeys, self._journey_versions, self._load_journey
+            )
+            self._plans, self._plan_journeys, self._plan_versions = await self._refresh_plans()
             self._segments = await self._refresh_segments()
             self._item_indexes = await self._refresh_item_indexes()
             self._compiled, self._revision = fresh, revision
             metrics.set_active_rulesets(len(fresh))
             return self.current()
 
-    async def _refresh_journeys(self) -> dict[str, JourneyVersions]:
-        """Every active journey with its kept versions; versions compiled before are reused."""
-        _, stored = await self._journey_store.active()
+    def _load_journey(self, item_id: str, version: int, document: dict[str, Any]) -> CompiledJourney | None:
+        journey = load_journey(document, journey_id=item_id, lateness_ms=self._lateness, version=version)
+        log.info("compiled journey %s v%s (%d nodes)", item_id, version, len(journey.nodes))
+        return CompiledJourney.build(journey)
+
+    def _load_plan_journey(self, item_id: str, version: int, document: dict[str, Any]) -> CompiledJourney | None:
+        journey = plan_journey(replace(parse_plan(document, plan_id=item_id), version=version))
+        return CompiledJourney.build(journey) if journey is not None else None
+
+    async def _refresh_versions(
+        self,
+        store: RulesetStore,
+        previous: dict[str, JourneyVersions],
+        compiled_before: dict[tuple[str, int], CompiledJourney],
+        load: Callable[[str, int, dict[str, Any]], CompiledJourney | None],
+        stored: list[StoredRuleset] | None = None,
+    ) -> tuple[dict[str, JourneyVersions], dict[tuple[str, int], CompiledJourney]]:
+        """Every active document's kept versions as journeys (versions compiled before are reused), keyed by
+        journey id; returns them and every compiled version by (document id, version)."""
+        if stored is None:
+            _, stored = await store.active()
         fresh: dict[str, JourneyVersions] = {}
         known: dict[tuple[str, int], CompiledJourney] = {}
         for item in stored:
-            existing = self._journeys.get(item.id)
+            existing = previous.get(item.id)
             if existing is not None and existing.active.journey.version == item.version:
                 fresh[item.id] = existing
                 known.update(((item.id, c.journey.version), c) for c in existing.versions)
                 continue
-            documents = await self._journey_store.kept(item.id)
+            documents = await store.kept(item.id)
             documents[item.version] = item.document
             versions = []
             for version in sorted(documents):
-                compiled = self._journey_versions.get((item.id, version))
+                compiled = compiled_before.get((item.id, version))
                 if compiled is None:
                     try:
-                        journey = load_journey(
-                            documents[version], journey_id=item.id, lateness_ms=self._lateness, version=version
-                        )
+                        compiled = load(item.id, version, documents[version])
                     except ValidationError as exc:
-                        log.error("stored journey %s v%s no longer validates: %s", item.id, version, exc)
+                        log.error("stored %s %s v%s no longer validates: %s", store.what, item.id, version, exc)
                         continue
-                    compiled = CompiledJourney.build(journey)
-                    log.info("compiled journey %s v%s (%d nodes)", item.id, version, len(journey.nodes))
+                    if compiled is None:
+                        continue
                 known[(item.id, version)] = compiled
                 if item.born <= version <= item.version:
                     versions.append(compiled)
             if versions and versions[-1].journey.version == item.version:
                 fresh[item.id] = JourneyVersions(item.born, tuple(versions))
-        self._journey_versions = known
-        return fresh
+        return fresh, known
+
+    async def _refresh_plans(
+        self,
+    ) -> tuple[dict[str, Plan], dict[str, JourneyVersions], dict[tuple[str, int], CompiledJourney]]:
+        """Every active plan (parsed) and the journeys they run as, keyed by journey id `plan:<id>`."""
+        _, stored = await self._plan_store.active()
+        plans: dict[str, Plan] = {}
+        for item in stored:
+            known = self._plans.get(item.id)
+            if known is not None and known.version == item.version:
+                plans[item.id] = known
+                continue
+            try:
+                plan = parse_plan(item.document, plan_id=item.id)
+                plans[item.id] = replace(plan, version=item.version, stored_ms=item.updated_ms)
+            except ValidationError as exc:
+                log.error("stored plan %s v%s no longer validates: %s", item.id, item.version, exc)
+        previous = {plan_id.removeprefix("plan:"): kept for plan_id, kept in self._plan_journeys.items()}
+        by_plan, compiled = await self._refresh_versions(
+            self._plan_store, previous, self._plan_versions, self._load_plan_journey, stored
+        )
+        return plans, {plan_journey_id(plan_id): kept for plan_id, kept in by_plan.items()}, compiled
 
     async def _stored_revision(self) -> int:
         """The stored revision, read by one GET that every caller asking before it is sent shares.
@@ -191,6 +243,9 @@ class RulesetRegistry:
         self._journey_versions.clear()
         self._segments.clear()
         self._item_indexes.clear()
+        self._plans.clear()
+        self._plan_journeys.clear()
+        self._plan_versions.clear()
         self._revision = -1
 
 

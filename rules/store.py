@@ -26,6 +26,7 @@ RULESETS = ""  # key prefix of each kind of document
 JOURNEYS = "j:"
 SEGMENTS = "g:"
 ITEM_INDEXES = "x:"
+PLANS = "n:"
 
 
 def index_key(kind: str) -> str:
@@ -95,8 +96,11 @@ class RulesetStore:
         self._redis = redis
         self.redis = redis
         self._kind = kind
-        self._keep = KEEP_JOURNEY_VERSIONS if kind == JOURNEYS else KEEP_VERSIONS
-        self._what = {JOURNEYS: "journey", SEGMENTS: "segment", ITEM_INDEXES: "item index"}.get(kind, "ruleset")
+        # A plan runs as a journey (`rules.plans`): its users wait on its versions like a journey's.
+        self._keep = KEEP_JOURNEY_VERSIONS if kind in (JOURNEYS, PLANS) else KEEP_VERSIONS
+        self.what = {JOURNEYS: "journey", SEGMENTS: "segment", ITEM_INDEXES: "item index", PLANS: "plan"}.get(
+            kind, "ruleset"
+        )
         self._put = redis.register_script(PUT_SCRIPT)
         self._delete = redis.register_script(DELETE_SCRIPT)
 
@@ -110,7 +114,7 @@ class RulesetStore:
         """Remove a ruleset and its versions; NotFoundError if it does not exist."""
         keys = [index_key(self._kind), REV_KEY, versions_key(self._kind, ruleset_id)]
         if not await self._delete(keys=keys, args=[ruleset_id]):
-            raise NotFoundError(f"no {self._what} {ruleset_id!r}", path="id")
+            raise NotFoundError(f"no {self.what} {ruleset_id!r}", path="id")
 
     async def revision(self) -> int:
         """The change counter (0 before the first change)."""
@@ -149,12 +153,12 @@ class RulesetStore:
         """The active (or a kept older) version of a ruleset; NotFoundError otherwise."""
         meta_raw = await self._redis.hget(index_key(self._kind), ruleset_id)
         if meta_raw is None:
-            raise NotFoundError(f"no {self._what} {ruleset_id!r}", path="id")
+            raise NotFoundError(f"no {self.what} {ruleset_id!r}", path="id")
         meta = json.loads(meta_raw)
         wanted = int(meta["version"]) if version is None else version
         raw = await self._redis.hget(versions_key(self._kind, ruleset_id), str(wanted))
         if raw is None:
-            raise NotFoundError(f"{self._what} {ruleset_id!r} has no kept version {wanted}", path="version")
+            raise NotFoundError(f"{self.what} {ruleset_id!r} has no kept version {wanted}", path="version")
         body = json.loads(raw)
         return StoredRuleset(ruleset_id, wanted, body["document"], int(body["created_ms"]))
 
