@@ -12,8 +12,14 @@ from aiohttp import web
 from api.keys import SETTINGS
 from beacon import metrics
 from beacon.errors import AuthError, BeaconError, ForbiddenError
+from rules.owners import Caller
 
 log = logging.getLogger("beacon.api")
+
+# Set by auth_middleware on every scoped request: the handlers that check ownership read it (`caller`).
+CALLER = web.RequestKey("caller", Caller)
+# With no keys configured the API is open: nobody can be told apart, so nobody is refused for ownership.
+OPEN_CALLER = Caller(owner=None, admin=True)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Callable[..., Any])
@@ -80,8 +86,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Check `Authorization: Bearer <key>` against the configured keys for scoped handlers."""
     scope = getattr(request.match_info.handler, "beacon_scope", None)
-    keys = request.app[SETTINGS].api_keys
+    settings = request.app[SETTINGS]
+    keys = settings.api_keys
     if scope is None or not keys:
+        request[CALLER] = OPEN_CALLER
         return await handler(request)
     header = request.headers.get("Authorization", "")
     kind, _, token = header.partition(" ")
@@ -92,4 +100,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise AuthError("unknown API key", path="Authorization")
     if scope not in scopes:
         raise ForbiddenError(f"this key lacks the {scope!r} scope", path="Authorization")
+    request[CALLER] = Caller(owner=settings.api_key_owners.get(token.strip()), admin="admin" in scopes)
     return await handler(request)
+
+
+def caller(request: web.Request) -> Caller:
+    """Who made a scoped request (set by `auth_middleware`)."""
+    return request[CALLER]

@@ -9,6 +9,7 @@ from api.event_wire import check_identifier
 from api.middleware import requires
 from beacon.errors import ValidationError
 from cep.ledger import recent_actions, user_actions
+from rules.secret_headers import redact_action
 
 MAX_LIMIT = 1000
 
@@ -34,7 +35,8 @@ async def list_actions(request: web.Request) -> web.Response:
         actions = await user_actions(redis, partitions, user_id, rule, limit)
     else:
         actions = await recent_actions(redis, partitions, rule, limit)
-    return web.json_response({"actions": actions})
+    # A webhook's header values are its rule author's secrets, and `events` keys read the ledger.
+    return web.json_response({"actions": [redact_action(action) for action in actions]})
 
 
 def add_routes(app: web.Application) -> None:

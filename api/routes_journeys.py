@@ -8,12 +8,14 @@ from aiohttp import web
 
 from api import keys
 from api.bodies import object_with_fields, read_body
-from api.middleware import requires
+from api.middleware import caller, requires
 from api.routes_dryrun import parse_dry_run_inputs
-from api.routes_rulesets import ruleset_id_of, stored_document, version_of
+from api.routes_rulesets import restore_stored_secrets, ruleset_id_of, stored_document, version_of
 from cep.journey_dryrun import journey_dry_run
 from cep.journey_stats import delete_counts, read_counts, stats_view
+from rules.owners import Owners
 from rules.registry import load_journey
+from rules.store import JOURNEYS
 
 DRY_RUN_FIELDS = ("events", "profiles", "until", "document")
 
@@ -27,15 +29,21 @@ async def put_journey(request: web.Request) -> web.Response:
     journey = load_journey(document, journey_id=journey_id, lateness_ms=settings.lateness_ms)
     if isinstance(document, dict) and "id" not in document:
         document = {"id": journey_id, **document}
-    version = await keys.journey_store(request).put(journey_id, document, request.app[keys.CLOCK].now_ms())
+    # Owners and write-only webhook headers as for rulesets (api.routes_rulesets.put_ruleset).
+    store, owners, who = keys.journey_store(request), Owners(keys.redis(request), JOURNEYS), caller(request)
+    await owners.claim(journey_id, who, record=False)
+    document = await restore_stored_secrets(store, journey_id, document)
+    await owners.claim(journey_id, who, record=True)
+    version = await store.put(journey_id, document, request.app[keys.CLOCK].now_ms())
     await keys.registry(request).refresh()
     return web.json_response({"id": journey_id, "version": version, "nodes": len(journey.nodes)})
 
 
 @requires("rules")
 async def list_journeys(request: web.Request) -> web.Response:
-    """Every active journey with its version."""
+    """Every active journey with its version and owner."""
     _, stored = await keys.journey_store(request).active()
+    owners = await Owners(keys.redis(request), JOURNEYS).all()
     items = [
         {
             "id": item.id,
@@ -43,6 +51,7 @@ async def list_journeys(request: web.Request) -> web.Response:
             "description": item.document.get("description", ""),
             "nodes": len(item.document.get("nodes", {})),
             "updated_ms": item.updated_ms,
+            "owner": owners.get(item.id),
         }
         for item in stored
     ]
@@ -51,15 +60,20 @@ async def list_journeys(request: web.Request) -> web.Response:
 
 @requires("rules")
 async def get_journey(request: web.Request) -> web.Response:
-    """The active version (or `?version=N`) of one journey, with its kept versions."""
-    return await stored_document(keys.journey_store(request), ruleset_id_of(request), version_of(request))
+    """The active version (or `?version=N`) of one journey, with its kept versions and owner."""
+    journey_id = ruleset_id_of(request)
+    owner = await Owners(keys.redis(request), JOURNEYS).owner(journey_id)
+    return await stored_document(keys.journey_store(request), journey_id, version_of(request), {"owner": owner})
 
 
 @requires("rules")
 async def delete_journey(request: web.Request) -> web.Response:
     """Deactivate a journey: its instances are cancelled (no further step or action) and its stats dropped."""
     journey_id = ruleset_id_of(request)
+    owners = Owners(keys.redis(request), JOURNEYS)
+    await owners.claim(journey_id, caller(request), record=False)
     await keys.journey_store(request).delete(journey_id)
+    await owners.release(journey_id)
     await delete_counts(keys.redis(request), request.app[keys.SETTINGS].partitions, journey_id)
     await keys.registry(request).refresh()
     return web.json_response({"id": journey_id, "deleted": True})

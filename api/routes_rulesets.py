@@ -1,16 +1,23 @@
-"""Ruleset endpoints: versioned PUT, GET, list, DELETE, validate."""
+"""Ruleset endpoints: versioned PUT, GET, list, DELETE, validate.
+
+Ownership (`rules.owners`) is checked on PUT and DELETE; webhook header values are write-only
+(`rules.secret_headers`): masked in every document read back, restored from the stored version on PUT.
+"""
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from aiohttp import web
 
 from api import keys
 from api.bodies import read_body
-from api.middleware import requires
-from beacon.errors import ValidationError
+from api.middleware import caller, requires
+from beacon.errors import NotFoundError, ValidationError
+from rules.owners import Owners
 from rules.registry import compile_ruleset
+from rules.secret_headers import has_marker, redact_document, restore_secrets
 from rules.store import RulesetStore
 
 ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
@@ -44,16 +51,33 @@ async def put_ruleset(request: web.Request) -> web.Response:
     ruleset = compile_ruleset(document, ruleset_id=ruleset_id, lateness_ms=settings.lateness_ms)
     if isinstance(document, dict) and "id" not in document:
         document = {"id": ruleset_id, **document}
-    version = await keys.store(request).put(ruleset_id, document, request.app[keys.CLOCK].now_ms())
+    store, owners, who = keys.store(request), Owners(keys.redis(request)), caller(request)
+    # Refused before the stored secrets are read: another owner's PUT learns nothing from a 422 about them.
+    await owners.claim(ruleset_id, who, record=False)
+    document = await restore_stored_secrets(store, ruleset_id, document)
+    await owners.claim(ruleset_id, who, record=True)
+    version = await store.put(ruleset_id, document, request.app[keys.CLOCK].now_ms())
     # Compile here too, so this process serves the new version before the response goes out.
     await keys.registry(request).refresh()
     return web.json_response({"id": ruleset_id, "version": version, "rules": len(ruleset.rules)})
 
 
+async def restore_stored_secrets(store: RulesetStore, document_id: str, document: Any) -> Any:
+    """The document with the masked header values it sent back replaced by the stored ones (write-only secrets)."""
+    if not has_marker(document):
+        return document
+    try:
+        stored = (await store.get(document_id)).document
+    except NotFoundError:
+        stored = None
+    return restore_secrets(document, stored)
+
+
 @requires("rules")
 async def list_rulesets(request: web.Request) -> web.Response:
-    """Every active ruleset with its version."""
+    """Every active ruleset with its version and owner."""
     _, stored = await keys.store(request).active()
+    owners = await Owners(keys.redis(request)).all()
     items = [
         {
             "id": item.id,
@@ -61,6 +85,7 @@ async def list_rulesets(request: web.Request) -> web.Response:
             "description": item.document.get("description", ""),
             "rules": len(item.document.get("rules", [])),
             "updated_ms": item.updated_ms,
+            "owner": owners.get(item.id),
         }
         for item in stored
     ]
@@ -69,29 +94,40 @@ async def list_rulesets(request: web.Request) -> web.Response:
 
 @requires("rules")
 async def get_ruleset(request: web.Request) -> web.Response:
-    """The active version (or `?version=N`) of one ruleset, with its kept versions."""
-    return await stored_document(keys.store(request), ruleset_id_of(request), version_of(request))
+    """The active version (or `?version=N`) of one ruleset, with its kept versions and owner."""
+    ruleset_id = ruleset_id_of(request)
+    owner = await Owners(keys.redis(request)).owner(ruleset_id)
+    return await stored_document(keys.store(request), ruleset_id, version_of(request), {"owner": owner})
 
 
-async def stored_document(store: RulesetStore, document_id: str, version: int | None) -> web.Response:
-    """A stored ruleset's or journey's active (or given) version, with its kept version numbers."""
+async def stored_document(
+    store: RulesetStore, document_id: str, version: int | None, extra: dict[str, Any] | None = None
+) -> web.Response:
+    """A stored ruleset's or journey's active (or given) version, with its kept version numbers.
+
+    Webhook header values are masked: they are write-only secrets (`rules.secret_headers`).
+    """
     stored = await store.get(document_id, version)
     return web.json_response(
         {
             "id": stored.id,
             "version": stored.version,
-            "document": stored.document,
+            "document": redact_document(stored.document),
             "updated_ms": stored.updated_ms,
             "versions": await store.versions(document_id),
+            **(extra or {}),
         }
     )
 
 
 @requires("rules")
 async def delete_ruleset(request: web.Request) -> web.Response:
-    """Deactivate a ruleset and drop its versions."""
+    """Deactivate a ruleset and drop its versions (its owner's keys or an admin key only, once it has one)."""
     ruleset_id = ruleset_id_of(request)
+    owners = Owners(keys.redis(request))
+    await owners.claim(ruleset_id, caller(request), record=False)
     await keys.store(request).delete(ruleset_id)
+    await owners.release(ruleset_id)
     await keys.registry(request).refresh()
     return web.json_response({"id": ruleset_id, "deleted": True})
 

@@ -57,21 +57,42 @@ OTHER_VARIABLES = {
 }
 
 
+# An owner name as rulesets record it: a ruleset stored with an owned key may then be changed only by that
+# owner's keys (or an admin key).
+OWNER_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+
+
 def parse_api_keys(raw: str) -> dict[str, frozenset[str]]:
-    """Parse `key1:rules+events,key2:admin` into {key: scopes}; `admin` implies every scope."""
-    keys: dict[str, frozenset[str]] = {}
+    """Parse `key1:rules+events,key2:admin:ops` into {key: scopes}; `admin` implies every scope."""
+    return {key: scopes for key, (scopes, _) in _api_key_entries(raw).items()}
+
+
+def parse_api_key_owners(raw: str) -> dict[str, str]:
+    """The owners of the keys that name one (`key:scopes:owner`): {key: owner}."""
+    return {key: owner for key, (_, owner) in _api_key_entries(raw).items() if owner is not None}
+
+
+def _api_key_entries(raw: str) -> dict[str, tuple[frozenset[str], str | None]]:
+    """`KEY:SCOPE[+SCOPE][:OWNER]` entries, comma-separated: {key: (scopes, owner or None)}."""
+    keys: dict[str, tuple[frozenset[str], str | None]] = {}
     for item in filter(None, (part.strip() for part in raw.split(","))):
-        key, sep, scope_list = item.partition(":")
+        key, sep, rest = item.partition(":")
         if not sep or not key:
             # Not the item itself: it may be a key.
-            raise ValidationError("an entry is not KEY:SCOPE[+SCOPE]", path="BEACON_API_KEYS")
+            raise ValidationError("an entry is not KEY:SCOPE[+SCOPE][:OWNER]", path="BEACON_API_KEYS")
+        scope_list, owned, owner = rest.partition(":")
         scopes = frozenset(s.strip() for s in scope_list.split("+") if s.strip())
         unknown = scopes - SCOPES
         if unknown or not scopes:
             raise ValidationError(
                 f"unknown scope(s) {sorted(unknown) or '(none)'}; use {sorted(SCOPES)}", path="BEACON_API_KEYS"
             )
-        keys[key] = SCOPES if "admin" in scopes else scopes
+        owner = owner.strip()
+        if owned and not OWNER_PATTERN.fullmatch(owner):
+            raise ValidationError(
+                f"an owner must match {OWNER_PATTERN.pattern} (the part after the scopes)", path="BEACON_API_KEYS"
+            )
+        keys[key] = (SCOPES if "admin" in scopes else scopes, owner if owned else None)
     return keys
 
 
@@ -87,6 +108,8 @@ class Settings:
     data_dir: Path = Path(".beacon")
     embedded_redis_port: int = 0  # the private server's port; 0 picks a free one
     api_keys: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # key -> owner, for the keys `BEACON_API_KEYS` gives one (`key:scopes:owner`); a key without one owns nothing.
+    api_key_owners: Mapping[str, str] = field(default_factory=dict)
     # 12 spreads evenly over 1, 2, 3, 4 or 6 Redis Cluster masters (cep.events.partition_tag).
     partitions: int = 12
     lateness_ms: int = 2_000
@@ -225,6 +248,7 @@ def _parse(read: _Variables, env: Mapping[str, str]) -> Settings:
         data_dir=Path(read.text("DATA_DIR") or base.data_dir),
         embedded_redis_port=read.integer("EMBEDDED_REDIS_PORT", base.embedded_redis_port, 0, MAX_PORT),
         api_keys=parse_api_keys(read.text("API_KEYS") or ""),
+        api_key_owners=parse_api_key_owners(read.text("API_KEYS") or ""),
         partitions=read.integer("PARTITIONS", base.partitions, 1, MAX_PARTITIONS),
         lateness_ms=read.integer("LATENESS_MS", base.lateness_ms),
         max_batch_events=read.integer("MAX_BATCH_EVENTS", base.max_batch_events, 1),

@@ -22,6 +22,7 @@ from cep.user_record import UserState
 from rules.durations import format_duration
 from rules.model import Absence, First, Single, Threshold
 from rules.model import Sequence as SequencePattern
+from rules.secret_headers import redact_action
 
 DEDUPE_HORIZON_MS = 7 * 86_400_000
 
@@ -155,7 +156,7 @@ def journey_firing_json(firing: JourneyFiring, at: int) -> dict[str, Any]:
         "trigger_event_id": firing.trigger.event_id,
         "step_ts": firing.trigger.ts,
         "actions": [
-            {"type": action.record["type"], "params": action.record["params"], "due_at": action.record["due_at"]}
+            redact_action({key: action.record[key] for key in ("type", "params", "due_at")})
             for action in firing.actions
         ],
     }
@@ -171,7 +172,7 @@ def firing_json(firing: Firing, at: int) -> dict[str, Any]:
         "trigger_event_id": firing.trigger.event_id,
         "event_ts": firing.trigger.ts,
         "actions": [
-            {"type": action.record["type"], "params": action.record["params"], "due_at": action.record["due_at"]}
+            redact_action({key: action.record[key] for key in ("type", "params", "due_at")})
             for action in firing.actions
         ],
         "explanation": explain(firing.entry, firing.trigger),

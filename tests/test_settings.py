@@ -321,3 +321,16 @@ def test_readme_configuration_table_lists_every_setting() -> None:
     documented = set(re.findall(r"`(BEACON_[A-Z_]+)`", table))
     assert settings_variables() - documented == set()
     assert documented - known_variables() == set()
+
+
+def test_an_api_key_may_name_its_owner() -> None:
+    """`key:scopes:owner` gives the rulesets a key stores an owner; entries without one read as before."""
+    settings = Settings.from_env({"BEACON_API_KEYS": "k1:rules:alice, k2:rules+events, k3:admin:ops-team"})
+    assert settings.api_keys == {
+        "k1": frozenset({"rules"}),
+        "k2": frozenset({"rules", "events"}),
+        "k3": frozenset({"rules", "events", "admin"}),
+    }
+    assert settings.api_key_owners == {"k1": "alice", "k3": "ops-team"}
+    for bad in ("k1:rules:", "k1:rules:has space", "k1:rules:a:b"):
+        assert refused({"BEACON_API_KEYS": bad}).startswith("BEACON_API_KEYS: an owner must match"), bad
