@@ -171,6 +171,34 @@ OPENAPI: dict[str, Any] = {
                 ],
             },
         },
+        "/v1/plans": {"get": _op("List plans: version, state (active, paused, cancelled), next occurrence", "rules")},
+        "/v1/plans:validate": {"post": _op("Validate a plan (and its references) without storing it", "rules")},
+        "/v1/plans/{id}": {
+            "parameters": _ID_PARAM,
+            "get": _op("A plan's active (or ?version=N) document, kept versions, state, next occurrence", "rules"),
+            "put": _op("Store a new version (see docs/audiences.md, Plans)", "rules"),
+            "delete": _op("Delete a plan: running occurrences stop, runs and statistics are dropped", "rules"),
+        },
+        "/v1/plans/{id}/runs": {
+            "parameters": _ID_PARAM,
+            "get": _op("Occurrences, newest first: status, targeted, sent, entered, blocked by reason", "rules"),
+        },
+        "/v1/plans/{id}:pause": {
+            "parameters": _ID_PARAM,
+            "post": _op("Stop sending and opening occurrences until resumed", "rules"),
+        },
+        "/v1/plans/{id}:resume": {
+            "parameters": _ID_PARAM,
+            "post": _op("Make a paused or cancelled plan active again", "rules"),
+        },
+        "/v1/plans/{id}:cancel": {
+            "parameters": _ID_PARAM,
+            "post": _op("End the running occurrences (unsent users dropped); open no more until resumed", "rules"),
+        },
+        "/v1/plans/{id}:estimate": {
+            "parameters": _ID_PARAM,
+            "post": _op("Each branch's size now, less the earlier branches' members", "rules"),
+        },
         "/v1/items/indexes": {"get": _op("Declared item indexes", "rules")},
         "/v1/items/indexes/{attr}": {
             "parameters": [{"name": "attr", "in": "path", "required": True, "schema": {"type": "string"}}],
@@ -181,9 +209,23 @@ OPENAPI: dict[str, Any] = {
         "/v1/items/events": {
             "post": _op("Fan an item's event out to the users an item index names (see docs/audiences.md)", "events")
         },
+        "/v1/identities": {
+            "post": _op(
+                "Link aliases to a user; a user an alias named before is merged into it (see docs/audiences.md)",
+                "events",
+                "IdentitiesBody",
+            )
+        },
+        "/v1/identities/{type}/{id}": {
+            "parameters": [
+                {"name": "type", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+            ],
+            "get": _op("The user an alias names, and the user it was merged into in the end", "events"),
+        },
         "/v1/users/{user_id}": {
             "parameters": _USER_PARAM,
-            "get": _op("Profile, tags, live rule state and journey instances", "events"),
+            "get": _op("Profile, tags, aliases, live rule state and journey instances", "events"),
             "patch": _op("Set attributes and tags", "events", "ProfilePatch"),
         },
         "/v1/users/{user_id}/trace": {
@@ -238,12 +280,37 @@ OPENAPI: dict[str, Any] = {
                     }
                 },
             },
-            "Event": {
+            "Alias": {
                 "type": "object",
-                "required": ["user_id", "type"],
+                "required": ["type", "id"],
+                "additionalProperties": False,
+                "properties": {
+                    "type": {"enum": ["openid", "unionid", "phone", "member_id"]},
+                    "id": {"type": "string", "minLength": 1, "maxLength": 100},
+                },
+            },
+            "IdentitiesBody": {
+                "type": "object",
+                "required": ["user_id", "aliases"],
                 "additionalProperties": False,
                 "properties": {
                     "user_id": {"type": "string", "minLength": 1, "maxLength": 128},
+                    "aliases": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 32,
+                        "items": {"$ref": "#/components/schemas/Alias"},
+                    },
+                },
+            },
+            "Event": {
+                "type": "object",
+                "required": ["type"],
+                "description": "names its user by user_id or (ingest only) by alias, not both",
+                "additionalProperties": False,
+                "properties": {
+                    "user_id": {"type": "string", "minLength": 1, "maxLength": 128},
+                    "alias": {"$ref": "#/components/schemas/Alias"},
                     "type": {"type": "string", "pattern": "^[A-Za-z0-9_.:\\-]{1,64}$"},
                     "ts": {"type": "integer", "description": "event time, ms since the epoch"},
                     "event_id": {"type": "string", "minLength": 1, "maxLength": 128},
