@@ -9,8 +9,12 @@ from typing import Any
 
 from beacon.errors import ValidationError
 from cep.events import Event
+from cep.identities import ALIAS_TYPES, Alias
 
-EVENT_FIELDS = ("user_id", "type", "ts", "event_id", "attrs")
+EVENT_FIELDS = ("user_id", "alias", "type", "ts", "event_id", "attrs")
+ALIAS_FIELDS = ("type", "id")
+# `<type>:<id>` names the user an unlinked alias's first event creates: it must fit a user id (128).
+MAX_ALIAS_ID = 100
 _EVENT_FIELD_SET = frozenset(EVENT_FIELDS)
 # Braces would break the {u:<user>} Redis Cluster hash tag; control characters break logs.
 _NOT_IN_ID = re.compile(r"[\x00-\x1f{}\ud800-\udfff]")
@@ -97,12 +101,39 @@ def _json_error(value: Any, path: str, depth: int) -> None:
     raise ValidationError(f"unsupported value of type {type(value).__name__}", path=path)
 
 
+def parse_alias(obj: Any, path: str) -> Alias:
+    """An alias `{"type": "openid" | "unionid" | "phone" | "member_id", "id": "..."}`."""
+    if not isinstance(obj, dict):
+        raise ValidationError('an alias must be an object {"type", "id"}', path=path)
+    unknown = sorted(set(obj) - set(ALIAS_FIELDS), key=str)
+    if unknown:
+        raise ValidationError(f"unknown field {unknown[0]!r} (expected: type, id)", path=f"{path}.{unknown[0]}")
+    for required in ALIAS_FIELDS:
+        if required not in obj:
+            raise ValidationError("is required", path=f"{path}.{required}")
+    if obj["type"] not in ALIAS_TYPES:
+        raise ValidationError(f"type must be one of: {', '.join(ALIAS_TYPES)}", path=f"{path}.type")
+    return Alias(obj["type"], check_identifier(obj["id"], f"{path}.id", "an alias id", MAX_ALIAS_ID))
+
+
 def parse_event(obj: Any, path: str, now_ms: int, max_ahead_ms: int | None = None) -> Event:
-    """Validate one wire event; `ts` defaults to `now_ms`, `event_id` to a fresh UUID.
+    """Validate one wire event naming its user by `user_id` (dry-runs, backtests, item events); `ts` defaults
+    to `now_ms`, `event_id` to a fresh UUID.
 
     With `max_ahead_ms`, a `ts` further ahead of `now_ms` is refused: one event stamped in 2099 would
     move its rules' watermarks there and make every real event of the user late.
     """
+    event, alias = parse_ingest_event(obj, path, now_ms, max_ahead_ms)
+    if alias is not None:
+        prefix = f"{path}." if path else ""
+        message = "only ingest (/v1/events, /v1/ingest) resolves aliases: give user_id"
+        raise ValidationError(message, path=f"{prefix}alias")
+    return event
+
+
+def parse_ingest_event(obj: Any, path: str, now_ms: int, max_ahead_ms: int | None = None) -> tuple[Event, Alias | None]:
+    """Validate one wire event that names its user by `user_id` or by `alias`; with an alias, the event's
+    user_id is "" until the caller resolves the alias (`cep.identities.resolve`)."""
     if not isinstance(obj, dict):
         raise ValidationError("an event must be an object", path=path or None)
     prefix = f"{path}." if path else ""
@@ -112,10 +143,18 @@ def parse_event(obj: Any, path: str, now_ms: int, max_ahead_ms: int | None = Non
             f"unknown field {unknown[0]!r} (expected one of: {', '.join(EVENT_FIELDS)})",
             path=f"{prefix}{unknown[0]}",
         )
-    for required in ("user_id", "type"):
-        if required not in obj:
-            raise ValidationError("is required", path=f"{prefix}{required}")
-    user_id = check_identifier(obj["user_id"], f"{prefix}user_id", "user_id")
+    alias: Alias | None = None
+    if "alias" in obj:
+        if "user_id" in obj:
+            raise ValidationError("give user_id or alias, not both", path=f"{prefix}alias")
+        alias = parse_alias(obj["alias"], f"{prefix}alias")
+        user_id = ""
+    elif "user_id" not in obj:
+        raise ValidationError("is required (or alias)", path=f"{prefix}user_id")
+    else:
+        user_id = check_identifier(obj["user_id"], f"{prefix}user_id", "user_id")
+    if "type" not in obj:
+        raise ValidationError("is required", path=f"{prefix}type")
     event_type = obj["type"]
     if not isinstance(event_type, str) or not _TYPE.fullmatch(event_type):
         raise ValidationError("type must be 1-64 characters of letters, digits, _ . : -", path=f"{prefix}type")
@@ -139,4 +178,5 @@ def parse_event(obj: Any, path: str, now_ms: int, max_ahead_ms: int | None = Non
     if len(attrs) > MAX_ATTRS:
         raise ValidationError(f"more than {MAX_ATTRS} attributes", path=f"{prefix}attrs")
     check_json_value(attrs, f"{prefix}attrs")
-    return Event(event_id=event_id, user_id=user_id, type=event_type, ts=ts, attrs=attrs, received_ms=now_ms)
+    event = Event(event_id=event_id, user_id=user_id, type=event_type, ts=ts, attrs=attrs, received_ms=now_ms)
+    return event, alias

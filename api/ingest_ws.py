@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from api import keys
 from api.bodies import decode_bytes
-from api.routes_events import validate_items
+from api.routes_events import Validated, resolve_aliases, validate_items
 from beacon import metrics
 from beacon.errors import AuthError, BeaconError, ForbiddenError, TooLargeError, ValidationError
 from beacon.settings import Settings
@@ -55,7 +55,12 @@ class _Answer:
 
     binary: bool
     body: dict[str, Any]
-    events: list[Event] = field(default_factory=list)
+    validated: Validated = field(default_factory=Validated)
+
+    @property
+    def events(self) -> list[Event]:
+        """The frame's good events (with their users once its aliases are resolved)."""
+        return self.validated.events
 
 
 def authorize(settings: Settings, token: str | None) -> None:
@@ -239,9 +244,9 @@ class _Connection:
             # A bad frame counts once, whatever it carried: its events were never read.
             metrics.on_event_rejected(TRANSPORT, exc.code)
             return _Answer(binary, {"ack": seq, **exc.to_json()})
-        events, errors = validate_items(items, True, self._clock.now_ms(), TRANSPORT, self._settings.max_future_ms)
-        body = {"ack": seq, "accepted": [event.event_id for event in events], "errors": errors}
-        return _Answer(binary, body, events)
+        found = validate_items(items, True, self._clock.now_ms(), TRANSPORT, self._settings.max_future_ms)
+        body = {"ack": seq, "accepted": [event.event_id for event in found.events], "errors": found.errors}
+        return _Answer(binary, body, found)
 
     async def _append_loop(self) -> None:
         """Append every queued frame's events in one pipeline, then answer those frames in order."""
@@ -257,7 +262,9 @@ class _Connection:
                     break
                 batch.append(queued)
             # One pipeline for all frames read so far keeps the socket's order in the streams and
-            # costs one round trip; each ack still follows Redis confirming its own events.
+            # costs one round trip (and one more for their aliases, if any); each ack still follows Redis
+            # confirming its own events.
+            await resolve_aliases(self._redis, self._settings.partitions, [queued.validated for queued in batch])
             events = [event for queued in batch for event in queued.events]
             await streams.append_events(self._redis, events, self._settings.partitions, self._fsync_ms)
             for queued in batch:

@@ -1,4 +1,4 @@
-"""Profile endpoints: read and patch a user's attributes and tags, with their recent actions."""
+"""Profile endpoints: read and patch a user's attributes and tags, with their aliases, identity merges and trace."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from api.event_wire import check_identifier, check_json_value
 from api.middleware import requires
 from api.routes_actions import query_limit
 from beacon.errors import ValidationError
+from cep import identities
 from cep.events import ProfilePatch
 from cep.ledger import action_outcomes
 from cep.live_state import journey_state, live_state, segment_state
@@ -74,6 +75,14 @@ async def get_user(request: web.Request) -> web.Response:
     body["rules"] = live_state(state, index)
     body["journeys"] = journey_state(state, index)
     body["segments"] = segment_state(state, index)
+    redis, partitions = keys.redis(request), request.app[keys.SETTINGS].partitions
+    body["aliases"] = [alias.name for alias in await identities.aliases_of(redis, partitions, user_id)]
+    if state.merged_into:
+        # A tombstone: everything the user had went to `merged_into`, and its events follow.
+        body["merged_into"] = state.merged_into
+        body["merged_at"] = state.merged_at
+    if state.merged_from:
+        body["merged_from"] = state.merged_from
     return web.json_response(body)
 
 
@@ -114,8 +123,19 @@ async def get_trace(request: web.Request) -> web.Response:
     limit = query_limit(request, default=100, maximum=10_000)
     redis, partitions = keys.redis(request), request.app[keys.SETTINGS].partitions
     entries = await read_trace(redis, partitions, user_id, limit)
-    wanted = {action_id for entry in entries for action_id in entry.get("actions", ())}
-    outcomes = await action_outcomes(redis, partitions, user_id, sorted(wanted)) if wanted else {}
+    merged_from = (await read_state(redis, partitions, user_id)).merged_from
+    if merged_from:
+        # One history: the traces of the users merged into this one, each entry naming its user, by time.
+        for other in merged_from:
+            entries.extend({**entry, "user_id": other} for entry in await read_trace(redis, partitions, other, limit))
+        entries = sorted(entries, key=lambda entry: entry["at"], reverse=True)[:limit]
+    wanted: dict[str, set[str]] = {}  # by the user whose ledger holds them
+    for entry in entries:
+        wanted.setdefault(entry.get("user_id", user_id), set()).update(entry.get("actions", ()))
+    outcomes: dict[str, Any] = {}
+    for owner, action_ids in wanted.items():
+        if action_ids:
+            outcomes.update(await action_outcomes(redis, partitions, owner, sorted(action_ids)))
     for entry in entries:
         if "actions" in entry:
             entry["actions"] = [{"action_id": a, **outcomes.get(a, {"status": "unknown"})} for a in entry["actions"]]

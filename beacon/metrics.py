@@ -71,6 +71,26 @@ ITEM_FANOUT = Counter(
     ["type"],
     registry=REGISTRY,
 )
+IDENTITY_MERGES = Counter(
+    "beacon_identity_merges_total",
+    "Identity merge steps: decided (by POST /v1/identities), out (a user became a tombstone), in (its state was "
+    "merged into the target), duplicate (a state delivered again, ignored), repeated (a merge re-sent for a user "
+    "merged already)",
+    ["step"],
+    registry=REGISTRY,
+)
+IDENTITY_FORWARDED = Counter(
+    "beacon_identity_forwarded_total",
+    "Items that reached a merged user and were handed on to the user it was merged into (event, patch, merge)",
+    ["kind"],
+    registry=REGISTRY,
+)
+IDENTITY_ALIASES = Counter(
+    "beacon_identity_aliases_total",
+    "Aliases linked to a user by POST /v1/identities (linked), or made a user of their own by an event (created)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 JOURNEY_INSTANCES = Counter(
     "beacon_journey_instances_total",
     "Journey instances entered / exited / completed / converted, by node (node empty: the whole journey)",
@@ -181,6 +201,21 @@ def on_plan_sent(plan_id: str, count: int) -> None:
 def on_item_fanout(event_type: str, count: int) -> None:
     """Events an item event fanned out to users (`POST /v1/items/events`)."""
     ITEM_FANOUT.labels(event_type).inc(count)
+
+
+def on_identity(what: str, count: int = 1) -> None:
+    """Merge steps (`decided`, `out`, `in`, `duplicate`, `repeated`) or forwards (`forwarded:<kind>`)."""
+    kind = what.removeprefix("forwarded:")
+    if kind != what:
+        IDENTITY_FORWARDED.labels(kind).inc(count)
+    else:
+        IDENTITY_MERGES.labels(what).inc(count)
+
+
+def on_aliases(outcome: str, count: int) -> None:
+    """Aliases linked to a user (`linked`) or made users of their own by their first event (`created`)."""
+    if count:
+        IDENTITY_ALIASES.labels(outcome).inc(count)
 
 
 def on_events_accepted(transport: str, count: int) -> None:

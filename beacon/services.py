@@ -137,6 +137,7 @@ async def open_services(
                 trace_depth=settings.trace_depth,
                 trace_ttl_ms=settings.trace_ttl_ms,
                 trace_matches=settings.trace_matches,
+                partitions=settings.partitions,
             )
             services.worker = Worker(
                 redis,

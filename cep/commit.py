@@ -1,11 +1,12 @@
 """The partition owner's commit: one batch's effects written in ONE atomic call on the partition's slot.
 
 Changed user records, new ledger entries, outbox appends, released or cancelled delayed actions,
-timer adds and removes, quarantined entries and the new stream position all go in one script call,
-which first checks the partition's lease epoch (`cep.ownership`): a process that lost the lease —
-paused, partitioned, or just slow — can no longer write anything (fencing, as Kafka's producer
-epochs). Either the whole batch is committed with its position, or nothing is and the next owner
-(or this one, after dropping its cache) processes the same entries again from the same state.
+timer adds and removes, quarantined entries, entries handed to other partitions (`cep.handoff`) and the
+new stream position all go in one script call, which first checks the partition's lease epoch
+(`cep.ownership`): a process that lost the lease — paused, partitioned, or just slow — can no longer
+write anything (fencing, as Kafka's producer epochs). Either the whole batch is committed with its
+position, or nothing is and the next owner (or this one, after dropping its cache) processes the same
+entries again from the same state.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import msgpack
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from cep.handoff import handoff_fields, handoff_key
 from cep.item_index import ItemMark, item_key
 from cep.journey_stats import stats_key
+from cep.merge_items import Handoff
 from cep.outbox import RECENT_MAXLEN, outbox_key, recent_key
 from cep.ownership import epoch_key
 from cep.scripts import ScriptCall, run_scripts
@@ -43,7 +46,8 @@ STALE = "STALE"
 #   cnt: [[hash ki, field, delta, ...], ...]       (journey statistics, segment sizes: HINCRBY)
 #   mem: [[members ki, user, +1 | -1], ...]        (segment members, cep.segment_members, in order)
 #   item: [[item ki, user, ts, window ms], ...]    (item index, cep.item_index)
-#   trace: [[trace ki, depth, ttl_ms, batch], ...]  (per-user trace: one element per user and batch)}
+#   trace: [[trace ki, depth, ttl_ms, batch], ...]  (per-user trace: one element per user and batch)
+#   hk: handoff STREAM ki (0: none), hand: [[field, value, ...], ...]  (entries for other partitions, cep.handoff)}
 # Returns 1; an error reply starting with FENCED when the epoch moved, or STALE when the stored position
 # is not `from` (then nothing was written).
 COMMIT_SCRIPT = r"""
@@ -160,6 +164,7 @@ for _, trace in ipairs(plan.trace) do
   if redis.call('LPUSH', key, trace[4]) > trace[2] then redis.call('LTRIM', key, 0, trace[2] - 1) end
   redis.call('PEXPIRE', key, trace[3])
 end
+for _, fields in ipairs(plan.hand) do redis.call('XADD', KEYS[plan.hk], '*', unpack(fields)) end
 if plan.id then redis.call('HSET', KEYS[2], 'id', plan.id) end
 if plan.n > 0 then redis.call('HINCRBY', KEYS[2], 'n', plan.n) end
 return 1
@@ -197,6 +202,8 @@ class CommitPlan:
     sizes: dict[str, int] = field(default_factory=dict)  # segment -> change of its size in this partition
     _sizes_index: int = 0
     traces: list[list[Any]] = field(default_factory=list)
+    handoffs: list[list[bytes]] = field(default_factory=list)  # XADD field lists for the handoff stream
+    _handoff_index: int = 0
     read_after: bytes = b"0-0"  # the position the batch was read after (checked by the commit)
     last_id: bytes | None = None
     entries: int = 0
@@ -261,6 +268,13 @@ class CommitPlan:
         """Push a user's trace entries of this batch (one element), keeping the newest `depth` elements."""
         self.traces.append([self._key(user_key(self.partition, user_id, TRACE)), depth, ttl_ms, batch])
 
+    def hand_off(self, handoff: Handoff) -> None:
+        """An entry for another user's partition (a merged state, or items for a merged user), into this
+        partition's handoff stream in the same atomic call; the owner's relay moves it on (`cep.handoff`)."""
+        if not self._handoff_index:
+            self._handoff_index = self._key(handoff_key(self.partition))
+        self.handoffs.append(handoff_fields(handoff))
+
     def quarantine(self, fields: dict[bytes, bytes]) -> None:
         """Move an entry that fails on its own out of the way, in the same commit that skips it."""
         self.quarantined.append([item for pair in fields.items() for item in pair])
@@ -293,6 +307,8 @@ class CommitPlan:
             "mem": self.members,
             "item": self.items,
             "trace": self.traces,
+            "hk": self._handoff_index,
+            "hand": self.handoffs,
         }
         if self.last_id is not None:
             plan["id"] = self.last_id

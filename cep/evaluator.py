@@ -20,6 +20,7 @@ from cep.events import ORIGIN_PRODUCER, ORIGIN_TIMER, Event, ProfilePatch
 from cep.firing import ACTION_TIMER, TIMER_SEPARATOR, CreatedAction, build_actions, schedule_and_tag
 from cep.item_index import ItemMark, item_value
 from cep.journeys import JOURNEY_TIMER, JourneyFiring, Journeys
+from cep.merge_items import Handoff
 from cep.rule_index import RuleEntry, RuleIndex
 from cep.segments import SEGMENT_TIMER, SegmentChange, Segments
 from cep.user_record import NEVER, PatternState, UserState, event_id_hash
@@ -61,6 +62,9 @@ class Effects:
     segment_changes: list[SegmentChange] = field(default_factory=list)
     segment_timers: dict[str, int] = field(default_factory=dict)  # member -> due (0: remove); last write wins
     item_marks: list[ItemMark] = field(default_factory=list)  # indexed events on items (cep.item_index)
+    # Entries for other users' partitions (identity merges and what follows a merged user: cep.merges)
+    handoffs: list[Handoff] = field(default_factory=list)
+    identities: dict[str, int] = field(default_factory=dict)  # merge steps and forwards, for metrics
     # (user, entry) for the per-user trace (`GET /v1/users/{id}/trace`); None: not traced (backtests).
     trace: list[tuple[str, dict[str, Any]]] | None = None
     # Also trace, per event, which rules' matchers took it and which refused it (`where_false`): the
@@ -213,6 +217,12 @@ class Evaluator:
         if self.index.segments_by_type or state.segments:
             caused.extend(self.segments.on_event(state, event, now_ms, effects))
         return caused
+
+    def on_merged(self, state: UserState, user_id: str, cause_id: str, now_ms: int, effects: Effects) -> None:
+        """Another user's state was merged into this one (`cep.merges`): every active segment, at `now_ms`, and
+        what their events cause."""
+        if self.index.segments:
+            self._chain(state, self.segments.on_merged(state, user_id, cause_id, now_ms, effects), now_ms, effects)
 
     def on_patch(self, state: UserState, patch: ProfilePatch, cause_id: str, now_ms: int, effects: Effects) -> None:
         """A profile change, then the segments it changes and what their events cause."""

@@ -1,6 +1,10 @@
 """One owned partition: read a batch (stream entries after the committed position, plus due timers),
 evaluate it in Python against cached user state, commit its effects in one atomic call.
 
+Identity merges run here too (`cep.merges`): a merge step is a stream item committed with its batch, and
+what the batch hands to other partitions goes out through the partition's handoff stream, which the owner
+relays after each commit that wrote to it (`cep.handoff`).
+
 Redis is the source of truth and the owner a cache: a batch is evaluated on the cached states, and if
 its commit fails for any reason the whole cache is dropped and the batch read again from the last
 committed position — so the cache never holds anything Redis does not. A FENCED commit means another
@@ -23,11 +27,12 @@ from beacon import metrics
 from beacon.clock import Clock
 from beacon.pause import pause
 from beacon.redis_errors import describe, is_redis_trouble
-from cep import streams, timers
+from cep import handoff, merges, streams, timers
 from cep.commit import CommitPlan, FencedError, StalePositionError, commit
 from cep.evaluator import Effects, Evaluator, timer_user
 from cep.events import Event, ProfilePatch
 from cep.journeys import counter_field
+from cep.merge_items import MergeIn, MergeOut
 from cep.rule_index import RuleIndex
 from cep.trace import encode_batch
 from cep.user_record import UserState, decode_user_state, encode_user_state
@@ -52,6 +57,7 @@ class OwnerLimits:
     trace_depth: int = 0  # trace entries kept per user (0: no trace)
     trace_ttl_ms: int = 3 * 86_400_000  # a user's trace expires this long after its last entry
     trace_matches: bool = False  # also trace each event's rule matches (see `Effects.trace_matches`)
+    partitions: int = 0  # the partition count, to relay handoffs to other partitions (0: no relay)
 
 
 class PartitionOwner:
@@ -79,6 +85,9 @@ class PartitionOwner:
         # and after a batch that took due timers). Only this owner's commits add timers, so while it is
         # known the owner skips the timer query until it passes: one Redis call less per batch.
         self._next_due: int | None = None
+        # Whether the handoff stream may hold entries to relay: at start and after any failure (a crash or a
+        # failed relay may have left some), and after a commit that wrote some.
+        self._relay_due = True
         self.processed = 0
 
     async def run(self, halt: asyncio.Event, stopping: asyncio.Event) -> None:
@@ -101,6 +110,8 @@ class PartitionOwner:
                     # At start and after any failure: Redis' position, not ours (a commit whose reply was
                     # lost moved it; a Redis restart may have rolled it back).
                     self._position, _ = await streams.progress(self._redis, self.partition)
+                if self._relay_due:
+                    await self._relay()
                 now = self._clock.now_ms()
                 due = await self._due_timers(now)
                 wait: int | None = None
@@ -175,6 +186,16 @@ class PartitionOwner:
         self._cache.clear()
         self._position = None
         self._next_due = None
+        self._relay_due = True
+
+    async def _relay(self) -> None:
+        """Hand the handoff stream's entries to their partitions (a failure leaves them for the next try)."""
+        if not self._limits.partitions:
+            self._relay_due = False
+            return
+        self._relay_due = True  # until the relay completes
+        await handoff.relay(self._redis, self.partition, self._limits.partitions)
+        self._relay_due = False
 
     async def process(self, index: RuleIndex, entries: list[streams.Entry], due: list[tuple[str, int]]) -> None:
         """Evaluate and commit one batch; an entry that fails evaluation alone is quarantined."""
@@ -212,6 +233,9 @@ class PartitionOwner:
             raise
         if entries:
             self._position = entries[-1][0]
+        if effects.handoffs:
+            self._relay_due = True
+            await self._relay()
         added = [due_ms for due_ms, _ in effects.timers_added]
         added += [due_ms for due_ms in effects.segment_timers.values() if due_ms]
         if self._next_due is not None and added:
@@ -307,6 +331,8 @@ class PartitionOwner:
                 plan.timers_removed.append(member)
         for user_id, action_id, cancel in effects.releases:
             plan.release(user_id, action_id, cancel=cancel)
+        for handed in effects.handoffs:
+            plan.hand_off(handed)
         for due_ms, member in effects.timers_added:
             plan.timers_added.extend((due_ms, member))
         # A segment timer that fired and was set again in this batch keeps its new due time (one member per
@@ -346,14 +372,24 @@ class PartitionOwner:
         touched: set[str],
         entry_id: bytes,
     ) -> None:
+        forwarded: dict[str, list[Event | ProfilePatch]] = {}
         for item in items:
             state = self._cache[item.user_id]
             touched.add(item.user_id)
-            if isinstance(item, ProfilePatch):
+            if isinstance(item, MergeOut):
+                self._cache[item.user_id] = merges.on_merge_out(evaluator, state, item, now, effects)
+            elif isinstance(item, MergeIn):
+                merges.on_merge_in(evaluator, state, item, now, effects)
+            elif state.merged_into:
+                # A merged user's events and patches belong to the user it was merged into.
+                forwarded.setdefault(state.merged_into, []).append(item)
+            elif isinstance(item, ProfilePatch):
                 # The patch's stream entry names it: processed again, its segment events dedupe.
                 evaluator.on_patch(state, item, f"patch:{entry_id.decode()}", now, effects)
             else:
                 evaluator.on_event(state, item, now, effects)
+        for target, moving in forwarded.items():
+            merges.forward(moving, target, effects)
 
     def _trim_cache(self) -> None:
         while len(self._cache) > self._limits.cache_users:
@@ -404,6 +440,8 @@ class PartitionOwner:
             metrics.on_duplicate_event()
         if effects.hop_limited:
             metrics.on_hop_limit(effects.hop_limited)
+        for what, count in effects.identities.items():
+            metrics.on_identity(what, count)
         metrics.on_batch(seconds, sum(len(items or ()) for _, items in decoded) + len(due))
 
 
@@ -435,6 +473,9 @@ def _merge(into: Effects, other: Effects) -> None:
     into.segment_changes.extend(other.segment_changes)
     into.item_marks.extend(other.item_marks)
     into.segment_timers.update(other.segment_timers)
+    into.handoffs.extend(other.handoffs)
+    for what, count in other.identities.items():
+        into.identities[what] = into.identities.get(what, 0) + count
     for name, delta in other.journey_counts.items():
         into.journey_counts[name] = into.journey_counts.get(name, 0) + delta
     if into.trace is not None and other.trace:

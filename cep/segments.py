@@ -82,6 +82,13 @@ class Segments:
         entries = self.index.segments_on_patch
         return self._evaluate(state, user_id, entries, now_ms, cause_id, effects) if entries else []
 
+    def on_merged(self, state: UserState, user_id: str, cause_id: str, now_ms: int, effects: Any) -> list[Event]:
+        """Another user's history was merged into this one (an identity merge): every active segment, at `now_ms`."""
+        if state.segments and state.segments_checked is not self.index:
+            self._drop_retired(state)
+        entries = list(self.index.segments.values())
+        return self._evaluate(state, user_id, entries, now_ms, cause_id, effects) if entries else []
+
     def on_timer(self, state: UserState, member: str, due_ms: int, now_ms: int, effects: Any) -> list[Event]:
         """A window boundary: re-evaluate the segment at the due time (a superseded due time does nothing)."""
         _, user_id, segment_id = member.split(TIMER_SEPARATOR)

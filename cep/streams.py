@@ -1,10 +1,13 @@
 """Partition streams (`b:{p:<n>}:events`): appends, reads after the committed position, backlog, trim.
 
-One stream entry holds one ingest request's events of one partition (field `b`), or one profile
-patch (field `p`), and how many items it holds (field `n`). There is no consumer group: the
-partition's owner reads after the position its last commit stored in `b:{p:<n>}:progress`
-(`cep.commit` writes it atomically with the batch's effects), so a new owner resumes exactly there
-and nothing is acknowledged separately.
+One stream entry holds one ingest request's events of one partition (field `b`), one profile patch
+(field `p`) or one identity merge step (field `m`, `cep.merge_items`), and how many items it holds
+(field `n`). Entries for a merged user, and a merged user's state, reach the target user's partition
+through the source partition's handoff stream (`cep.handoff`), which appends them here as they were.
+
+There is no consumer group: the partition's owner reads after the position its last commit stored in
+`b:{p:<n>}:progress` (`cep.commit` writes it atomically with the batch's effects), so a new owner
+resumes exactly there and nothing is acknowledged separately.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ from cep.events import (
     partition_of,
     partition_tag,
 )
+from cep.merge_items import MergeIn, MergeOut, decode_merge, encode_merge
 from cep.scripts import ScriptCall, run_scripts
 
 log = logging.getLogger("beacon.streams")
 
 BATCH_FIELD = b"b"  # events, msgpack list
 PATCH_FIELD = b"p"  # a profile patch, msgpack
+MERGE_FIELD = b"m"  # an identity merge step (cep.merge_items), msgpack
 PROGRESS_ID = "id"  # progress HASH field: the last stream id whose effects are committed
 PROGRESS_COUNT = "n"  # progress HASH field: items (events, patches) committed so far
 PROGRESS_ADDED = "added"  # progress HASH field: items appended so far (backlog = added - n)
@@ -48,7 +53,7 @@ return id
 """
 
 Entry = tuple[bytes, dict[bytes, bytes]]
-Item = Event | ProfilePatch
+Item = Event | ProfilePatch | MergeOut | MergeIn
 
 
 def events_key(partition: int) -> str:
@@ -82,7 +87,7 @@ async def append_events(redis: Redis, events: Sequence[Event], partitions: int, 
     for event in events:
         by_partition.setdefault(partition_of(event.user_id, partitions), []).append(event)
     calls = [
-        _append_call(partition, BATCH_FIELD, encode_batch(batch), len(batch))
+        append_call(partition, BATCH_FIELD, encode_batch(batch), len(batch))
         for partition, batch in by_partition.items()
     ]
     await run_scripts(redis, calls, fsync_timeout_ms=fsync_timeout_ms)
@@ -91,11 +96,20 @@ async def append_events(redis: Redis, events: Sequence[Event], partitions: int, 
 async def append_patch(redis: Redis, patch: ProfilePatch, partitions: int) -> tuple[int, bytes]:
     """XADD a profile patch to the user's partition; returns (partition, entry id)."""
     partition = partition_of(patch.user_id, partitions)
-    (entry_id,) = await run_scripts(redis, [_append_call(partition, PATCH_FIELD, encode_patch(patch), 1)])
+    (entry_id,) = await run_scripts(redis, [append_call(partition, PATCH_FIELD, encode_patch(patch), 1)])
     return partition, entry_id if isinstance(entry_id, bytes) else str(entry_id).encode()
 
 
-def _append_call(partition: int, field: bytes, payload: bytes, count: int) -> ScriptCall:
+async def append_merges(redis: Redis, merges: Sequence[MergeOut], partitions: int, fsync_timeout_ms: int = 0) -> None:
+    """XADD each merge's first step to its source user's partition, in one pipeline (durable as ingest is)."""
+    calls = [
+        append_call(partition_of(merge.user_id, partitions), MERGE_FIELD, encode_merge(merge), 1) for merge in merges
+    ]
+    await run_scripts(redis, calls, fsync_timeout_ms=fsync_timeout_ms)
+
+
+def append_call(partition: int, field: bytes, payload: bytes, count: int) -> ScriptCall:
+    """The script call appending one entry (its payload field, payload and item count) to a partition."""
     return ScriptCall(APPEND_SCRIPT, [events_key(partition), progress_key(partition)], [field, payload, count])
 
 
@@ -121,6 +135,8 @@ def decode_entry(fields: dict[bytes, bytes]) -> list[Item]:
         return list(decode_batch(fields[BATCH_FIELD]))
     if PATCH_FIELD in fields:
         return [decode_patch(fields[PATCH_FIELD])]
+    if MERGE_FIELD in fields:
+        return [decode_merge(fields[MERGE_FIELD])]
     raise DecodeError(f"stream entry without a known field: {sorted(fields)!r}")
 
 

@@ -1,4 +1,5 @@
-"""One user's packed state: profile, tags, dedupe, re-entry, first-seen and pattern state, and its codec.
+"""One user's packed state: profile, tags, dedupe, re-entry, first-seen, pattern state and identity merges,
+and its codec.
 
 The partition owner keeps these in memory and commits changed ones as one msgpack string per user
 (`cep.partition_keys.user_state_key`). Pattern state is kept per pattern *shape* (the rule's state id)
@@ -159,6 +160,12 @@ class UserState:
     # The newest `ts` of the user's own (producer) events: WeChat customer-service messages may only go
     # out within 48 h of it (connectors.delivery). 0: none seen.
     last_seen: int = 0
+    # An identity merge (`cep.merges`): the user this one was merged into (a tombstone: its events are forwarded
+    # there) and when, or "" for a live user; and the users merged into this one, newest last (their traces
+    # are shown with its own).
+    merged_into: str = ""
+    merged_at: int = 0
+    merged_from: list[str] = field(default_factory=list)
     # `seen` as stored (12 bytes per id, in order), kept in step by `remember` so that encoding does not
     # repack every id of the 7-day horizon on each commit; None: rebuild from `seen`.
     seen_packed: bytes | None = field(default=None, repr=False, compare=False)
@@ -186,6 +193,8 @@ class UserState:
             or self.last_seen
             or self.journeys
             or self.segments
+            or self.merged_into
+            or self.merged_from
         )
 
     def prune(self, now_ms: int, dedupe_horizon_ms: int) -> int:
@@ -195,7 +204,8 @@ class UserState:
 
         One pass over each part: it runs for every user of every batch.
         """
-        forever = bool(self.profile or self.tags or self.first)
+        # A tombstone is kept for as long as events may still name the merged user.
+        forever = bool(self.profile or self.tags or self.first or self.merged_into)
         latest = 0
         if self.seen:
             oldest = (now_ms - dedupe_horizon_ms) // 1000
@@ -301,6 +311,10 @@ def encode_user_state(state: UserState) -> bytes:
         record["x"] = {sid: ps.pack() for sid, ps in state.patterns.items()}
     if state.segments:
         record["m"] = state.segments
+    if state.merged_into:
+        record["t"] = [state.merged_into, state.merged_at]
+    if state.merged_from:
+        record["mf"] = state.merged_from
     if state.journeys:
         record["j"] = {
             short: [marks.entered, {key: inst.pack() for key, inst in marks.instances.items()}]
@@ -320,7 +334,11 @@ def decode_user_state(raw: bytes | None) -> UserState:
             raise DecodeError(f"unknown user record version {version!r}")
         relative = version == RECORD_VERSION_RELATIVE
         seen_packed = bytes(record.get("s") or b"")
+        merged_into, merged_at = record.get("t") or ("", 0)
         return UserState(
+            merged_into=merged_into,
+            merged_at=int(merged_at),
+            merged_from=list(record.get("mf") or ()),
             profile=dict(record.get("p") or {}),
             tags=set(record.get("g") or ()),
             seen=dict(_SEEN.iter_unpack(seen_packed)),
