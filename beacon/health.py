@@ -17,12 +17,17 @@
 Samples are taken every quarter of the window (at most every `MAX_SAMPLE_EVERY_S`), so a stall is
 reported between one window and one window plus a sample interval after it began. A worker that owns
 no partition (more workers than partitions) is healthy: it is a standby.
+
+What went wrong is shown, never where Redis is: redis-py's errors name its address (`Error 111 connecting
+to 10.0.0.5:6379`, a unix socket's path, cluster nodes) and /healthz may be reachable by more people than
+the logs are, so every problem line goes through `hide_addresses`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +46,23 @@ log = logging.getLogger("beacon.health")
 
 PING_TIMEOUT_S = 2.0
 MAX_SAMPLE_EVERY_S = 2.0
+HIDDEN_ADDRESS = "<address>"
+# URLs; a unix socket's path; IPv6 (two colons or more, with its port); host:port, [v6]:port; bare IPv4. A host
+# name never appears in redis-py's messages without its port.
+_ADDRESSES = re.compile(
+    r"\b[a-z][a-z0-9+.-]*://\S+"
+    r"|(?<=unix socket: )\S+?(?=\.?(?:\s|$))"
+    r"|\[[0-9A-Fa-f:.]+(?:%\w+)?\](?::\d{1,5})?"
+    r"|(?<![\w:])[0-9A-Fa-f]*(?::[0-9A-Fa-f.]*){2,}(?:%\w+)?(?<!\.)"
+    r"|\b[A-Za-z0-9_.-]+:\d{1,5}\b"
+    r"|\b\d{1,3}(?:\.\d{1,3}){3}\b"
+    r"|\('[^']*', \d{1,5}(?:, \d+)*\)"  # the (host, port) tuple of an OSError text
+)
+
+
+def hide_addresses(text: str) -> str:
+    """`text` with every network address or socket path in it replaced by `HIDDEN_ADDRESS`."""
+    return _ADDRESSES.sub(HIDDEN_ADDRESS, text)
 
 
 @dataclass(slots=True)
@@ -112,7 +134,7 @@ class HealthMonitor:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            problems.append(f"redis: {str(exc) or type(exc).__name__}")
+            problems.append(hide_addresses(f"redis: {str(exc) or type(exc).__name__}"))
         return problems + self.problems()
 
     def problems(self) -> list[str]:
@@ -139,7 +161,7 @@ class HealthMonitor:
                 problems.append(
                     f"outbox {partition} stalled: entries waiting, none read for {now - watch.stuck_since:.0f}s"
                 )
-        return problems
+        return [hide_addresses(problem) for problem in problems]
 
     async def _sample_partitions(self, now: float) -> None:
         assert self._worker is not None
