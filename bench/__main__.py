@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import durable_side, ingest, journeys, replay, scaling, segments, timers
+from bench import durable_side, ingest, journeys, plans, replay, scaling, segments, timers
 from bench.harness import beacon_stack
 from bench.report import RESULTS_DIR, Row, cpu_snapshot, others_share, skipped, table, write
 from bench.sizes import SIZES, Size, size_named
@@ -63,6 +63,10 @@ async def _segments(size: Size, cluster: bool) -> list[Row]:
     return await segments.segment_rows(size)
 
 
+async def _plans(size: Size, cluster: bool) -> list[Row]:
+    return await plans.plan_rows(size)
+
+
 # In `all` order; `timers` also measures memory, `durable` runs Beacon on the same log for the ratio,
 # `journeys` measures both the journey stream and the memory of waiting instances, `segments` the CPU of
 # live segments, the memory of a membership and the estimate's latency.
@@ -76,6 +80,7 @@ BENCHES: dict[str, Bench] = {
     "scaling": _scaling,
     "journeys": _journeys,
     "segments": _segments,
+    "plans": _plans,
 }
 ALIASES = {"ingest": ("throughput", "latency"), "memory": ("timers",), "all": tuple(BENCHES)}
 
@@ -102,6 +107,7 @@ def expected_row_ids(size: Size, names: list[str]) -> list[str]:
         "scaling": [*(f"scaling.workers.{count}" for count in size.worker_counts), "scaling.cluster"],
         "journeys": journeys.row_ids(),
         "segments": segments.row_ids(),
+        "plans": plans.row_ids(),
     }
     return [row_id for name in names for row_id in ids[name]]
 

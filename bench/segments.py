@@ -209,7 +209,7 @@ def row_ids() -> list[str]:
     ids.append("segments.cost_us_per_event")
     for case in MEMORY_CASES:
         ids += [f"segments.memory.{case.name}.per_membership", f"segments.memory.{case.name}.own"]
-    ids += ["segments.estimate.default_limit", "segments.estimate.sampled", "segments.plan_send_rate"]
+    ids += ["segments.estimate.default_limit", "segments.estimate.sampled"]
     return ids
 
 
@@ -718,18 +718,10 @@ async def estimate_rows(size: Size) -> list[Row]:
 # -- all ----------------------------------------------------------------------------------------------
 
 
-def plan_row() -> Row:
-    """The plan send rate to 1M users: plans do not exist yet."""
-    return skipped(
-        "segments.plan_send_rate", SECTION, "plan send rate to 1M users", "not measured: plans are not built yet"
-    )
-
-
 async def segment_rows(size: Size) -> list[Row]:
-    """Maintenance CPU, memory, estimate, and the plan row."""
+    """Maintenance CPU, memory and estimate."""
     steps: list[Callable[[Size], Awaitable[list[Row]]]] = [stream_rows, memory_rows, estimate_rows]
     rows: list[Row] = []
     for step in steps:
         rows += await step(size)
-    rows.append(plan_row())
     return rows

@@ -35,6 +35,7 @@ class Size:
     segment_rounds: int  # off-then-on rounds of those runs, averaged
     segment_users: int  # users made members of every segment of each segment memory case
     estimate_users: int  # user records the segment estimate scans
+    plan_users: int  # members of the audience one plan occurrence is sent to
 
 
 SIZES = {
@@ -64,6 +65,7 @@ SIZES = {
         segment_rounds=1,
         segment_users=1_000,
         estimate_users=2_000,
+        plan_users=5_000,
     ),
     "default": Size(
         name="default",
@@ -91,6 +93,7 @@ SIZES = {
         segment_rounds=2,
         segment_users=100_000,
         estimate_users=100_000,
+        plan_users=200_000,
     ),
     "full": Size(
         name="full",
@@ -118,6 +121,7 @@ SIZES = {
         segment_rounds=2,
         segment_users=1_000_000,
         estimate_users=1_000_000,
+        plan_users=1_000_000,
     ),
 }
 
