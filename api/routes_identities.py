@@ -57,10 +57,8 @@ async def post_identities(request: web.Request) -> web.Response:
         merges = [MergeOut(merge.source, merge.target) for merge in result.merges]
         await streams.append_merges(redis, merges, partitions, keys.services(request).ack_fsync_ms)
         metrics.on_identity("decided", len(merges))
-    if result.previous:
-        sources = [*result.previous, *(merge.source for merge in result.merges)]
-        also = [alias for moved in result.previous.values() for alias in moved]
-        await identities.move_aliases(redis, partitions, result.user_id, list(dict.fromkeys(sources)), also)
+    if result.sources:
+        await identities.move_aliases(redis, partitions, result.user_id, result.sources, result.moving)
     metrics.on_aliases("linked", len(result.linked))
     applied = await _merged(request, result)
     body = {

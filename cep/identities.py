@@ -143,11 +143,14 @@ class Merge:
 class LinkResult:
     """What a link request did: the user the aliases now name, and the merges it decided or re-sent."""
 
-    user_id: str
+    user_id: str  # the user the aliases name now: the requested one, or the user it was merged into
     linked: list[Alias]  # newly linked
-    already: list[Alias]  # linked to the user before (or now, through a merge below)
+    already: list[Alias]  # linked to the user before (or now, through a merge)
     merges: list[Merge]
-    previous: dict[str, list[Alias]]  # aliases that named another user, by that user
+    # Users whose aliases now belong to `user_id` (merged into it, or merged while this request ran), and the
+    # aliases this request found naming them: `move_aliases` re-points them.
+    sources: list[str]
+    moving: list[Alias]
 
 
 def alias_key(alias: Alias, partitions: int) -> str:
@@ -229,9 +232,17 @@ async def link(redis: Redis, partitions: int, user_id: str, aliases: Sequence[Al
                 merges.append(Merge(source, into))
     if linked:
         await redis.sadd(aliases_key(target, partitions), *(alias.name for alias in linked))
-    for owner_aliases in others.values():
-        already.extend(owner_aliases)  # linked to the target once `move_aliases` re-points them
-    return LinkResult(target, linked, already, merges, others)
+    moving = [alias for owner_aliases in others.values() for alias in owner_aliases]
+    already.extend(moving)  # linked to the target once `move_aliases` re-points them
+    sources = [*others, *(merge.source for merge in merges)]
+    # The target itself may have been merged away while this ran (a link in the other direction at once): the
+    # aliases then belong to the user it went into, as does everything the target had.
+    final = await head_of(redis, target) if others else target
+    if final != target:
+        sources.append(target)
+        moving.extend(linked)
+    sources = [source for source in dict.fromkeys(sources) if source != final]
+    return LinkResult(final, linked, already, merges, sources, moving)
 
 
 async def move_aliases(
