@@ -7,20 +7,27 @@ What each test reads is what an operator sees: the ledger (`GET /v1/actions?user
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
 from beacon.clock import ManualClock
+from beacon.redis_server import free_port
 from cep import handoff, streams
 from cep.events import partition_of
 from cep.merge_items import MergeIn, encode_merge
 from cep.scripts import run_scripts
 from cep.streams import MERGE_FIELD, append_call
 from cep.user_state import STATE, user_key_for
+from tests.chaos.processes import BeaconProcess, beacon_env, wait_healthy
 from tests.harness import Beacon, eventually, running_beacon, server_settings
-from tests.scenarios.journeys_kit import journey_stats, waiting_total
+from tests.scenarios.journeys_kit import ServeClient, journey_stats, waiting_total
 from tests.scenarios.test_seed_scenarios import MINUTE, PARTITIONS, T0
 
 PAY_THREE_TIMES: dict[str, Any] = {
@@ -249,3 +256,108 @@ async def test_a_merged_state_delivered_twice_is_merged_once(beacon: Beacon, red
     await post(beacon, [pay(T0 + 4 * MINUTE, user="u-dup", order="d2")])
     await quiet(redis_client)
     assert len(await coupons(beacon, "u-dup")) == 1
+
+
+# -- SIGKILL mid-merge ---------------------------------------------------------------------------------------
+
+CRASH_PAIRS = 300
+CRASH_PARTITIONS = 4
+SINGLE_ONLY = pytest.mark.parametrize("redis_url", ["single"], indirect=True)
+
+
+async def merges_in_flight(redis: aioredis.Redis) -> bool:
+    """Whether some merge step or forward is written and not yet carried out (uncommitted entries, or handoff
+    entries not yet relayed)."""
+    for partition in range(CRASH_PARTITIONS):
+        if await handoff.pending(redis, partition):
+            return True
+    return await streams.backlog(redis, CRASH_PARTITIONS) > 0
+
+
+async def kill9_mid_merge(worker: BeaconProcess, redis: aioredis.Redis, rng: random.Random, wait_s: float) -> str:
+    """SIGKILL the worker, preferably frozen while merges are in flight; returns where it was killed."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        await asyncio.sleep(rng.uniform(0.002, 0.02))
+        worker.sigstop()
+        if await merges_in_flight(redis):
+            worker.kill9()
+            return "mid-merge"
+        worker.sigcont()
+    worker.kill9()
+    return "idle"
+
+
+@SINGLE_ONLY
+async def test_sigkill_mid_merge_loses_and_repeats_nothing(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """300 guests merged into members while the worker is killed twice: every member ends with its guest's two
+    payments and its own, once each, and every guest is a tombstone."""
+    port = free_port()
+    serve_env = beacon_env(redis_url, port, CRASH_PARTITIONS, BEACON_RUN_CONNECTORS="false", BEACON_RUN_WORKERS="false")
+    worker_env = beacon_env(redis_url, free_port(), CRASH_PARTITIONS, BEACON_RUN_CONNECTORS="false")
+    serve = BeaconProcess("serve", serve_env, tmp_path, "serve")
+    worker = BeaconProcess("worker", worker_env, tmp_path, "worker")
+    rng = random.Random("identities-crash")
+    guests = [("openid", f"o-{i}") for i in range(CRASH_PAIRS)]
+    members = [f"m-{i}" for i in range(CRASH_PAIRS)]
+    async with aiohttp.ClientSession() as session:
+        try:
+            serve.start()
+            worker.start()
+            await wait_healthy(serve, session)
+            client = ServeClient(session, port)
+            status, body = await client.call("PUT", "/v1/rulesets/loyal", json=PAY_THREE_TIMES)
+            assert status == 200, body
+            now = int(time.time() * 1000)
+            wire = []
+            for index, (guest, member) in enumerate(zip(guests, members, strict=True)):
+                wire.append(by(None, guest, {"type": "pay", "ts": now, "event_id": f"g1-{index}"}))
+                wire.append(by(None, guest, {"type": "pay", "ts": now + 1, "event_id": f"g2-{index}"}))
+                wire.append(by(member, None, {"type": "pay", "ts": now + 2, "event_id": f"m1-{index}"}))
+            status, body = await client.call("POST", "/v1/events", json={"events": wire})
+            assert status == 200 and not body["errors"], body
+
+            async def link_one(index: int) -> None:
+                guest, member = guests[index], members[index]
+                json_body = {"user_id": member, "aliases": [{"type": guest[0], "id": guest[1]}]}
+                # A long timeout: a link waits up to 5 s for its merge, and the worker is being killed.
+                url, timeout = f"http://127.0.0.1:{port}/v1/identities", aiohttp.ClientTimeout(total=60)
+                async with session.post(url, json=json_body, timeout=timeout) as response:
+                    assert response.status in (200, 202), await response.text()
+
+            wheres = []
+            for half in (range(0, CRASH_PAIRS // 2), range(CRASH_PAIRS // 2, CRASH_PAIRS)):
+                links = asyncio.gather(*(link_one(index) for index in half))
+                wheres.append(await kill9_mid_merge(worker, redis_client, rng, wait_s=3.0))
+                worker.start()
+                await links
+
+            async def all_done() -> tuple[int, int]:
+                backlog = await streams.backlog(redis_client, CRASH_PARTITIONS)
+                waiting = sum([await handoff.pending(redis_client, p) for p in range(CRASH_PARTITIONS)])
+                return backlog, waiting
+
+            for _ in range(2):
+                assert await eventually(all_done, lambda found: found == (0, 0), timeout_s=30) == (0, 0), wheres
+            for index, member in enumerate(members):
+                status, view = await client.call("GET", f"/v1/users/{member}")
+                assert status == 200, view
+                window = view["rules"]["loyal/third-pay-in-a-week"]["sets"][0]["entries"]
+                assert [entry["ts"] for entry in window] == [now, now + 1, now + 2], (member, wheres, view)
+                assert view["merged_from"] == [f"openid:o-{index}"] and view["aliases"] == [f"openid:o-{index}"]
+            for guest in guests[:: CRASH_PAIRS // 10]:
+                status, view = await client.call("GET", f"/v1/users/openid:{guest[1]}")
+                assert view["merged_into"] == f"m-{guest[1][2:]}", view
+            # One more payment each, by the alias: every member's fourth, one coupon (third-pay fired on none yet).
+            wire = [by(None, guest, {"type": "pay", "ts": now + 3}) for guest in guests]
+            status, body = await client.call("POST", "/v1/events", json={"events": wire})
+            assert status == 200, body
+            for member in members[:: CRASH_PAIRS // 10]:
+                found = await eventually(lambda m=member: client.actions(m), lambda got: len(got) >= 1, timeout_s=10)
+                assert [action["type"] for action in found] == ["coupon"], (member, found)
+            print(f"kills: {wheres}")
+        finally:
+            serve.stop()
+            worker.stop()
