@@ -90,7 +90,8 @@ async def get_user(request: web.Request) -> web.Response:
 async def patch_user(request: web.Request) -> web.Response:
     """Set or delete (null) attributes and add or remove tags, atomically and in order with the user's events.
 
-    200 with the profile once the partition owner applied it; 202 if it is queued but not yet applied.
+    200 with the profile once the partition owner applied it; 202 if it is queued but not yet applied, or was
+    forwarded to the user this one was merged into.
     """
     user_id = _user_id(request)
     body = await read_body(request)
@@ -112,6 +113,10 @@ async def patch_user(request: web.Request) -> web.Response:
     if not await patch_profile(redis, partitions, patch, PATCH_WAIT_S):
         return web.json_response({"user_id": user_id, "status": "queued"}, status=202)
     state = await read_state(redis, partitions, user_id)
+    if state.merged_into:
+        # The user was merged away: its owner handed the patch on to the user it went into (cep.merges).
+        body = {"user_id": user_id, "status": "forwarded", "merged_into": state.merged_into}
+        return web.json_response(body, status=202)
     return web.json_response(_profile_json(user_id, Profile(state.profile, frozenset(state.tags))))
 
 

@@ -228,3 +228,8 @@ async def test_linking_again_and_linking_to_a_merged_user(beacon: Beacon, redis_
     await quiet(redis_client)
     status, body = await beacon.call("GET", "/v1/users/a")
     assert (body["merged_into"], body["aliases"]) == ("b", []), body
+    # A patch naming the merged user is handed on to the user it went into.
+    status, body = await beacon.call("PATCH", "/v1/users/a", json={"attrs": {"city": "SZ"}})
+    assert (status, body) == (202, {"user_id": "a", "status": "forwarded", "merged_into": "b"}), body
+    found = await eventually(lambda: beacon.call("GET", "/v1/users/b"), lambda got: "city" in got[1]["attrs"])
+    assert found[1]["attrs"] == {"city": "SZ"}, found
