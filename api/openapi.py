@@ -171,6 +171,13 @@ OPENAPI: dict[str, Any] = {
                 ],
             },
         },
+        "/v1/segments/{id}:backfill": {
+            "parameters": _ID_PARAM,
+            "post": _op(
+                "Feed past events ({events: [...]}, up to 10,000) to the segment's behaviour history, silently",
+                "rules",
+            ),
+        },
         "/v1/plans": {"get": _op("List plans: version, state (active, paused, cancelled), next occurrence", "rules")},
         "/v1/plans:validate": {"post": _op("Validate a plan (and its references) without storing it", "rules")},
         "/v1/plans/{id}": {

@@ -1,4 +1,4 @@
-"""Segment endpoints: versioned PUT, GET (with size), list, DELETE, validate, members, estimate.
+"""Segment endpoints: versioned PUT, GET (with size), list, DELETE, validate, members, estimate, backfill.
 
 A segment is stored like a journey (`rules.store`, under `b:{rs}:g:*`); its membership is kept by the
 partition owners (`cep.segments`) in per-partition SETs and size HASHes (`cep.segment_members`), which
@@ -7,16 +7,20 @@ these endpoints only read, and drop when the segment is deleted. See docs/audien
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from aiohttp import web
 
 from api import keys
 from api.bodies import object_with_fields, read_body
+from api.event_wire import parse_event
 from api.middleware import requires
 from api.routes_rulesets import ruleset_id_of, version_of
 from beacon.errors import ValidationError
-from cep import segment_estimate
+from cep import segment_estimate, streams
+from cep.events import ORIGIN_BACKFILL, Event
 from cep.segment_members import MEMBERS_PAGE_MAX, delete_members, members_page, segment_size
 from rules.schema import RulesetInvalid
 from rules.segments import CompiledSegment, Segment, load_segment
@@ -24,6 +28,8 @@ from rules.segments import CompiledSegment, Segment, load_segment
 MEMBERS_PAGE_DEFAULT = 100
 ESTIMATE_FIELDS = ("where", "segment", "exact_limit")
 ESTIMATE_ID = "estimate"  # the id an unsaved `where` is validated under
+MAX_BACKFILL = 10_000  # events per backfill call (`beacon segments backfill` sends a file in such chunks)
+MAX_REPORTED_ERRORS = 100
 
 
 @requires("rules")
@@ -134,6 +140,62 @@ async def estimate(request: web.Request) -> web.Response:
     return web.json_response(result.to_json())
 
 
+@requires("rules")
+async def backfill(request: web.Request) -> web.Response:
+    """Feed past events to a stored segment's behaviour history: `{"events": [...]}`, up to 10,000 a call.
+
+    Events of types the segment does not read are ignored (counted); the rest are appended to their users'
+    partitions as `backfill` events, which only record history and re-judge membership as of now, silently
+    (`cep.evaluator`). An event without `event_id` gets one from its content, so feeding a file twice
+    records it once. Bad events are refused one by one, with their paths; the good ones are kept.
+    """
+    segment_id = ruleset_id_of(request)
+    compiled = next((item for item in keys.registry(request).segments() if item.segment.id == segment_id), None)
+    if compiled is None:
+        await keys.segment_store(request).get(segment_id)  # a 404 for an unknown segment
+        await keys.registry(request).refresh()
+        compiled = next(item for item in keys.registry(request).segments() if item.segment.id == segment_id)
+    body = object_with_fields(await read_body(request), ("events",))
+    raw = body.get("events")
+    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_BACKFILL:
+        raise ValidationError(f"must be a list of 1 to {MAX_BACKFILL:,} events", path="events")
+    settings, now = request.app[keys.SETTINGS], request.app[keys.CLOCK].now_ms()
+    read = {shape.match.event for shape in compiled.shapes}
+    accepted: list[Event] = []
+    ignored: dict[str, int] = {}
+    errors: list[dict[str, Any]] = []
+    for index, wire in enumerate(raw):
+        path = f"events[{index}]"
+        try:
+            event = parse_event(wire, path, now, settings.max_future_ms)
+        except ValidationError as exc:
+            errors.append({"index": index, "path": exc.path, "message": exc.message})
+            continue
+        if event.type not in read:
+            ignored[event.type] = ignored.get(event.type, 0) + 1
+            continue
+        if "event_id" not in wire:
+            event.event_id = _content_id(wire, event)
+        event.origin = ORIGIN_BACKFILL
+        accepted.append(event)
+    await streams.append_events(keys.redis(request), accepted, settings.partitions, keys.services(request).ack_fsync_ms)
+    return web.json_response(
+        {
+            "segment": segment_id,
+            "accepted": len(accepted),
+            "ignored": ignored,
+            "errors": errors[:MAX_REPORTED_ERRORS],
+            "error_count": len(errors),
+        }
+    )
+
+
+def _content_id(wire: dict[str, Any], event: Event) -> str:
+    """A backfilled event's id from what it says, so the same file fed twice is recorded once."""
+    material = json.dumps([event.user_id, event.type, event.ts, wire.get("attrs")], sort_keys=True, default=str)
+    return "bf:" + hashlib.blake2b(material.encode(), digest_size=12).hexdigest()
+
+
 def _estimated_segment(body: dict[str, Any], lateness_ms: int) -> Segment:
     """The definition to estimate, validated; errors name their path in the request body."""
     given = [name for name in ("where", "segment") if name in body]
@@ -177,3 +239,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/segments/{id:[^/:]+}", get_segment)
     app.router.add_delete("/v1/segments/{id:[^/:]+}", delete_segment)
     app.router.add_get("/v1/segments/{id:[^/:]+}/members", segment_members)
+    app.router.add_post("/v1/segments/{id:[^/:]+}:backfill", backfill)

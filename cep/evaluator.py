@@ -16,7 +16,7 @@ from typing import Any
 
 from cep import history
 from cep.correlation import correlation_key
-from cep.events import ORIGIN_PRODUCER, ORIGIN_TIMER, Event, ProfilePatch
+from cep.events import ORIGIN_BACKFILL, ORIGIN_PRODUCER, ORIGIN_TIMER, Event, ProfilePatch
 from cep.firing import ACTION_TIMER, TIMER_SEPARATOR, CreatedAction, build_actions, schedule_and_tag
 from cep.item_index import ItemMark, item_value
 from cep.journeys import JOURNEY_TIMER, JourneyFiring, Journeys
@@ -175,6 +175,11 @@ class Evaluator:
         recorded = self.index.history_roles.get(event.type)
         if recorded:
             history.record(state, recorded, event, now_ms)
+        if event.origin == ORIGIN_BACKFILL:
+            # History only, and the segments it feeds re-judged as of now, silently: no rule, journey or item
+            # index acts on the past (docs/audiences.md, Backfill).
+            self.segments.on_backfill(state, event, now_ms, effects)
+            return []
         indexed = self.index.items_by_type.get(event.type)
         if indexed:
             for attr, window_ms in indexed:

@@ -89,6 +89,15 @@ class Segments:
         entries = list(self.index.segments.values())
         return self._evaluate(state, user_id, entries, now_ms, cause_id, effects) if entries else []
 
+    def on_backfill(self, state: UserState, event: Event, now_ms: int, effects: Any) -> None:
+        """A past event just added to the history: membership as of now, silently — the changes it would have
+        made back then are not replayed, and no `segment_*` event tells rules or journeys about it."""
+        if state.segments and state.segments_checked is not self.index:
+            self._drop_retired(state)
+        entries = self.index.segments_by_type.get(event.type)
+        if entries:
+            self._evaluate(state, event.user_id, entries, max(now_ms, event.ts), f"backfill:{event.event_id}", effects)
+
     def on_timer(self, state: UserState, member: str, due_ms: int, now_ms: int, effects: Any) -> list[Event]:
         """A window boundary: re-evaluate the segment at the due time (a superseded due time does nothing)."""
         _, user_id, segment_id = member.split(TIMER_SEPARATOR)

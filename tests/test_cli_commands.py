@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from api import routes_actions, routes_dead_letters, routes_dryrun
-from beacon import cli_commands
+from api import routes_actions, routes_dead_letters, routes_dryrun, routes_segments
+from beacon import cli_audiences, cli_commands
 from beacon.cli import build_parser
 from beacon.redis_server import free_port
 from tests.harness import Beacon, eventually, running_beacon, server_settings
@@ -97,6 +97,7 @@ def test_the_clients_bounds_are_the_servers() -> None:
     """The command checks these before it sends anything: they must be the server's."""
     assert cli_commands.MAX_DRY_RUN_EVENTS == routes_dryrun.MAX_DRY_RUN_EVENTS
     assert cli_commands.MAX_LIMIT == routes_actions.MAX_LIMIT == routes_dead_letters.MAX_LIMIT
+    assert cli_audiences.BACKFILL_CHUNK == routes_segments.MAX_BACKFILL
 
 
 async def test_rules_list_get_diff_and_delete(server: Beacon, tmp_path: Path) -> None:
@@ -352,3 +353,43 @@ async def test_a_server_that_is_down_is_one_line_and_exit_code_3(args: list[str]
     port = free_port()
     code, _, err = await beacon(*args, BEACON_URL=f"http://127.0.0.1:{port}")
     assert (code, one_line(err)) == (3, f"beacon: cannot connect to 127.0.0.1:{port}: Connection refused")
+
+
+async def test_plans_and_segment_backfill(server: Beacon, redis_client: aioredis.Redis, tmp_path: Path) -> None:
+    """`plans push / list / runs / pause / resume / cancel` and `segments backfill` against a live server."""
+    url = server.url("").rstrip("/")
+    status, body = await server.call("PUT", "/v1/audiences/vip", json={"ids": ["a", "b"]})
+    assert status == 200, body
+    plan = {
+        "id": "vip-day",
+        "audience": "aud:vip",
+        "schedule": {"cron": "0 10 * * *", "tz": "Asia/Shanghai"},
+        "then": [{"action": "coupon", "coupon_id": "V"}],
+    }
+    code, out, err = await beacon("plans", "push", write(tmp_path / "plan.json", plan), "--url", url)
+    assert (code, out.strip()) == (0, "pushed vip-day as version 1"), err
+    code, out, err = await beacon("plans", "push", write(tmp_path / "bad.json", {**plan, "rate": 0}), "--url", url)
+    assert code == 1 and "rate" in one_line(err), err
+    code, out, _ = await beacon("plans", "list", BEACON_URL=url)
+    assert code == 0 and "vip-day" in out and "active" in out, out
+    code, out, _ = await beacon("plans", "pause", "vip-day", BEACON_URL=url)
+    assert (code, out.strip()) == (0, "plan vip-day: paused"), out
+    code, out, _ = await beacon("plans", "runs", "vip-day", "--json", BEACON_URL=url)
+    assert code == 0 and json.loads(out) == {"id": "vip-day", "state": "paused", "runs": []}, out
+    code, out, _ = await beacon("plans", "cancel", "vip-day", BEACON_URL=url)
+    assert (code, out.strip()) == (0, "plan vip-day: cancelled"), out
+    code, out, _ = await beacon("plans", "resume", "vip-day", BEACON_URL=url)
+    assert (code, out.strip()) == (0, "plan vip-day: active"), out
+    code, _, err = await beacon("plans", "runs", "nope", BEACON_URL=url)
+    assert code != 0 and "404" in one_line(err), err
+
+    segment = {"id": "buyers", "where": {"did": {"event": "pay"}, "within": "30d"}}
+    status, body = await server.call("PUT", "/v1/segments/buyers", json=segment)
+    assert status == 200, body
+    lines = [{"user_id": "a", "type": "pay", "ts": T0 - 86_400_000}, {"user_id": "b", "type": "view", "ts": T0}]
+    events = tmp_path / "history.jsonl"
+    events.write_text("\n".join(json.dumps(line) for line in [*lines, {"user_id": "c"}]) + "\n")
+    code, out, err = await beacon("segments", "backfill", "buyers", "--events", str(events), BEACON_URL=url)
+    assert code == 1, (out, err)
+    assert "backfilled 1 events into buyers; ignored (types it does not read): view 1" in out, out
+    assert "event 3: events[2].type: is required" in err, err

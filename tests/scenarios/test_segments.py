@@ -147,3 +147,70 @@ async def test_deleting_a_segment_forgets_its_members(
     assert status == 200
     await put_segment(beacon, VIP)  # a new segment of the same id starts empty
     assert (await size(beacon, "vip"), await members(beacon, "vip")) == (0, [])
+
+
+BUYERS = {"id": "buyers", "where": {"did": {"event": "pay"}, "within": "30d"}}
+REPEAT = {"id": "repeat", "where": {"did": {"event": "pay"}, "within": "30d", "count": {"op": ">=", "value": 2}}}
+FANS = {
+    "id": "fans-no-order",
+    "where": {"all": [{"did": {"event": "follow"}, "within": "30d"}, {"did_not": {"event": "pay"}, "within": "30d"}]},
+}
+ON_ENTERED = {
+    "id": "on-entered",
+    "rules": [
+        {
+            "id": "welcome",
+            "when": {"event": "segment_entered"},
+            "then": [{"action": "message", "channel": "sms", "template": "hi"}],
+        },
+        {"id": "paid", "when": {"event": "pay"}, "then": [{"action": "points", "amount": 1}]},
+    ],
+}
+
+
+async def test_backfill_fills_history_and_membership_silently(
+    beacon: Beacon, redis_client: aioredis.Redis, clock: ManualClock
+) -> None:
+    for document in (BUYERS, REPEAT, FANS):
+        await put_segment(beacon, document)
+    await beacon.put_ruleset(ON_ENTERED)
+    day = 24 * HOUR
+    history = [
+        event("a", "pay", T0 - 10 * day, amount=5),
+        event("b", "follow", T0 - 5 * day),
+        event("c", "pay", T0 - 40 * day),  # older than every window: recorded, and never counts
+        event("d", "view", T0 - day),  # no segment reads views: ignored
+        {"user_id": "e", "ts": T0},  # no type: refused alone
+    ]
+    for _ in range(2):  # the same file twice: recorded once (ids from the content)
+        status, body = await beacon.call("POST", "/v1/segments/buyers:backfill", json={"events": history})
+        assert status == 200, body
+        # Only the types this segment reads are taken (follow feeds another segment: backfill that one).
+        assert (body["accepted"], body["ignored"], body["error_count"]) == (2, {"follow": 1, "view": 1}, 1), body
+        assert body["errors"][0]["path"] == "events[4].type", body
+    status, body = await beacon.call("POST", "/v1/segments/fans-no-order:backfill", json={"events": history[1:2]})
+    assert (status, body["accepted"]) == (200, 1), body
+    await settled(redis_client)
+    assert await members(beacon, "buyers") == ["a"]
+    assert await members(beacon, "repeat") == []  # the second feed was a duplicate, not a second payment
+    assert await members(beacon, "fans-no-order") == ["b"]
+    assert await beacon.actions() == []  # nothing acted on the past: no rule saw an event or an entry
+    # The windows go on live: a's payment leaves the 30-day window at T0 - 10d + 30d + 1 ms, with no event.
+    await advance(beacon, redis_client, clock, T0 + 20 * day)
+    assert await members(beacon, "buyers") == ["a"]
+    await advance(beacon, redis_client, clock, T0 + 20 * day + 1)
+    assert await members(beacon, "buyers") == []
+    # And live events count together with the backfilled ones.
+    await beacon.post_events([event("b", "pay", T0 + 21 * day)])
+    await settled(redis_client)
+    assert await members(beacon, "fans-no-order") == []
+    assert sorted(a["rule_id"] for a in await beacon.actions("b")) == ["paid", "welcome"]
+
+
+async def test_backfill_refuses_bad_calls(beacon: Beacon, clock: ManualClock) -> None:
+    status, body = await beacon.call("POST", "/v1/segments/nope:backfill", json={"events": [event("a", "pay", T0)]})
+    assert status == 404, body
+    await put_segment(beacon, BUYERS)
+    for payload, path in (({"events": []}, "events"), ({"events": "x"}, "events"), ({"evts": []}, "evts")):
+        status, body = await beacon.call("POST", "/v1/segments/buyers:backfill", json=payload)
+        assert (status, body["error"]["path"]) == (422, path), body

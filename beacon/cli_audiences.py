@@ -1,0 +1,149 @@
+"""`beacon plans ...` and `beacon segments backfill`: the plan and segment commands rule authors run.
+
+Thin clients of the HTTP API (as `beacon.cli_commands`, whose connection options, errors and exit codes
+they share): nothing here reads Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from beacon.cli_commands import Kind, Remote, _command, _json_option, print_json, push_document, table, when
+from beacon.cli_http import EXIT_USAGE, CommandError
+
+PLANS = Kind("plan", "plans", "branches")
+BACKFILL_CHUNK = 10_000  # events per call: the server's bound (api.routes_segments.MAX_BACKFILL)
+
+
+async def list_plans(remote: Remote, args: argparse.Namespace) -> int:
+    """`plans list`: every plan with its version, state and next occurrence."""
+    answer = await remote.request("GET", "v1", "plans")
+    if args.json:
+        print_json(answer)
+        return 0
+    rows = []
+    for item in sorted(answer.get("plans") or [], key=lambda found: str(found.get("id"))):
+        upcoming = item.get("next_occurrence") or {}
+        rows.append(
+            [item.get("id"), item.get("version"), item.get("state"), upcoming.get("id", "-"), item.get("description")]
+        )
+    table(["id", "version", "state", "next occurrence", "description"], rows)
+    return 0
+
+
+async def plan_runs(remote: Remote, args: argparse.Namespace) -> int:
+    """`plans runs ID`: the occurrences, newest first, with their counts."""
+    answer = await remote.request("GET", "v1", "plans", args.id, "runs")
+    if args.json:
+        print_json(answer)
+        return 0
+    print(f"plan {args.id}: {answer.get('state')}")
+    rows = [
+        [
+            run.get("occurrence"),
+            run.get("status"),
+            when(run.get("start_ms")),
+            run.get("targeted"),
+            run.get("sent"),
+            run.get("entered"),
+            ", ".join(f"{reason} {count}" for reason, count in (run.get("blocked") or {}).items()) or "-",
+        ]
+        for run in answer.get("runs") or []
+    ]
+    table(["occurrence", "status", "starts (UTC)", "targeted", "sent", "entered", "blocked"], rows)
+    return 0
+
+
+async def set_plan_state(remote: Remote, args: argparse.Namespace) -> int:
+    """`plans pause | resume | cancel ID`."""
+    answer = await remote.request("POST", "v1", "plans", args.id, action=args.verb)
+    cancelled = answer.get("cancelled_runs") or []
+    print(f"plan {args.id}: {answer.get('state')}" + (f" (cancelled {', '.join(cancelled)})" if cancelled else ""))
+    return 0
+
+
+def _events_file(path: str) -> list[Any]:
+    """Every event of a `.jsonl` (or gzip-compressed) file of any size."""
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        lines = raw.decode().splitlines()
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}", EXIT_USAGE) from None
+    events = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                events.append(json.loads(line))
+            except ValueError as exc:
+                raise CommandError(f"{path}:{number}: not valid JSON: {exc}", EXIT_USAGE) from None
+    return events
+
+
+async def backfill_segment(remote: Remote, args: argparse.Namespace) -> int:
+    """`segments backfill ID --events FILE`: the file's events to the segment's history, in chunks."""
+    events = _events_file(args.events)
+    totals: dict[str, Any] = {"accepted": 0, "ignored": {}, "error_count": 0}
+    for start in range(0, len(events), BACKFILL_CHUNK):
+        chunk = events[start : start + BACKFILL_CHUNK]
+        answer = await remote.request("POST", "v1", "segments", args.id, action="backfill", body={"events": chunk})
+        totals["accepted"] += int(answer.get("accepted", 0))
+        totals["error_count"] += int(answer.get("error_count", 0))
+        for event_type, count in (answer.get("ignored") or {}).items():
+            totals["ignored"][event_type] = totals["ignored"].get(event_type, 0) + int(count)
+        for error in answer.get("errors") or []:
+            line = start + int(error.get("index", 0)) + 1
+            print(f"{args.events}: event {line}: {error.get('path')}: {error.get('message')}", file=sys.stderr)
+    if args.json:
+        print_json(totals)
+    else:
+        ignored = ", ".join(f"{kind} {count}" for kind, count in sorted(totals["ignored"].items())) or "none"
+        print(f"backfilled {totals['accepted']:,} events into {args.id}; ignored (types it does not read): {ignored}")
+        if totals["error_count"]:
+            print(f"{totals['error_count']:,} events refused (see above)")
+    return 1 if totals["error_count"] else 0
+
+
+def add_commands(commands: Any) -> None:
+    """`beacon plans list | push | runs | pause | resume | cancel`, `beacon segments backfill`."""
+    plans = commands.add_parser("plans", help="plans on a server: list, push, runs, pause, resume, cancel")
+    plan_commands = plans.add_subparsers(dest="plans_command", required=True, metavar="COMMAND")
+    listed = _command(plan_commands, "list", list_plans, "rules", "the plans, their state and next occurrence")
+    _json_option(listed)
+    push = _command(
+        plan_commands, "push", push_document, "rules", "store a plan file on a running server",
+        'PUT the file as the newest version of its plan (the document\'s "id"); running occurrences go on.',
+        kind=PLANS,
+    )  # fmt: skip
+    push.add_argument("file", help="plan JSON file, - for stdin")
+    runs = _command(plan_commands, "runs", plan_runs, "rules", "a plan's occurrences: status and counts")
+    runs.add_argument("id", help="the plan's id")
+    _json_option(runs)
+    for verb, text in (
+        ("pause", "stop sending and opening occurrences until resumed"),
+        ("resume", "make a paused or cancelled plan active again"),
+        ("cancel", "end the running occurrences (unsent users dropped), open no more until resumed"),
+    ):
+        command = _command(plan_commands, verb, set_plan_state, "rules", text, verb=verb)
+        command.add_argument("id", help="the plan's id")
+
+    segments = commands.add_parser("segments", help="segments on a server: backfill")
+    segment_commands = segments.add_subparsers(dest="segments_command", required=True, metavar="COMMAND")
+    backfill = _command(
+        segment_commands, "backfill", backfill_segment, "rules", "feed past events to a segment's behaviour history",
+        "POST the file's events, 10,000 at a time, to /v1/segments/ID:backfill: those of types the segment reads "
+        "are recorded in their users' history and membership is judged as of now, silently (no rule or journey "
+        "acts on them). Events without event_id get one from their content, so a file fed twice counts once. "
+        "Exit code 1 when some events were refused.",
+    )  # fmt: skip
+    backfill.add_argument("id", help="the segment's id")
+    backfill.add_argument(
+        "--events", required=True, metavar="FILE", help=".jsonl (or gzip-compressed), one event a line"
+    )
+    _json_option(backfill, "the totals")
