@@ -100,8 +100,9 @@ class RulesetRegistry:
                     fresh[item.id] = existing
                     continue
                 try:
-                    ruleset = parse_ruleset(item.document, ruleset_id=item.id, default_lateness_ms=self._lateness)
-                    fresh[item.id] = CompiledRuleset.build(replace(ruleset, version=item.version))
+                    # In a thread: a large ruleset takes a few hundred ms to parse and compile, which on the
+                    # event loop stalled every request and partition of the process (issue 15).
+                    ruleset, fresh[item.id] = await asyncio.to_thread(self._compile_ruleset, item)
                 except ValidationError as exc:
                     log.error("stored ruleset %s v%s no longer validates: %s", item.id, item.version, exc)
                     continue
@@ -115,6 +116,10 @@ class RulesetRegistry:
             self._compiled, self._revision = fresh, revision
             metrics.set_active_rulesets(len(fresh))
             return self.current()
+
+    def _compile_ruleset(self, item: StoredRuleset) -> tuple[Ruleset, CompiledRuleset]:
+        ruleset = parse_ruleset(item.document, ruleset_id=item.id, default_lateness_ms=self._lateness)
+        return ruleset, CompiledRuleset.build(replace(ruleset, version=item.version))
 
     def _load_journey(self, item_id: str, version: int, document: dict[str, Any]) -> CompiledJourney | None:
         journey = load_journey(document, journey_id=item_id, lateness_ms=self._lateness, version=version)
