@@ -11,7 +11,8 @@ from aiohttp import web
 
 from api.keys import SETTINGS
 from beacon import metrics
-from beacon.errors import AuthError, BeaconError, ForbiddenError
+from beacon.errors import AuthError, BeaconError, ForbiddenError, UnavailableError
+from beacon.redis_errors import describe, is_redis_trouble
 from rules.owners import Caller
 
 log = logging.getLogger("beacon.api")
@@ -76,7 +77,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.json_response(
             body, status=exc.status, headers={"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         )
-    except Exception:
+    except Exception as exc:
+        if is_redis_trouble(exc):
+            # Redis down, out of memory or refusing writes: a retry may succeed, which a 500 ("a bug") did not
+            # say. The body names the type only: redis-py's message names the address.
+            log.warning("%s %s: Redis trouble: %s", request.method, request.path, describe(exc))
+            metrics.on_redis_error("api")
+            unavailable = UnavailableError(f"Redis is not available ({type(exc).__name__}); retry the request")
+            response = error_response(unavailable)
+            response.headers["Retry-After"] = "1"
+            return response
         log.exception("unhandled error on %s %s", request.method, request.path)
         body = {"error": {"code": "internal", "message": "internal error; see the server log", "path": None}}
         return web.json_response(body, status=500)

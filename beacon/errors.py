@@ -93,6 +93,13 @@ class ConnectorError(BeaconError):
         self.retry_after = retry_after
 
 
+class UnavailableError(BeaconError):
+    """Redis refused or failed a call of the request (down, out of memory, disk full): retry it."""
+
+    status = 503
+    code = "unavailable"
+
+
 class BeaconTimeoutError(BeaconError):
     """An operation that ran out of time (Redis, a provider)."""
 
