@@ -13,6 +13,7 @@ from api import (
     routes_actions,
     routes_audiences,
     routes_backtest,
+    routes_clicks,
     routes_dead_letters,
     routes_dryrun,
     routes_events,
@@ -56,6 +57,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
         routes_actions,
         routes_dead_letters,
         routes_ops,
+        routes_clicks,
     ):
         module.add_routes(app)
     ingest_ws.setup(app)

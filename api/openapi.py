@@ -178,6 +178,13 @@ OPENAPI: dict[str, Any] = {
                 "rules",
             ),
         },
+        "/c/{token}": {
+            "parameters": [{"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": {
+                **_op("A tracked link: 302 to its URL, recording a click event for the user (404 when unknown)", None),
+                "responses": {"302": {"description": "to the link's URL"}, "404": {"description": "unknown link"}},
+            },
+        },
         "/v1/plans": {"get": _op("List plans: version, state (active, paused, cancelled), next occurrence", "rules")},
         "/v1/plans:validate": {"post": _op("Validate a plan (and its references) without storing it", "rules")},
         "/v1/plans/{id}": {

@@ -193,6 +193,19 @@ PLAN_SENT = Counter(
 )
 
 
+LINK_CLICKS = Counter(
+    "beacon_link_clicks_total",
+    "Tracked-link redirects served (`GET /c/{token}`), by what made the link and whether the click was recorded",
+    ["source", "recorded"],
+    registry=REGISTRY,
+)
+
+
+def on_click(source: str, *, recorded: bool) -> None:
+    """A tracked link was followed (`api.routes_clicks`); `recorded` False when Redis refused the click."""
+    LINK_CLICKS.labels(source, "true" if recorded else "false").inc()
+
+
 def on_plan_sent(plan_id: str, count: int) -> None:
     """Users a plan run's send reached (`cep.plan_driver`)."""
     PLAN_SENT.labels(plan_id).inc(count)

@@ -27,6 +27,7 @@ from cep import outbox, scripts, streams, timers
 from cep.commit import COMMIT_SCRIPT
 from cep.journey_stats import read_counts, waiting_now
 from cep.layout import check_layout
+from cep.links import LinkSigner, deployment_secret
 from cep.ownership import MEMBERS_SCRIPT, PARTITION_LEASE_SCRIPT
 from cep.partition_owner import OwnerLimits
 from cep.plan_driver import PlanDriver
@@ -149,6 +150,9 @@ async def open_services(
                 stopping=services.stopping,
                 # serve also runs the API: beside `beacon worker` processes it takes a smaller share.
                 weight=settings.serve_partition_weight if role == "serve" else 1.0,
+                links=LinkSigner(
+                    settings.link_base(), await deployment_secret(redis, settings.link_secret), settings.partitions
+                ),
             )
             services.tasks.append(asyncio.create_task(services.worker.run(), name="worker"))
             # Plans are sent by the processes that own partitions, each to the partitions it owns.

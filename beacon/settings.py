@@ -35,7 +35,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster")
 # Variables that may be given as <NAME>_FILE instead: a file holding the value, as Docker and Kubernetes mount
 # secrets. Their values never appear in a log line (`Settings.secret_values`) nor in an error.
-SECRET_VARIABLES = ("REDIS_URL", "BEACON_REDIS_URL", "BEACON_API_KEYS", *CONNECTOR_SECRETS)
+SECRET_VARIABLES = ("REDIS_URL", "BEACON_REDIS_URL", "BEACON_API_KEYS", "BEACON_LINK_SECRET", *CONNECTOR_SECRETS)
 FILE_SUFFIX = "_FILE"
 MAX_PORT = 65_535
 # More partitions than Redis Cluster slots could not spread any further over masters.
@@ -158,6 +158,15 @@ class Settings:
     health_stall_ms: int = 30_000
     # How long a process retries Redis at start before it gives up; None: the role's DEFAULT_REDIS_WAIT_MS.
     redis_wait_ms: int | None = None
+    # The base of tracked links' short URLs (`{{link "..."}}` -> `<public_url>/c/<token>`); None: this
+    # server's own http://host:port, which only suits a test.
+    public_url: str | None = None
+    # Signs tracked links; None: a secret generated once per Redis and shared by every process (cep.links).
+    link_secret: str | None = None
+
+    def link_base(self) -> str:
+        """Where a tracked link's clicks arrive."""
+        return self.public_url or f"http://{self.host}:{self.port}"
 
     def ops_address(self, role: str) -> tuple[str, int, bool]:
         """(host, port, configured) of a role's ops listener; `configured` is False for the default port."""
@@ -173,7 +182,7 @@ class Settings:
     def secret_values(self) -> frozenset[str]:
         """The configured secrets' values (API keys, the Redis password, the connectors' secrets), which the log
         formatter hides wherever they appear."""
-        values = set(self.api_keys) | self.connectors.secret_values()
+        values = set(self.api_keys) | self.connectors.secret_values() | {self.link_secret or ""}
         if self.redis_url:
             with contextlib.suppress(ValueError):
                 url = urlsplit(self.redis_url)
@@ -279,7 +288,19 @@ def _parse(read: _Variables, env: Mapping[str, str]) -> Settings:
         # Below a second, samples every quarter of it would cost more than they tell.
         health_stall_ms=read.integer("HEALTH_STALL_MS", base.health_stall_ms, 1_000),
         redis_wait_ms=read.optional_integer("REDIS_WAIT_MS", 0),
+        public_url=_public_url(read.text("PUBLIC_URL")),
+        link_secret=read.text("LINK_SECRET"),
     )
+
+
+def _public_url(url: str | None) -> str | None:
+    """An http(s) base URL without query or fragment, or a one-line settings error."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValidationError("must be an http:// or https:// base URL", path="BEACON_PUBLIC_URL")
+    return url.rstrip("/")
 
 
 def _redis_url(url: str | None, variable: str) -> str | None:

@@ -226,6 +226,10 @@ class CommitPlan:
         """Store a user's packed record (ttl 0: no expiry)."""
         self.puts.extend((self._key(user_key(self.partition, user_id, STATE)), record, ttl_ms))
 
+    def put_link(self, key: str, record: str) -> None:
+        """A tracked link's record (`cep.links`), kept as long as the ledger keeps its action."""
+        self.puts.extend((self._key(key), record, self.retention_ms))
+
     def delete_state(self, user_id: str) -> None:
         """A user's record holds nothing any more."""
         self.deletes.append(self._key(user_key(self.partition, user_id, STATE)))

@@ -325,7 +325,9 @@ class Evaluator:
             state.fired[entry.short_key] = [trigger.ts, NEVER]
         elif policy == "once_per":
             state.fired[entry.short_key] = [trigger.ts, now_ms + rule.reentry.period_ms + TTL_MARGIN_MS]
-        actions = build_actions(entry.compiled.ruleset, rule, entry.renderers, trigger, state.profile, now_ms)
+        actions = build_actions(
+            entry.compiled.ruleset, rule, entry.renderers, trigger, state.profile, now_ms, self.index.links
+        )
         effects.firings.append(Firing(entry, trigger.user_id, trigger, actions))
         _trace(effects, entry, trigger, "fired", actions=[action.action_id for action in actions])
         owner = entry.compiled.ruleset.id

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cep.events import ORIGIN_ACTION, Event
+from cep.links import ActionLinks, LinkSigner
 from rules.model import Action, Rule, Ruleset
+from rules.templates import LINK_MAKER
 
 TIMER_SEPARATOR = "\x1f"  # between the parts of a timer-set member (never inside ids: the edge refuses it)
 ACTION_TIMER = "d"
@@ -46,6 +48,7 @@ class CreatedAction:
     status: str
     timer_due: int | None  # set when the action waits in the timer set (status scheduled)
     _text: str | None = None
+    links: tuple[tuple[str, str], ...] = ()  # (token, URL) of each tracked link it carries (cep.links)
 
     @property
     def text(self) -> str:
@@ -62,6 +65,7 @@ def build_actions(
     trigger: Event,
     profile_attrs: Mapping[str, Any],
     now_ms: int,
+    signer: LinkSigner | None = None,
 ) -> tuple[CreatedAction, ...]:
     """The rule's actions rendered for an admitted firing on `trigger`."""
     fields: dict[str, Any] = {"ruleset_id": ruleset.id, "ruleset_version": ruleset.version, "rule_id": rule.id}
@@ -72,7 +76,7 @@ def build_actions(
         (ruleset.id, str(ruleset.version), rule.id, trigger.user_id, trigger.event_id),
     )
     context = template_context(ruleset, rule, trigger, profile_attrs)
-    return render_actions(source, rule.actions, renderers, context, trigger, now_ms)
+    return render_actions(source, rule.actions, renderers, context, trigger, now_ms, signer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,7 @@ def render_actions(
     context: Mapping[str, Any],
     trigger: Event,
     now_ms: int,
+    signer: LinkSigner | None = None,
 ) -> tuple[CreatedAction, ...]:
     """Actions rendered for a firing (a rule's, or a journey node's) on `trigger`.
 
@@ -100,7 +105,13 @@ def render_actions(
     created = []
     for index, (action, render) in enumerate(zip(actions, renderers, strict=True)):
         identifier = _action_id(source.material, index)
-        params = render(context)
+        links: tuple[tuple[str, str], ...] = ()
+        if action.tracked:
+            minting = ActionLinks(signer, trigger.user_id, identifier)
+            params = render({**context, LINK_MAKER: minting})
+            links = tuple(minting.minted)
+        else:
+            params = render(context)
         due = trigger.ts + action.delay_ms
         timer_due: int | None = None
         if action.type == "tag":
@@ -122,7 +133,9 @@ def render_actions(
             "event_ts": trigger.ts,
             "received_ms": trigger.received_ms,
         }
-        created.append(CreatedAction(identifier, record, status, timer_due))
+        if links:
+            record["links"] = [url for _, url in links]
+        created.append(CreatedAction(identifier, record, status, timer_due, links=links))
     return tuple(created)
 
 

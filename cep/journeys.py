@@ -390,7 +390,9 @@ class Journeys:
         }
         # Actions are due relative to the step's time (a delayed action after a wait counts from its end).
         step = Event(trigger.event_id, user_id, trigger.type, at, attrs, trigger.received_ms, trigger.origin)
-        actions = render_actions(source, node.actions, compiled.renderers[node_id], context, step, now_ms)
+        actions = render_actions(
+            source, node.actions, compiled.renderers[node_id], context, step, now_ms, self.index.links
+        )
         effects.journey_firings.append(JourneyFiring(journey_id, version, node_id, user_id, step, actions))
         _trace(effects, user_id, at, journey_id, version, node_id, "actions", actions=[a.action_id for a in actions])
         owner = "journey:" + journey_id

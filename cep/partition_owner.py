@@ -32,6 +32,7 @@ from cep.commit import CommitPlan, FencedError, StalePositionError, commit
 from cep.evaluator import Effects, Evaluator, timer_user
 from cep.events import Event, ProfilePatch
 from cep.journeys import counter_field
+from cep.links import link_key, link_record
 from cep.merge_items import MergeIn, MergeOut
 from cep.rule_index import RuleIndex
 from cep.trace import encode_batch
@@ -292,20 +293,13 @@ class PartitionOwner:
                 plan.delete_state(user_id)
             else:
                 plan.put_state(user_id, encode_user_state(state), ttl_ms)
-        for firing in effects.firings:
-            for action in firing.actions:
-                plan.add_action(
-                    firing.user_id, action.action_id, action.text, action.status, queue=action.status == "pending"
-                )
-        for journey_firing in effects.journey_firings:
-            for action in journey_firing.actions:
-                plan.add_action(
-                    journey_firing.user_id,
-                    action.action_id,
-                    action.text,
-                    action.status,
-                    queue=action.status == "pending",
-                )
+        created = [(f.user_id, f.actions) for f in effects.firings]
+        created += [(f.user_id, f.actions) for f in effects.journey_firings]
+        for user_id, actions in created:
+            for action in actions:
+                plan.add_action(user_id, action.action_id, action.text, action.status, queue=action.status == "pending")
+                for number, (token, url) in enumerate(action.links):
+                    plan.put_link(link_key(self.partition, token), link_record(action.record, number, url))
         by_journey: dict[str, list[tuple[str, int]]] = {}
         for (journey_id, version, node, what), delta in effects.journey_counts.items():
             if delta:

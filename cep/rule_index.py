@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cep.links import LinkSigner
 from rules.compiled import CompiledRuleset
 from rules.item_indexes import ItemIndex
 from rules.journey_compiled import CompiledJourney, HistoryShape, JourneyRole, JourneyVersions
@@ -112,6 +113,8 @@ class RuleIndex:
         self.journey_by_short: dict[str, JourneyEntry] = {}
         self.journey_roles: dict[str, tuple[JourneyMatch, ...]] = {}
         self.histories: dict[str, HistoryShape] = {}
+        # Signs tracked links (`{{link}}`) where clicks can be followed: set by the worker, None in dry-runs.
+        self.links: LinkSigner | None = None
         self._index_journeys(journeys, plans)
         self._index_segments(segments)
         # event type -> (item attribute, window) of the item indexes that record it (cep.item_index)

@@ -15,6 +15,7 @@ from beacon import metrics
 from beacon.clock import Clock
 from beacon.pause import pause
 from beacon.redis_errors import describe, is_redis_trouble
+from cep.links import LinkSigner
 from cep.ownership import Ownership
 from cep.partition_owner import OwnerLimits, PartitionOwner
 from cep.rule_index import RuleIndex
@@ -42,6 +43,7 @@ class Worker:
         stopping: asyncio.Event,
         lease_ms: int = 10_000,
         weight: float = 1.0,
+        links: LinkSigner | None = None,
     ) -> None:
         self._redis = redis
         self._registry = registry
@@ -49,6 +51,7 @@ class Worker:
         self._limits = limits
         self._partitions = partitions
         self._stopping = stopping
+        self.links = links
         self.consumer = consumer_name()
         self.ownership = Ownership(redis, partitions, self.consumer, lease_ms, weight)
         self._owners: dict[int, PartitionOwner] = {}
@@ -75,6 +78,7 @@ class Worker:
         )
         if identity != self._index_of:
             self._index, self._index_of = RuleIndex(rulesets, journeys, segments, items, plans), identity
+            self._index.links = self.links
         return self._index
 
     async def run(self) -> None:

@@ -123,6 +123,7 @@ class Action:
     type: str
     params: dict[str, Any] = field(hash=False, compare=True)
     delay_ms: int = 0
+    tracked: bool = False  # its params hold `{{link "..."}}` templates (rules.templates, cep.links)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from typing import Any
 from beacon.errors import ValidationError
 from rules import model
 from rules.durations import format_duration, parse_duration
-from rules.templates import find_template_errors, is_whole_template
+from rules.templates import find_template_errors, has_link, is_whole_template
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 EVENT_TYPE_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")  # what the event API accepts as `type`
@@ -502,7 +502,7 @@ class _Parser:
             return self.reject(path, 'needs a non-empty "add" or "remove"')
         # Deep copies: the document stays the caller's; the frozen Action must not change under it.
         params = {key: copy.deepcopy(item) for key, item in value.items() if key not in ("action", "delay")}
-        return model.Action(kind, params, parsed.get("delay") or 0)
+        return model.Action(kind, params, parsed.get("delay") or 0, tracked=has_link(params))
 
     def templated(self, parse: Parse) -> Parse:
         """`parse`, then every string inside an accepted value checked for template errors."""

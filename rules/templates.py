@@ -6,7 +6,10 @@ on Python objects, so a ruleset author can read nothing but the firing's own con
 - `{{event.<name>}}` — an attribute of the event that completed the pattern; `event.type`,
   `event.ts` and `event.event_id` name the event's own fields;
 - `{{profile.<name>}}` — an attribute of the user's profile;
-- `{{user_id}}`, `{{rule_id}}`, `{{ruleset_id}}`.
+- `{{user_id}}`, `{{rule_id}}`, `{{ruleset_id}}`;
+- `{{link "https://shop.example/sale"}}` — a tracked link: live, a short Beacon link per action and link
+  whose click redirects there and records a `click` event (`cep.links`); the URL is a literal of the
+  template (no template inside it), so a click can only ever go where the author wrote.
 
 Spaces inside the braces are allowed (`{{ event.sku }}`). A string that is exactly one template renders
 to the raw value (`"{{event.amount}}"` stays a number; a missing value becomes null); inside longer text
@@ -22,20 +25,36 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 _TOKEN = re.compile(r"\{\{([^{}]*)\}\}")
-_EXPRESSION = re.compile(r"(?:event|profile)\.[^\s{}]+|user_id|rule_id|ruleset_id")
-_EXPECTED = "expected event.<name>, profile.<name>, user_id, rule_id or ruleset_id"
+_LINK = re.compile(r'link\s+"(https?://[^"\s/]+[^"\s]*)"', re.IGNORECASE)
+_EXPRESSION = re.compile(r'(?:event|profile)\.[^\s{}]+|user_id|rule_id|ruleset_id|link\s+"[^"]*"')
+_EXPECTED = 'expected event.<name>, profile.<name>, user_id, rule_id, ruleset_id or link "https://..."'
+LINK_MAKER = "$link"  # the context entry that turns a link's URL into a tracked one (absent: the URL itself)
+MAX_LINK = 2_048
 
 
 def find_template_errors(text: str) -> list[str]:
     """Why `text` holds a template that cannot render (empty when it is fine)."""
-    errors = [
-        f'"{token.group(0)}" is not a template ({_EXPECTED})'
-        for token in _TOKEN.finditer(text)
-        if not _EXPRESSION.fullmatch(token.group(1).strip())
-    ]
+    errors = []
+    for token in _TOKEN.finditer(text):
+        expression = token.group(1).strip()
+        if not _EXPRESSION.fullmatch(expression):
+            errors.append(f'"{token.group(0)}" is not a template ({_EXPECTED})')
+        elif expression.startswith("link") and (_LINK.fullmatch(expression) is None or len(expression) > MAX_LINK):
+            errors.append(f'"{token.group(0)}": a link is link "http(s)://host/..." (a literal URL, no spaces)')
     if "{{" in _TOKEN.sub("", text):
         errors.append('malformed template: "{{" without a matching "}}"')
     return errors
+
+
+def has_link(value: Any) -> bool:
+    """Whether any string in `value` (at any depth) holds a `{{link "..."}}` template."""
+    if isinstance(value, str):
+        return any(token.group(1).strip().startswith("link") for token in _TOKEN.finditer(value))
+    if isinstance(value, Mapping):
+        return any(has_link(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(has_link(item) for item in value)
+    return False
 
 
 def is_whole_template(text: str) -> bool:
@@ -68,6 +87,12 @@ def _lookup(expression: str, context: Mapping[str, Any]) -> Any:
     # Unknown expressions render as missing: load-time validation reports them, rendering never fails.
     if not _EXPRESSION.fullmatch(expression):
         return None
+    if expression.startswith("link"):
+        found = _LINK.fullmatch(expression)
+        if found is None:
+            return None
+        maker = context.get(LINK_MAKER)
+        return maker(found.group(1)) if callable(maker) else found.group(1)
     root, _, name = expression.partition(".")
     if not name:
         return context.get(root)

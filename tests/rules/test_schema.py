@@ -645,7 +645,7 @@ def test_field_leaves_are_allowed_in_if() -> None:
         (
             {"action": "points", "amount": "{{evnt.x}}"},
             "rules[0].then[0].amount",
-            '"{{evnt.x}}" is not a template (expected event.<name>, profile.<name>, user_id, rule_id or ruleset_id)',
+            '"{{evnt.x}}" is not a template (expected event.<name>, profile.<name>, user_id, rule_id, ruleset_id or link "https://...")',
         ),
         ({"action": "points", "amount": 5, "reason": 5}, "rules[0].then[0].reason", "must be a string"),
         ({"action": "tag"}, "rules[0].then[0]", 'needs a non-empty "add" or "remove"'),
@@ -666,7 +666,7 @@ def test_field_leaves_are_allowed_in_if() -> None:
         (
             {"action": "message", "channel": "sms", "template": "t", "params": {"a": ["ok", "{{ x }}"]}},
             "rules[0].then[0].params.a[1]",
-            '"{{ x }}" is not a template (expected event.<name>, profile.<name>, user_id, rule_id or ruleset_id)',
+            '"{{ x }}" is not a template (expected event.<name>, profile.<name>, user_id, rule_id, ruleset_id or link "https://...")',
         ),
         (
             {"action": "message", "channel": "sms", "template": "t", "page": "p/{{event.x"},
@@ -688,7 +688,7 @@ def test_field_leaves_are_allowed_in_if() -> None:
         (
             {"action": "webhook", "url": "https://x", "body": {"q": "{{profile}}"}},
             "rules[0].then[0].body.q",
-            '"{{profile}}" is not a template (expected event.<name>, profile.<name>, user_id, rule_id or ruleset_id)',
+            '"{{profile}}" is not a template (expected event.<name>, profile.<name>, user_id, rule_id, ruleset_id or link "https://...")',
         ),
         (
             {"action": "notify_staff", "template": "t", "notify_superior": "yes"},

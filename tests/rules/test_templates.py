@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rules.templates import find_template_errors, is_whole_template, render_text, render_value
+from rules.templates import find_template_errors, has_link, is_whole_template, render_text, render_value
 
 CONTEXT = {
     "event": {"type": "pay", "ts": 1_700_000_000_000, "event_id": "e-1", "sku": "A1", "amount": 120.5, "ok": True},
@@ -54,7 +54,7 @@ def test_invalid_templates_are_named(text: str, errors: list[str]) -> None:
 
 def test_error_message_lists_the_allowed_roots() -> None:
     assert find_template_errors("{{x}}") == [
-        '"{{x}}" is not a template (expected event.<name>, profile.<name>, user_id, rule_id or ruleset_id)'
+        '"{{x}}" is not a template (expected event.<name>, profile.<name>, user_id, rule_id, ruleset_id or link "https://...")'
     ]
 
 
@@ -115,3 +115,21 @@ def test_is_whole_template() -> None:
     assert is_whole_template("{{event.x}}")
     assert not is_whole_template("{{event.x}} ")
     assert not is_whole_template("{{event.x}}{{event.y}}")
+
+
+def test_links_are_literal_http_urls_and_render_through_the_maker() -> None:
+    assert find_template_errors('go {{link "https://shop.example/x?a=1&b=2"}} now') == []
+    assert find_template_errors('{{ link "http://shop.example" }}') == []
+    for bad in ('{{link "ftp://x"}}', '{{link "https://"}}', "{{link https://x.example}}", '{{link "https://a b"}}'):
+        assert find_template_errors(bad), bad
+    minted: list[str] = []
+
+    def maker(url: str) -> str:
+        minted.append(url)
+        return f"S{len(minted)}"
+
+    text = 'a {{link "https://x.example/1"}} b {{link "https://x.example/2"}}'
+    assert render_text(text, {"$link": maker}) == "a S1 b S2"
+    assert minted == ["https://x.example/1", "https://x.example/2"]
+    assert render_text(text, {}) == "a https://x.example/1 b https://x.example/2"  # nothing tracks: the URL
+    assert has_link({"params": [text]}) and not has_link({"params": ["{{event.x}}"]})
