@@ -19,6 +19,7 @@ ORIGIN_PRODUCER = ""
 ORIGIN_ACTION = "action"  # tag_added / tag_removed emitted by a tag action
 ORIGIN_TIMER = "timer"  # the trigger of a timer (an absence deadline)
 ORIGIN_PLAN = "plan"  # a plan occurrence reaching one user (cep.plan_runs appends them)
+ORIGIN_DELIVERY = "delivery"  # an action's delivery outcome (`action_delivered`, ...; connectors.delivery_ledger)
 ORIGIN_BACKFILL = "backfill"  # a past event fed to segments' history only (`POST /v1/segments/{id}:backfill`)
 
 

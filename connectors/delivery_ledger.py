@@ -24,8 +24,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from cep.events import partition_of, partition_tag
+from cep.events import ORIGIN_DELIVERY, Event, encode_batch, partition_of, partition_tag
 from cep.scripts import ScriptCall, run_scripts
+from cep.streams import BATCH_FIELD, events_key, progress_key
 from cep.user_state import LEDGER, LEDGER_STATUS, user_key_for
 
 PENDING = "pending"
@@ -36,9 +37,12 @@ SKIPPED = "skipped"
 DEAD = "dead"
 
 # KEYS[1] = the user's ledger status HASH (action id -> JSON status), KEYS[2] = the partition's wake-up ZSET
-# (`due_key`; the same slot: both carry the partition's hash tag).
+# (`due_key`), KEYS[3] = the partition's event stream, KEYS[4] = its progress HASH (the same slot: all carry
+# the partition's hash tag).
 # ARGV[1] = action id, ARGV[2] = the status text the caller decided from, ARGV[3] = the new status text,
-# ARGV[4] = the action's wake-up member, ARGV[5] = when to wake it (ms), or '' to remove its wake-up.
+# ARGV[4] = the action's wake-up member, ARGV[5] = when to wake it (ms), or '' to remove its wake-up,
+# ARGV[6] = the stream entry's field, ARGV[7] = an encoded outcome event to append with a final status ('':
+# none), so the engine hears of every delivery outcome exactly once (`outcome_event`).
 # Returns 1 when the status still read ARGV[2] and now reads ARGV[3], its wake-up set or removed with it;
 # 0 when it changed meanwhile (another consumer, a replay, retention) and nothing was written.
 SWAP_SCRIPT = """
@@ -49,8 +53,35 @@ if ARGV[5] == '' then
 else
     redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
 end
+if ARGV[7] ~= '' then
+    redis.call('XADD', KEYS[3], '*', ARGV[6], ARGV[7], 'n', 1)
+    redis.call('HINCRBY', KEYS[4], 'added', 1)
+end
 return 1
 """
+# Final statuses the engine hears of, as events of the user (`action_delivered`, ...): rules can act on a
+# failed delivery, and attribution counts reach from `action_delivered` (docs/measurement.md).
+OUTCOME_EVENTS = {"delivered": "action_delivered", "skipped": "action_skipped", "dead": "action_dead"}
+OUTCOME_FIELDS = (
+    "action_id", "type", "ruleset_id", "rule_id", "journey_id", "node_id", "plan_id", "occurrence", "source",
+)  # fmt: skip
+
+
+def outcome_event(record: dict[str, Any], status: dict[str, Any]) -> Event | None:
+    """The event a final status sends the engine (None for an unfinished one), with a deterministic id: a
+    replayed action delivered again is a second outcome (`attempts` differ), the same CAS retried is not."""
+    kind = OUTCOME_EVENTS.get(str(status.get("status")))
+    if kind is None:
+        return None
+    attrs = {name: record[name] for name in OUTCOME_FIELDS if record.get(name) is not None}
+    params = record.get("params")
+    if isinstance(params, dict) and isinstance(params.get("channel"), str):
+        attrs["channel"] = params["channel"]
+    if status.get("reason"):
+        attrs["reason"] = str(status["reason"])
+    at = int(status.get("updated_at") or 0)
+    event_id = f"outcome:{record['action_id']}:{status['status']}:{status.get('attempts', 0)}"
+    return Event(event_id, str(record["user_id"]), kind, at, attrs, at, ORIGIN_DELIVERY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +128,9 @@ async def swap_status(
     Every transition names its wake-up: an unfinished status without one would never be looked at again.
     """
     text = json.dumps(status, separators=(",", ":"), ensure_ascii=False)
-    return Stored(expected.record, status, text) if await _swap(redis, partitions, expected, text, wake_at) else None
+    outcome = outcome_event(expected.record, status)
+    swapped = await _swap(redis, partitions, expected, text, wake_at, outcome)
+    return Stored(expected.record, status, text) if swapped else None
 
 
 async def forget_wake_up(redis: Redis, partitions: int, stored: Stored) -> bool:
@@ -106,11 +139,21 @@ async def forget_wake_up(redis: Redis, partitions: int, stored: Stored) -> bool:
     return await _swap(redis, partitions, stored, stored.raw_status, None)
 
 
-async def _swap(redis: Redis, partitions: int, expected: Stored, text: str, wake_at: int | None) -> bool:
+async def _swap(
+    redis: Redis, partitions: int, expected: Stored, text: str, wake_at: int | None, outcome: Event | None = None
+) -> bool:
     user_id, action_id = expected.record["user_id"], expected.record["action_id"]
-    keys = [user_key_for(partitions, user_id, LEDGER_STATUS), due_key(partition_of(user_id, partitions))]
+    partition = partition_of(user_id, partitions)
+    keys = [
+        user_key_for(partitions, user_id, LEDGER_STATUS),
+        due_key(partition),
+        events_key(partition),
+        progress_key(partition),
+    ]
     wake = "" if wake_at is None else str(int(wake_at))
-    call = ScriptCall(SWAP_SCRIPT, keys, [action_id, expected.raw_status, text, hint_member(user_id, action_id), wake])
+    event = encode_batch([outcome]) if outcome is not None and text != expected.raw_status else b""
+    args = [action_id, expected.raw_status, text, hint_member(user_id, action_id), wake, BATCH_FIELD, event]
+    call = ScriptCall(SWAP_SCRIPT, keys, args)
     (swapped,) = await run_scripts(redis, [call])
     return bool(swapped)
 
