@@ -43,6 +43,17 @@ async def test_malformed_msgpack_body(beacon: Beacon) -> None:
     assert_error(status, body, 400, "malformed", "body")
 
 
+async def test_msgpack_maps_with_integer_keys_are_400_not_500(beacon: Beacon) -> None:
+    """Issue 15, finding 5: a msgpack map mixing key types was among the bodies that answered 500."""
+    for document in (
+        {"user_id": "u", "type": "pay", "attrs": {1: "x", "a": "y"}},
+        {"events": [{"user_id": "u", "type": "pay"}, {"user_id": "u", "type": "pay", 7: 1}]},
+    ):
+        headers = {"Content-Type": "application/msgpack"}
+        status, body = await beacon.call("POST", "/v1/events", data=msgpack.packb(document), headers=headers)
+        assert_error(status, body, 400, "malformed", "body")
+
+
 async def test_nan_is_not_json(beacon: Beacon) -> None:
     status, body = await beacon.call(
         "POST",
