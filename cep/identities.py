@@ -38,16 +38,26 @@ ALIASES = "aliases"  # the per-user family (`cep.user_state.user_key`) of a user
 MERGED_KEY = "b:{ids}:merged"
 MAX_CHAIN = 64  # merges followed from a user to its head; a longer chain means the registry is corrupt
 
-# KEYS[1] the alias key, KEYS[2] the alias SET of the user the alias's first event creates
-# ARGV[1] that user's id (`<type>:<id>`), ARGV[2] the alias (`<type>:<id>`)
-# Returns {the user the alias names, 1 if this call created that user}: an unknown alias becomes that new
-# user atomically, so concurrent first events agree on whom they belong to.
+# KEYS[2i - 1] alias i's key, KEYS[2i] the alias SET of the user its first event creates (all of one
+#   partition's slot: the alias key and that user share it)
+# ARGV[i] alias i (`<type>:<id>`, which is also that user's id)
+# Returns {user, created, ...}: per alias the user it names, and 1 if this call created that user. An unknown
+# alias becomes that new user atomically, so concurrent first events agree on whom they belong to.
 RESOLVE_SCRIPT = """
-local owner = redis.call('GET', KEYS[1])
-if owner then return {owner, 0} end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[2])
-return {ARGV[1], 1}
+local found = {}
+for i = 1, #ARGV do
+  local owner = redis.call('GET', KEYS[2 * i - 1])
+  if owner then
+    found[#found + 1] = owner
+    found[#found + 1] = 0
+  else
+    redis.call('SET', KEYS[2 * i - 1], ARGV[i])
+    redis.call('SADD', KEYS[2 * i], ARGV[i])
+    found[#found + 1] = ARGV[i]
+    found[#found + 1] = 1
+  end
+end
+return found
 """
 
 # KEYS[1] the alias key    ARGV[1] the user to link it to
@@ -169,19 +179,24 @@ def _text(value: Any) -> str:
 
 async def resolve(redis: Redis, partitions: int, aliases: Sequence[Alias]) -> tuple[dict[Alias, str], int]:
     """The user each alias names, creating `<type>:<id>` for an unknown one, and how many were created: one
-    pipelined round trip for all of them."""
-    distinct = list(dict.fromkeys(aliases))
-    calls = [
-        ScriptCall(
-            RESOLVE_SCRIPT,
-            [alias_key(alias, partitions), aliases_key(alias.name, partitions)],
-            [alias.name, alias.name],
-        )
-        for alias in distinct
-    ]
+    pipelined round trip for all of them, one script call per partition (100 calls of one alias each cost
+    3.3 ms of client time where one call per partition costs a fraction of it)."""
+    by_partition: dict[int, list[Alias]] = {}
+    for alias in dict.fromkeys(aliases):
+        by_partition.setdefault(partition_of(alias.name, partitions), []).append(alias)
+    groups = list(by_partition.values())
+    calls = []
+    for group in groups:
+        keys = [key for alias in group for key in (alias_key(alias, partitions), aliases_key(alias.name, partitions))]
+        calls.append(ScriptCall(RESOLVE_SCRIPT, keys, [alias.name for alias in group]))
     replies = await run_scripts(redis, calls)
-    found = {alias: _text(reply[0]) for alias, reply in zip(distinct, replies, strict=True)}
-    return found, sum(int(reply[1]) for reply in replies)
+    found: dict[Alias, str] = {}
+    created = 0
+    for group, reply in zip(groups, replies, strict=True):
+        for index, alias in enumerate(group):
+            found[alias] = _text(reply[2 * index])
+            created += int(reply[2 * index + 1])
+    return found, created
 
 
 async def lookup(redis: Redis, partitions: int, alias: Alias) -> str | None:
