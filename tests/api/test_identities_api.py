@@ -210,6 +210,31 @@ async def test_two_links_in_opposite_directions_at_once_end_in_one_user(
             assert body["head"] == head, body
 
 
+async def test_events_for_a_user_merged_twice_follow_the_chain(beacon: Beacon, redis_client: aioredis.Redis) -> None:
+    """a went into b, then b into c: an event still naming a is forwarded twice and lands on c."""
+    tagging = {
+        "id": "t",
+        "rules": [
+            {"id": "v", "when": {"event": "visit"}, "then": [{"action": "tag", "add": ["visited"]}]},
+        ],
+    }
+    assert await beacon.put_ruleset(tagging) == 1
+    phone, openid = alias("phone", "chain-1"), alias("openid", "chain-2")
+    for user_id, own in (("a", phone), ("b", phone), ("b", openid), ("c", openid)):
+        status, body = await beacon.call("POST", "/v1/identities", json={"user_id": user_id, "aliases": [own]})
+        assert status == 200, body
+    status, body = await beacon.post_events([{"user_id": "a", "type": "visit", "event_id": "late-visit"}])
+    assert status == 200, body
+    await quiet(redis_client)
+    views = {}
+    for user_id in ("a", "b", "c"):
+        views[user_id] = (await beacon.call("GET", f"/v1/users/{user_id}"))[1]
+    assert (views["a"]["merged_into"], views["b"]["merged_into"]) == ("b", "c"), views
+    assert views["c"]["tags"] == ["visited"] and views["c"]["merged_from"] == ["a", "b"], views
+    assert views["c"]["aliases"] == ["openid:chain-2", "phone:chain-1"], views
+    assert [action["trigger_id"] for action in await beacon.actions("c")] == ["late-visit"]
+
+
 async def test_linking_again_and_linking_to_a_merged_user(beacon: Beacon, redis_client: aioredis.Redis) -> None:
     first = {"user_id": "a", "aliases": [alias("phone", "1")]}
     status, body = await beacon.call("POST", "/v1/identities", json=first)
