@@ -147,6 +147,31 @@ OUTBOX_BACKLOG = Gauge(
     "Outbox entries the connectors have not finished with (unread plus read and unacknowledged), over all partitions",
     registry=REGISTRY,
 )
+ARCHIVE_BACKLOG = Gauge(
+    "beacon_archive_backlog_entries",
+    "Archive stream entries (one per committed batch) not yet written to the archive's files",
+    registry=REGISTRY,
+)
+ARCHIVE_ROWS = Counter(
+    "beacon_archive_rows_total", "Rows written to the event archive's files, by table", ["table"], registry=REGISTRY
+)
+ARCHIVE_FILES = Counter(
+    "beacon_archive_files_total",
+    "Archive files written by drains (drain) and compactions (compact)",
+    ["kind"],
+    registry=REGISTRY,
+)
+ARCHIVE_BYTES = Counter(
+    "beacon_archive_bytes_total",
+    "Bytes of archive files written, by drains and compactions",
+    ["kind"],
+    registry=REGISTRY,
+)
+ARCHIVE_UNREADABLE = Counter(
+    "beacon_archive_unreadable_total",
+    "Archive stream entries that could not be decoded and were skipped",
+    registry=REGISTRY,
+)
 DEAD_LETTERS = Gauge(
     "beacon_dead_letter_entries",
     "Actions in the dead-letter stream (out of attempts, not replayed since), up to its cap",
@@ -406,3 +431,21 @@ BUILD_INFO.info({"version": _version(), "python": platform.python_version()})
 def exposition() -> tuple[bytes, str]:
     """The text exposition and its content type."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def set_archive_backlog(entries: int) -> None:
+    """Archive stream entries waiting for the archiver, over all partitions."""
+    ARCHIVE_BACKLOG.set(entries)
+
+
+def on_archive_file(kind: str, size: int, rows: dict[str, int] | None = None) -> None:
+    """An archive file was written (`drain` or `compact`), with the rows a drain added per table."""
+    ARCHIVE_FILES.labels(kind).inc()
+    ARCHIVE_BYTES.labels(kind).inc(size)
+    for table, count in (rows or {}).items():
+        ARCHIVE_ROWS.labels(table).inc(count)
+
+
+def on_archive_unreadable() -> None:
+    """An archive stream entry could not be decoded (it is skipped, logged with its id)."""
+    ARCHIVE_UNREADABLE.inc()

@@ -23,7 +23,7 @@ from beacon.logs import redact
 from beacon.pause import pause
 from beacon.redis_errors import REFUSALS, describe, is_redis_trouble
 from beacon.settings import Settings
-from cep import outbox, scripts, streams, timers
+from cep import archive_stream, outbox, scripts, streams, timers
 from cep.commit import COMMIT_SCRIPT
 from cep.journey_stats import read_counts, waiting_now
 from cep.layout import check_layout
@@ -37,6 +37,7 @@ from connectors.consumer import GROUP as OUTBOX_GROUP
 from connectors.dead_letters import dead_letter_count
 from connectors.redis_trouble import REDIS_BACKOFF
 from connectors.runtime import run_connectors
+from measure.archiver import ArchiveLimits, Archiver
 from rules.registry import RulesetRegistry
 from rules.store import RulesetStore
 
@@ -139,6 +140,7 @@ async def open_services(
                 trace_ttl_ms=settings.trace_ttl_ms,
                 trace_matches=settings.trace_matches,
                 partitions=settings.partitions,
+                archive=settings.archive,
             )
             services.worker = Worker(
                 redis,
@@ -172,6 +174,19 @@ async def open_services(
                 redis, settings.connectors, settings.partitions, clock, stopping=services.stopping
             )
             services.tasks.append(asyncio.create_task(delivery, name="connectors"))
+        if role == "serve" and settings.archive and settings.run_archiver:
+            # One per deployment (a Redis lease): the serve whose data directory holds the archive.
+            archiver = Archiver(
+                redis,
+                settings.data_dir,
+                settings.partitions,
+                clock,
+                ArchiveLimits(
+                    settings.archive_flush_ms, settings.archive_retention_days, settings.archive_compact_files
+                ),
+                services.stopping,
+            )
+            services.tasks.append(asyncio.create_task(archiver.run(), name="archiver"))
         services.tasks.append(
             asyncio.create_task(
                 _report_gauges(redis, settings.partitions, registry, services.stopping, journeys=role == "serve"),
@@ -293,6 +308,7 @@ async def _report_gauges(
             metrics.set_stream_lag_seconds(await streams.lag_seconds(redis, partitions))
             metrics.set_outbox_backlog(await outbox.backlog(redis, partitions, OUTBOX_GROUP))
             metrics.set_dead_letters(await dead_letter_count(redis))
+            metrics.set_archive_backlog(await archive_stream.backlog(redis, partitions))
             metrics.set_pending_timers(await timers.pending_count(redis, partitions))
             # Cluster-wide figures: only `serve` reports them, so a sum over processes does not count twice.
             kept = {item.active.journey.id: item for item in registry.journeys()} if journeys else {}

@@ -158,6 +158,14 @@ class Settings:
     health_stall_ms: int = 30_000
     # How long a process retries Redis at start before it gives up; None: the role's DEFAULT_REDIS_WAIT_MS.
     redis_wait_ms: int | None = None
+    # The event archive (docs/measurement.md): commits append their events and actions to the partitions'
+    # archive streams, and one `beacon serve` per deployment (a Redis lease) drains them into files under
+    # `data_dir/archive`, compacts a day's small files and drops days past the retention.
+    archive: bool = True
+    run_archiver: bool = True  # whether this `serve` may be that one
+    archive_flush_ms: int = 5_000  # how often the archiver drains the streams into files
+    archive_retention_days: int = 90
+    archive_compact_files: int = 32  # a day's small files merged into one once this many wait
     # The base of tracked links' short URLs (`{{link "..."}}` -> `<public_url>/c/<token>`); None: this
     # server's own http://host:port, which only suits a test.
     public_url: str | None = None
@@ -288,6 +296,11 @@ def _parse(read: _Variables, env: Mapping[str, str]) -> Settings:
         # Below a second, samples every quarter of it would cost more than they tell.
         health_stall_ms=read.integer("HEALTH_STALL_MS", base.health_stall_ms, 1_000),
         redis_wait_ms=read.optional_integer("REDIS_WAIT_MS", 0),
+        archive=read.flag("ARCHIVE", base.archive),
+        run_archiver=read.flag("RUN_ARCHIVER", base.run_archiver),
+        archive_flush_ms=read.integer("ARCHIVE_FLUSH_MS", base.archive_flush_ms, 100, 3_600_000),
+        archive_retention_days=read.integer("ARCHIVE_RETENTION_DAYS", base.archive_retention_days, 1, 36_500),
+        archive_compact_files=read.integer("ARCHIVE_COMPACT_FILES", base.archive_compact_files, 2, 100_000),
         public_url=_public_url(read.text("PUBLIC_URL")),
         link_secret=read.text("LINK_SECRET"),
     )

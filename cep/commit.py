@@ -18,6 +18,7 @@ import msgpack
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from cep.archive_stream import archive_key
 from cep.handoff import handoff_fields, handoff_key
 from cep.item_index import ItemMark, item_key
 from cep.journey_stats import stats_key
@@ -41,13 +42,14 @@ STALE = "STALE"
 # ARGV[2] msgpack plan {now, retention, recent_max, quarantine_max, from, id?, n,
 #   n: items committed (added to progress.n), put: [ki, record, ttl_ms, ...] (ttl 0: no expiry), del: [ki, ...],
 #   acts: [[acts ki, actx ki, astat ki, user, [action id, record JSON, status JSON, queue now?], ...], ...],
-#   rel: [[acts ki, astat ki, action id, cancel?], ...]   (delayed actions falling due)
+#   rel: [[acts ki, astat ki, action id, cancel?, user], ...]   (delayed actions falling due)
 #   tadd: [due, member, ...], trem: [member, ...], quar: [[field, value, ...], ...],
 #   cnt: [[hash ki, field, delta, ...], ...]       (journey statistics, segment sizes: HINCRBY)
 #   mem: [[members ki, user, +1 | -1], ...]        (segment members, cep.segment_members, in order)
 #   item: [[item ki, user, ts, window ms], ...]    (item index, cep.item_index)
 #   trace: [[trace ki, depth, ttl_ms, batch], ...]  (per-user trace: one element per user and batch)
-#   hk: handoff STREAM ki (0: none), hand: [[field, value, ...], ...]  (entries for other partitions, cep.handoff)}
+#   hk: handoff STREAM ki (0: none), hand: [[field, value, ...], ...]  (entries for other partitions, cep.handoff)
+#   ak: archive STREAM ki (0: not archived), ae: events record, aa: actions record  (cep.archive_stream)}
 # Returns 1; an error reply starting with FENCED when the epoch moved, or STALE when the stored position
 # is not `from` (then nothing was written).
 COMMIT_SCRIPT = r"""
@@ -81,6 +83,8 @@ for i = 1, #plan.put, 3 do
 end
 for _, ki in ipairs(plan.del) do redis.call('DEL', KEYS[ki]) end
 
+-- Archived actions the ledger already held (written and archived before), and delayed ones cancelled here.
+local not_written, cancelled = {}, {}
 for _, group in ipairs(plan.acts) do
   -- One user's new actions: [acts ki, actx ki, astat ki, user, [id, record, status, queue?], ...]. Each is
   -- written once (an id already in the ledger is a batch processed again), with one command per ledger
@@ -103,6 +107,8 @@ for _, group in ipairs(plan.acts) do
       statuses[#statuses + 1] = act[1]; statuses[#statuses + 1] = act[3]
       if act[4] then redis.call('XADD', KEYS[4], '*', 'a', act[2]) end
       redis.call('XADD', KEYS[5], 'MAXLEN', '~', plan.recent_max, '*', 'u', user, 'a', act[1])
+    else
+      not_written[#not_written + 1] = act[1]
     end
   end
   if #records > 0 then
@@ -131,6 +137,7 @@ for _, rel in ipairs(plan.rel) do
       if rel[4] then
         status.status = 'cancelled'
         status.reason = 'ruleset_deleted'
+        cancelled[#cancelled + 1] = {rel[5], rel[3]}
       else
         status.status = 'pending'
         redis.call('XADD', KEYS[4], '*', 'a', redis.call('HGET', KEYS[rel[1]], rel[3]))
@@ -165,6 +172,14 @@ for _, trace in ipairs(plan.trace) do
   redis.call('PEXPIRE', key, trace[3])
 end
 for _, fields in ipairs(plan.hand) do redis.call('XADD', KEYS[plan.hk], '*', unpack(fields)) end
+if plan.ak > 0 then
+  -- One archive entry per batch, written with the batch: exactly once whatever crashes (cep.archive_stream).
+  local fields = {'e', plan.ae}
+  if plan.aa ~= '' then fields[#fields + 1] = 'a'; fields[#fields + 1] = plan.aa end
+  if #not_written > 0 then fields[#fields + 1] = 'x'; fields[#fields + 1] = cmsgpack.pack(not_written) end
+  if #cancelled > 0 then fields[#fields + 1] = 'c'; fields[#fields + 1] = cmsgpack.pack(cancelled) end
+  redis.call('XADD', KEYS[plan.ak], '*', unpack(fields))
+end
 if plan.id then redis.call('HSET', KEYS[2], 'id', plan.id) end
 if plan.n > 0 then redis.call('HINCRBY', KEYS[2], 'n', plan.n) end
 return 1
@@ -204,6 +219,9 @@ class CommitPlan:
     traces: list[list[Any]] = field(default_factory=list)
     handoffs: list[list[bytes]] = field(default_factory=list)  # XADD field lists for the handoff stream
     _handoff_index: int = 0
+    _archive_index: int = 0
+    archived_events: bytes = b""  # the batch's archive records (cep.archive_stream), when archiving
+    archived_actions: bytes = b""
     read_after: bytes = b"0-0"  # the position the batch was read after (checked by the commit)
     last_id: bytes | None = None
     entries: int = 0
@@ -247,7 +265,7 @@ class CommitPlan:
 
     def release(self, user_id: str, action_id: str, *, cancel: bool) -> None:
         """A delayed action fell due: to the outbox if still scheduled (or cancelled)."""
-        self.releases.append([*self._ledger(user_id, LEDGER, LEDGER_STATUS), action_id, cancel])
+        self.releases.append([*self._ledger(user_id, LEDGER, LEDGER_STATUS), action_id, cancel, user_id])
 
     def count(self, journey_id: str, deltas: list[tuple[str, int]]) -> None:
         """Add to a journey's statistics in this partition."""
@@ -278,6 +296,12 @@ class CommitPlan:
         if not self._handoff_index:
             self._handoff_index = self._key(handoff_key(self.partition))
         self.handoffs.append(handoff_fields(handoff))
+
+    def archive(self, events: bytes, actions: bytes) -> None:
+        """Append the batch's archive records (`cep.archive_stream`) to the partition's archive stream."""
+        if not self._archive_index:
+            self._archive_index = self._key(archive_key(self.partition))
+        self.archived_events, self.archived_actions = events, actions
 
     def quarantine(self, fields: dict[bytes, bytes]) -> None:
         """Move an entry that fails on its own out of the way, in the same commit that skips it."""
@@ -313,6 +337,9 @@ class CommitPlan:
             "trace": self.traces,
             "hk": self._handoff_index,
             "hand": self.handoffs,
+            "ak": self._archive_index,
+            "ae": self.archived_events,
+            "aa": self.archived_actions,
         }
         if self.last_id is not None:
             plan["id"] = self.last_id

@@ -70,6 +70,9 @@ class Effects:
     # Also trace, per event, which rules' matchers took it and which refused it (`where_false`): the
     # fullest answer to "why not?", and most of the trace's cost (an entry for nearly every event).
     trace_matches: bool = False
+    # Every event evaluated for the first time (stream and chained events, not backfills nor duplicates), for
+    # the event archive (`cep.archive_stream`); None: not collected (dry-runs, backtests).
+    processed: list[Event] | None = None
 
 
 def absence_timer(user_id: str, state_id: str, correlation: str, a_event_id: str) -> str:
@@ -170,6 +173,8 @@ class Evaluator:
             effects.duplicates += 1
             return []
         state.remember(digest, now_ms)
+        if effects.processed is not None and event.origin != ORIGIN_BACKFILL:
+            effects.processed.append(event)
         if event.origin == ORIGIN_PRODUCER and event.ts > state.last_seen:
             state.last_seen = event.ts
         recorded = self.index.history_roles.get(event.type)

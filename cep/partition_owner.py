@@ -27,7 +27,7 @@ from beacon import metrics
 from beacon.clock import Clock
 from beacon.pause import pause
 from beacon.redis_errors import describe, is_redis_trouble
-from cep import handoff, merges, streams, timers
+from cep import archive_stream, handoff, merges, streams, timers
 from cep.commit import CommitPlan, FencedError, StalePositionError, commit
 from cep.evaluator import Effects, Evaluator, timer_user
 from cep.events import Event, ProfilePatch
@@ -59,6 +59,7 @@ class OwnerLimits:
     trace_ttl_ms: int = 3 * 86_400_000  # a user's trace expires this long after its last entry
     trace_matches: bool = False  # also trace each event's rule matches (see `Effects.trace_matches`)
     partitions: int = 0  # the partition count, to relay handoffs to other partitions (0: no relay)
+    archive: bool = False  # append each batch's events and actions to the archive stream (cep.archive_stream)
 
 
 class PartitionOwner:
@@ -260,6 +261,8 @@ class PartitionOwner:
     ) -> tuple[CommitPlan, Effects]:
         evaluator = Evaluator(index)
         effects = Effects(trace=[] if self._limits.trace_depth else None, trace_matches=self._limits.trace_matches)
+        if self._limits.archive:
+            effects.processed = []
         touched: set[str] = set()
         plan = CommitPlan(self.partition, now, self._limits.ledger_retention_ms)
         for member, due_ms in due:
@@ -327,6 +330,13 @@ class PartitionOwner:
             plan.release(user_id, action_id, cancel=cancel)
         for handed in effects.handoffs:
             plan.hand_off(handed)
+        if effects.processed is not None and (effects.processed or plan.actions or plan.releases):
+            plan.archive(
+                archive_stream.encode_events(effects.processed),
+                archive_stream.encode_actions(action for _, actions in created for action in actions)
+                if plan.actions
+                else b"",
+            )
         for due_ms, member in effects.timers_added:
             plan.timers_added.extend((due_ms, member))
         # A segment timer that fired and was set again in this batch keeps its new due time (one member per
@@ -347,6 +357,8 @@ class PartitionOwner:
             return ""
         saved = {user_id: _copy(self._cache[user_id]) for user_id in users}
         trial = Effects(trace=[] if effects.trace is not None else None, trace_matches=effects.trace_matches)
+        if effects.processed is not None:
+            trial.processed = []
         try:
             work(trial)
         except Exception as exc:
@@ -468,6 +480,8 @@ def _merge(into: Effects, other: Effects) -> None:
     into.item_marks.extend(other.item_marks)
     into.segment_timers.update(other.segment_timers)
     into.handoffs.extend(other.handoffs)
+    if into.processed is not None and other.processed:
+        into.processed.extend(other.processed)
     for what, count in other.identities.items():
         into.identities[what] = into.identities.get(what, 0) + count
     for name, delta in other.journey_counts.items():

@@ -27,6 +27,8 @@ T = TypeVar("T")
 def server_settings(redis_url: str, **overrides: Any) -> Settings:
     """Settings for a test server: fast polling, two partitions, no delivery (actions stay pending)."""
     base = Settings(redis_url=redis_url, partitions=2, worker_block_ms=20, lateness_ms=2000, run_connectors=False)
+    # No event archive unless a test asks for one (with a data_dir of its own): the default is the working directory.
+    base = dataclasses.replace(base, archive=False)
     # Scenario traces stamp events days ahead of the manual clock they then advance: a year of leeway.
     base = dataclasses.replace(base, max_future_ms=365 * 86_400_000)
     return dataclasses.replace(base, **overrides)

@@ -48,6 +48,8 @@ def beacon_env(redis_url: str, port: int, partitions: int, **overrides: str) -> 
         BEACON_PARTITION_LEASE_MS="600",
         BEACON_WORKER_BLOCK_MS="50",
         BEACON_LOG_LEVEL="WARNING",
+        # No event archive unless a test asks for one (with BEACON_DATA_DIR): the default is the working directory.
+        BEACON_ARCHIVE="off",
         PYTHONUNBUFFERED="1",
     )
     env.update(overrides)
