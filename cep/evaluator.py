@@ -14,18 +14,18 @@ from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass, field
 from typing import Any
 
-from cep import history
+from cep import attribution, history
 from cep.correlation import correlation_key
 from cep.events import ORIGIN_BACKFILL, ORIGIN_PRODUCER, ORIGIN_TIMER, Event, ProfilePatch
 from cep.firing import ACTION_TIMER, TIMER_SEPARATOR, CreatedAction, build_actions, schedule_and_tag
 from cep.item_index import ItemMark, item_value
 from cep.journeys import JOURNEY_TIMER, JourneyFiring, Journeys
 from cep.merge_items import Handoff
-from cep.rule_index import RuleEntry, RuleIndex
+from cep.rule_index import RuleEntry, RuleIndex, rule_key, short_rule_key
 from cep.segments import SEGMENT_TIMER, SegmentChange, Segments
 from cep.user_record import NEVER, PatternState, UserState, event_id_hash
 from rules.model import Absence, First, Sequence, Single, Threshold
-from rules.predicates import NO_ATTRS, NO_TAGS
+from rules.predicates import NO_ATTRS, NO_TAGS, Check
 
 # State outlives its window by this much wall time, so a slow consumer does not lose it to expiry.
 TTL_MARGIN_MS = 60_000
@@ -59,6 +59,8 @@ class Effects:
     journey_firings: list[JourneyFiring] = field(default_factory=list)
     # (journey, version, node, what) -> delta of that statistic (`cep.journey_stats`)
     journey_counts: dict[tuple[str, int, str, str], int] = field(default_factory=dict)
+    # (scope, day, unit, what) -> delta of a measurement counter (`cep.attribution`)
+    measures: dict[tuple[str, int, str, str], int] = field(default_factory=dict)
     segment_changes: list[SegmentChange] = field(default_factory=list)
     segment_timers: dict[str, int] = field(default_factory=dict)  # member -> due (0: remove); last write wins
     item_marks: list[ItemMark] = field(default_factory=list)  # indexed events on items (cep.item_index)
@@ -191,6 +193,12 @@ class Evaluator:
                 value = item_value(event.attrs.get(attr))
                 if value is not None:
                     effects.item_marks.append(ItemMark(attr, event.type, value, event.user_id, event.ts, window_ms))
+        reported = attribution.feedback(event)
+        if reported is not None:
+            self._feedback(state, event, *reported, effects)
+        goals = self.index.goals_by_type.get(event.type)
+        if goals:
+            self._goals(state, event, goals, effects)
         roles: dict[RuleEntry, set[str]] = {}
         attrs = event.attrs
         candidates = self.index.by_type.get(event.type, ())
@@ -233,6 +241,41 @@ class Evaluator:
         what their events cause."""
         if self.index.segments:
             self._chain(state, self.segments.on_merged(state, user_id, cause_id, now_ms, effects), now_ms, effects)
+
+    def _feedback(self, state: UserState, event: Event, what: str, reason: str, effects: Effects) -> None:
+        """A delivery outcome or a click of one of our actions: counted for its rule or journey node, and
+        marked on the touch it belongs to (reach and click attribution)."""
+        attrs = event.attrs
+        counted = f"{what}:{reason or 'unknown'}" if what in ("skipped", "dead") else what
+        journey_id, ruleset_id = attrs.get("journey_id"), attrs.get("ruleset_id")
+        if isinstance(journey_id, str):
+            attribution.count(
+                effects, attribution.journey_scope(journey_id), event.ts, str(attrs.get("node_id") or ""), counted
+            )
+            journey = self.index.journeys.get(journey_id)
+            entry_hash = attrs.get("entry")
+            if journey is not None and isinstance(entry_hash, str) and entry_hash.lstrip("-").isdigit():
+                attribution.on_feedback(state, event, what, journey.short_key, int(entry_hash) & 0xFFFFFFFF)
+        elif isinstance(ruleset_id, str) and isinstance(attrs.get("rule_id"), str):
+            rule_id = attrs["rule_id"]
+            attribution.count(effects, attribution.ruleset_scope(ruleset_id), event.ts, rule_id, counted)
+            trigger = attrs.get("trigger_id")
+            if isinstance(trigger, str):
+                short = short_rule_key(rule_key(ruleset_id, rule_id))
+                attribution.on_feedback(state, event, what, short, attribution.trigger_hash(trigger))
+
+    def _goals(self, state: UserState, event: Event, goals: list[tuple[RuleEntry, Check]], effects: Effects) -> None:
+        """A possible goal event: converts the rules' touches (each once per model), before the event can
+        fire anything itself."""
+        for entry, where in goals:
+            goal = entry.rule.goal
+            if goal is None or not where(event.attrs, NO_ATTRS, NO_TAGS):
+                continue
+            converted = attribution.convert(state, entry.short_key, event.ts)
+            if converted:
+                scope = attribution.ruleset_scope(entry.compiled.ruleset.id)
+                revenue = attribution.goal_value(event, goal.value)
+                attribution.count_conversion(effects, scope, event.ts, [entry.rule.id], converted, revenue)
 
     def on_patch(self, state: UserState, patch: ProfilePatch, cause_id: str, now_ms: int, effects: Effects) -> None:
         """A profile change, then the segments it changes and what their events cause."""
@@ -334,6 +377,14 @@ class Evaluator:
             entry.compiled.ruleset, rule, entry.renderers, trigger, state.profile, now_ms, self.index.links
         )
         effects.firings.append(Firing(entry, trigger.user_id, trigger, actions))
+        scope = attribution.ruleset_scope(entry.compiled.ruleset.id)
+        attribution.count(effects, scope, trigger.ts, rule.id, "triggered")
+        acted = sum(1 for action in actions if action.record["type"] != "tag")
+        if acted:
+            attribution.count(effects, scope, trigger.ts, rule.id, "acted", acted)
+        if rule.goal is not None:
+            trigger_key = attribution.trigger_hash(trigger.event_id)
+            attribution.touch(state, entry.short_key, trigger_key, trigger.ts, rule.goal.within_ms, now_ms)
         _trace(effects, entry, trigger, "fired", actions=[action.action_id for action in actions])
         owner = entry.compiled.ruleset.id
         return schedule_and_tag(actions, trigger, owner, state.tags, effects.timers_added, tag_event_per_action=False)

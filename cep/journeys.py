@@ -24,6 +24,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from cep import attribution
 from cep.correlation import correlation_key
 from cep.events import ORIGIN_PLAN, ORIGIN_TIMER, Event
 from cep.firing import TIMER_SEPARATOR, ActionSource, CreatedAction, render_actions, schedule_and_tag
@@ -175,12 +176,20 @@ class Journeys:
         if inst.goal_by and event.ts <= inst.goal_by and any(m.role.role == "goal" for m in mine):
             inst.goal_by = 0
             _count(effects, entry.id, inst.version, "", "converted", 1)
+            units = [""]
             for index in inst.visited:
                 _count(effects, entry.id, inst.version, compiled.node_ids[index], "converted", 1)
+                units.append(compiled.node_ids[index])
             for place in range(0, len(inst.arms), 2):
                 split_id, arm_index = compiled.node_ids[inst.arms[place]], inst.arms[place + 1]
                 label = _arm_label(compiled, split_id, arm_index)
                 _count(effects, entry.id, inst.version, split_id, f"converted:{label}", 1)
+                units.append(f"arm:{split_id}:{label}")
+            flags = attribution.touch_flags(state, entry.short_key, inst.entry & 0xFFFFFFFF, event.ts)
+            models = [model for model, _ in attribution.MODELS if flags & model]
+            goal = journey.goal
+            revenue = attribution.goal_value(event, goal.value if goal is not None else None)
+            attribution.count_conversion(effects, attribution.journey_scope(entry.id), event.ts, units, models, revenue)
             _trace(effects, event.user_id, event.ts, entry.id, inst.version, "", "converted", event=event.event_id)
             if inst.node == FINISHED:
                 del marks.instances[key]
@@ -263,6 +272,9 @@ class Journeys:
         inst = marks.instances[key] = Instance(version, FINISHED, event.ts, 0, entry_hash, event.ts, attrs, [], goal_by)
         _count(effects, entry.id, version, "", "entered", 1)
         _count_run(effects, event, "entered")
+        attribution.count(effects, attribution.journey_scope(entry.id), event.ts, "", "entered")
+        if journey.goal is not None:
+            attribution.touch(state, entry.short_key, entry_hash & 0xFFFFFFFF, event.ts, journey.goal.within_ms, now_ms)
         _trace(effects, user_id, event.ts, entry.id, version, "", "entered", event=event.event_id, key=key)
         return self._walk(state, entry, compiled, marks, key, inst, journey.start, event.ts, event, now_ms, effects)
 
@@ -332,6 +344,7 @@ class Journeys:
                 if index not in inst.arms[::2]:  # a loop passes a split again, always to the same arm
                     inst.arms.extend((index, arm_index))
                 _count(effects, entry.id, version, node_id, f"left:{label}", 1)
+                attribution.count(effects, attribution.journey_scope(entry.id), at, f"arm:{node_id}:{label}", "entered")
                 _trace(effects, user_id, at, entry.id, version, node_id, "split", taken=label)
                 if arm.holdout:
                     self._end(effects, entry.id, compiled, marks, key, inst, user_id, at)
@@ -375,6 +388,8 @@ class Journeys:
                 "rule_id": node_id,
                 "journey_id": journey_id,
                 "node_id": node_id,
+                # The instance (its entry event's hash): delivery outcomes and clicks find its touch by it.
+                "entry": str(inst.entry),
                 **origin,
                 **fatigue,
             },
@@ -394,6 +409,9 @@ class Journeys:
             source, node.actions, compiled.renderers[node_id], context, step, now_ms, self.index.links
         )
         effects.journey_firings.append(JourneyFiring(journey_id, version, node_id, user_id, step, actions))
+        acted = sum(1 for action in actions if action.record["type"] != "tag")
+        if acted:
+            attribution.count(effects, attribution.journey_scope(journey_id), at, node_id, "acted", acted)
         _trace(effects, user_id, at, journey_id, version, node_id, "actions", actions=[a.action_id for a in actions])
         owner = "journey:" + journey_id
         return schedule_and_tag(actions, step, owner, state.tags, effects.timers_added, tag_event_per_action=True)

@@ -30,7 +30,9 @@ SECRET_KEY = "b:{meta}:link-secret"
 TOKEN_BYTES = 12
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 # The fields of an action record a link record copies: who and what the click is attributed to.
-ATTRIBUTION_FIELDS = ("ruleset_id", "rule_id", "journey_id", "node_id", "plan_id", "occurrence", "source")
+ATTRIBUTION_FIELDS = (
+    "ruleset_id", "rule_id", "journey_id", "node_id", "plan_id", "occurrence", "source", "trigger_id", "entry",
+)  # fmt: skip
 
 
 def link_key(partition: int, token: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cep import attribution
 from cep.rule_index import RuleIndex
 from cep.user_record import FINISHED, UserState
 
@@ -20,7 +21,9 @@ def live_state(state: UserState, index: RuleIndex) -> dict[str, Any]:
     for state_id, pattern in state.patterns.items():
         entry = index.by_state.get(state_id)
         shape = index.histories.get(state_id)
-        if shape is not None:
+        if state_id == attribution.STATE_ID:
+            view = rule("(goal touches: [touched ts, deadline, trigger, delivered ts, clicked ts, converted])")
+        elif shape is not None:
             view = rule(f"(behaviour history of {shape.match.event})")
         else:
             view = rule(entry.key if entry else f"(retired pattern {state_id})")

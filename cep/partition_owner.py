@@ -307,6 +307,9 @@ class PartitionOwner:
         for (journey_id, version, node, what), delta in effects.journey_counts.items():
             if delta:
                 by_journey.setdefault(journey_id, []).append((counter_field(version, node, what), delta))
+        for (scope, day, unit, what), delta in effects.measures.items():
+            if delta:  # measurement counters (cep.attribution): the same hashes, by day
+                by_journey.setdefault(scope, []).append((f"{day}|{unit}|{what}", delta))
         for journey_id, deltas in by_journey.items():
             plan.count(journey_id, deltas)
         if effects.trace:
@@ -486,5 +489,7 @@ def _merge(into: Effects, other: Effects) -> None:
         into.identities[what] = into.identities.get(what, 0) + count
     for name, delta in other.journey_counts.items():
         into.journey_counts[name] = into.journey_counts.get(name, 0) + delta
+    for key, delta in other.measures.items():
+        into.measures[key] = into.measures.get(key, 0) + delta
     if into.trace is not None and other.trace:
         into.trace.extend(other.trace)

@@ -146,6 +146,12 @@ class RuleIndex:
                 for match in matches:
                     role = RoleEntry(entries[match.rule.id], match.role, match.where)
                     ordered.append((-match.rule.priority, len(ordered), role, event_type))
+        # event type -> the rules whose goal it may be, with the goal's `where` (cep.attribution)
+        self.goals_by_type: dict[str, list[tuple[RuleEntry, Check]]] = {}
+        for entry in self.by_short_key.values():
+            goal = entry.rule.goal
+            if goal is not None:
+                self.goals_by_type.setdefault(goal.match.event, []).append((entry, compile_predicate(goal.match.where)))
         ordered.sort(key=lambda item: (item[0], item[1]))
         by_type: dict[str, list[RoleEntry]] = {}
         for _, _, role, event_type in ordered:

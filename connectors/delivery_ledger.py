@@ -64,6 +64,7 @@ return 1
 OUTCOME_EVENTS = {"delivered": "action_delivered", "skipped": "action_skipped", "dead": "action_dead"}
 OUTCOME_FIELDS = (
     "action_id", "type", "ruleset_id", "rule_id", "journey_id", "node_id", "plan_id", "occurrence", "source",
+    "trigger_id", "entry",
 )  # fmt: skip
 
 

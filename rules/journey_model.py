@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rules.model import Action, CompareOp, Fatigue, Matcher, Predicate
+from rules.model import Action, CompareOp, Fatigue, Goal, Matcher, Predicate
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,14 +166,6 @@ class JourneyExit:
 
     match: Matcher
     correlate: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Goal:
-    """A conversion: a matching event within `within_ms` of entering, counted once per instance."""
-
-    match: Matcher
-    within_ms: int
 
 
 @dataclass(frozen=True, slots=True)

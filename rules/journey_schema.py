@@ -170,10 +170,6 @@ class _JourneyParser(_Parser):
         reentry = self.reentry(value, path)  # a rule's: once | once_per {period} | always
         return jm.JourneyReentry(reentry.policy, reentry.period_ms) if reentry is not None else None
 
-    def goal(self, value: Any, path: str) -> jm.Goal | None:
-        found = self.matcher_with(value, path, {"within": self.positive_duration}, ("within",))
-        return jm.Goal(found[0], found[1]["within"]) if found is not None else None
-
     def time_zone(self, value: Any, path: str) -> str | None:
         if _is_zone(value):
             return value  # type: ignore[no-any-return]
@@ -189,18 +185,6 @@ class _JourneyParser(_Parser):
         return self.typed(
             lambda value: _is_int(value) and low <= value <= high, f"must be an integer from {low} to {high}"
         )
-
-    def matcher_with(
-        self, value: Any, path: str, extra: dict[str, Parse], required: tuple[str, ...] = ()
-    ) -> tuple[model.Matcher, dict[str, Any]] | None:
-        """An event matcher `{"event", "where"?}` sharing its object with `extra` fields; both parsed."""
-        spec: dict[str, Parse] = {
-            "event": self.event_type,
-            "where": lambda item, where: self.predicate(item, where, 1, in_matcher=True),
-            **extra,
-        }
-        parsed = self.fields(value, path, spec, ("event", *required))
-        return None if parsed is None else (model.Matcher(parsed["event"], parsed.get("where")), parsed)
 
     # -- nodes -------------------------------------------------------------------------------------
 

@@ -146,6 +146,17 @@ class Rule:
     priority: int = 0
     lateness_ms: int = 2_000
     description: str = ""
+    goal: Goal | None = None  # what counts as a conversion of its firings (docs/measurement.md)
+
+
+@dataclass(frozen=True, slots=True)
+class Goal:
+    """A conversion: a matching event within `within_ms` of the touch (a rule's firing, a journey's entry),
+    counted once per touch; `value` names the event attribute holding its revenue."""
+
+    match: Matcher
+    within_ms: int
+    value: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -291,6 +291,7 @@ class _Parser:
             "reentry": self.reentry,
             "priority": self.integer,
             "lateness": self.duration,
+            "goal": self.goal,
         }
         parsed = self.fields(value, path, spec, ("id", "when", "then"))
         if parsed is None:
@@ -305,7 +306,26 @@ class _Parser:
             priority=priority if priority is not None else 0,
             lateness_ms=lateness if lateness is not None else self.default_lateness_ms,
             description=parsed.get("description") or "",
+            goal=parsed.get("goal"),
         )
+
+    def matcher_with(
+        self, value: Any, path: str, extra: dict[str, Parse], required: tuple[str, ...] = ()
+    ) -> tuple[model.Matcher, dict[str, Any]] | None:
+        """An event matcher `{"event", "where"?}` sharing its object with `extra` fields; both parsed."""
+        spec: dict[str, Parse] = {
+            "event": self.event_type,
+            "where": lambda item, where: self.predicate(item, where, 1, in_matcher=True),
+            **extra,
+        }
+        parsed = self.fields(value, path, spec, ("event", *required))
+        return None if parsed is None else (model.Matcher(parsed["event"], parsed.get("where")), parsed)
+
+    def goal(self, value: Any, path: str) -> model.Goal | None:
+        """`{"event", "where"?, "within", "value"?}`: a conversion, and the field holding its revenue."""
+        extra: dict[str, Parse] = {"within": self.positive_duration, "value": self.name}
+        found = self.matcher_with(value, path, extra, ("within",))
+        return model.Goal(found[0], found[1]["within"], found[1].get("value")) if found is not None else None
 
     def reentry(self, value: Any, path: str) -> model.Reentry | None:
         spec: dict[str, Parse] = {"policy": self.policy, "period": self.positive_duration}

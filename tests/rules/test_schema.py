@@ -59,6 +59,8 @@ DESIGN_EXAMPLE = json.loads(
 PAY = {"event": "pay"}
 COUPON = {"action": "coupon", "coupon_id": "C1"}
 
+EXPECTED_TEMPLATES = '(expected event.<name>, profile.<name>, user_id, rule_id, ruleset_id or link "https://...")'
+
 
 def doc_with(**rule: Any) -> dict[str, Any]:
     """A one-rule document; `rule` fields override a minimal valid rule."""
@@ -500,7 +502,7 @@ def test_when_errors(rule: dict[str, Any], path: str, message: str) -> None:
         (
             {"wen": PAY},
             "rules[0].wen",
-            'unknown field "wen" (expected one of: id, description, when, if, then, reentry, priority, lateness)',
+            'unknown field "wen" (expected one of: id, description, when, if, then, reentry, priority, lateness, goal)',
         ),
         ({"then": []}, "rules[0].then", "must be a non-empty list"),
         ({"then": [COUPON] * 21}, "rules[0].then", "must have at most 20 actions"),
@@ -645,7 +647,7 @@ def test_field_leaves_are_allowed_in_if() -> None:
         (
             {"action": "points", "amount": "{{evnt.x}}"},
             "rules[0].then[0].amount",
-            '"{{evnt.x}}" is not a template (expected event.<name>, profile.<name>, user_id, rule_id, ruleset_id or link "https://...")',
+            '"{{evnt.x}}" is not a template ' + EXPECTED_TEMPLATES,
         ),
         ({"action": "points", "amount": 5, "reason": 5}, "rules[0].then[0].reason", "must be a string"),
         ({"action": "tag"}, "rules[0].then[0]", 'needs a non-empty "add" or "remove"'),
@@ -666,7 +668,7 @@ def test_field_leaves_are_allowed_in_if() -> None:
         (
             {"action": "message", "channel": "sms", "template": "t", "params": {"a": ["ok", "{{ x }}"]}},
             "rules[0].then[0].params.a[1]",
-            '"{{ x }}" is not a template (expected event.<name>, profile.<name>, user_id, rule_id, ruleset_id or link "https://...")',
+            '"{{ x }}" is not a template ' + EXPECTED_TEMPLATES,
         ),
         (
             {"action": "message", "channel": "sms", "template": "t", "page": "p/{{event.x"},
@@ -688,7 +690,7 @@ def test_field_leaves_are_allowed_in_if() -> None:
         (
             {"action": "webhook", "url": "https://x", "body": {"q": "{{profile}}"}},
             "rules[0].then[0].body.q",
-            '"{{profile}}" is not a template (expected event.<name>, profile.<name>, user_id, rule_id, ruleset_id or link "https://...")',
+            '"{{profile}}" is not a template ' + EXPECTED_TEMPLATES,
         ),
         (
             {"action": "notify_staff", "template": "t", "notify_superior": "yes"},
