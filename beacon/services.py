@@ -182,7 +182,10 @@ async def open_services(
                 settings.partitions,
                 clock,
                 ArchiveLimits(
-                    settings.archive_flush_ms, settings.archive_retention_days, settings.archive_compact_files
+                    settings.archive_flush_ms,
+                    settings.archive_retention_days,
+                    settings.archive_compact_files,
+                    lease_ms=settings.partition_lease_ms,
                 ),
                 services.stopping,
             )

@@ -44,7 +44,6 @@ LEASE_KEY = "b:{archive}:lease"
 HOME_KEY = "b:{archive}:home"
 ID_FILE = "ARCHIVE_ID"
 CHUNK_ENTRIES = 2_000  # archive entries (batches) per file at most: a few hundred thousand rows
-MIN_LEASE_MS = 30_000
 
 # KEYS[1] the archiver lease STRING, KEYS[2] the archive's home STRING (both in slot {archive})
 # ARGV[1] this process's holder token, ARGV[2] this data directory's archive id, ARGV[3] lease ms
@@ -74,6 +73,7 @@ class ArchiveLimits:
     flush_ms: int = 5_000
     retention_days: int = 90
     compact_files: int = 32
+    lease_ms: int = 10_000  # a dead archiver's work is taken over after this long
 
 
 def archive_id(data_dir: Path) -> str:
@@ -107,7 +107,7 @@ class Archiver:
         self._limits = limits
         self._stopping = stopping
         self._token = secrets.token_hex(8)
-        self._lease_ms = max(MIN_LEASE_MS, 6 * limits.flush_ms)
+        self._lease_ms = limits.lease_ms
         self._recovered = False
         self._warned_home = False
         self._writer: files.ParquetWriter | None = None
@@ -170,7 +170,13 @@ class Archiver:
         for partition in range(self._partitions):
             while not self._stopping.is_set() and await self.drain(partition):
                 pass
-        await asyncio.to_thread(self._housekeep, self._clock.now_ms())
+        # A past day's compaction can take longer than the lease: keep renewing it meanwhile.
+        housekeeping = asyncio.ensure_future(asyncio.to_thread(self._housekeep, self._clock.now_ms()))
+        while not housekeeping.done():
+            await asyncio.wait({housekeeping}, timeout=self._lease_ms / 3000)
+            if not housekeeping.done():
+                await self._hold_lease()
+        await housekeeping
 
     async def _recover(self) -> None:
         heads: dict[int, tuple[int, int] | None] = {}

@@ -6,21 +6,27 @@ written again without duplicates."""
 from __future__ import annotations
 
 import asyncio
+import random
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
 from beacon.clock import ManualClock
+from beacon.redis_server import free_port
 from cep import archive_stream, streams
 from cep.archive_stream import Rows
 from measure import archive_files
 from measure.archive_query import funnel, query
 from measure.archiver import ArchiveLimits, Archiver
+from tests.chaos.processes import BeaconProcess, beacon_env, kill9_mid_batch, wait_healthy
 from tests.harness import Beacon, eventually, running_beacon, server_settings
 from tests.scenarios.conftest import LIVE_PARTITIONS, LIVE_T0
+from tests.scenarios.journeys_kit import ServeClient, outbox_action_ids
 
 DAY = 86_400_000
 RULESET = {
@@ -207,3 +213,68 @@ async def test_a_drain_cut_short_is_written_again_once(
 async def processed(redis: aioredis.Redis) -> None:
     """Wait until every stream entry is committed (and so archived in the archive streams)."""
     assert await eventually(lambda: streams.backlog(redis, LIVE_PARTITIONS), lambda lag: lag == 0) == 0
+
+
+CRASH_EVENTS = 4_000
+
+
+async def test_every_event_and_action_is_archived_once_across_sigkills_of_serve(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """`beacon serve` SIGKILLed twice, preferably mid-batch, while events stream in (each request retried until
+    acknowledged, as a producer does): the archive ends with each event and each action exactly once."""
+    data_dir = tmp_path / "data"
+    env = beacon_env(
+        redis_url, free_port(), LIVE_PARTITIONS, BEACON_RUN_CONNECTORS="false", BEACON_ARCHIVE="on",
+        BEACON_DATA_DIR=str(data_dir), BEACON_ARCHIVE_FLUSH_MS="100", BEACON_WORKER_BATCH="50",
+    )  # fmt: skip
+    serve = BeaconProcess("serve", env, tmp_path, "serve")
+    rng = random.Random(12)
+    async with aiohttp.ClientSession() as session:
+        try:
+            serve.start()
+            await wait_healthy(serve, session)
+            client = ServeClient(session, serve.port)
+            status, body = await client.call("PUT", "/v1/rulesets/buyers", json=RULESET)
+            assert status == 200, body
+            now = int(time.time() * 1000)
+            events = [pay(f"k{n:05d}", f"u{n % 500}", 50 + n % 100, now + n) for n in range(CRASH_EVENTS)]
+
+            async def produce() -> None:
+                for first in range(0, CRASH_EVENTS, 100):
+                    while True:  # a producer retries a request until it is acknowledged (same ids: deduped)
+                        try:
+                            status, _ = await client.call(
+                                "POST", "/v1/events", json={"events": events[first : first + 100]}
+                            )
+                            if status == 200:
+                                break
+                        except (aiohttp.ClientError, TimeoutError):
+                            pass
+                        await asyncio.sleep(0.02)
+
+            producing = asyncio.create_task(produce())
+            kills = []
+            for _ in range(2):
+                kills.append(await kill9_mid_batch(serve, redis_client, LIVE_PARTITIONS, rng, wait_s=2.0))
+                serve.start()
+                await wait_healthy(serve, session)
+            await asyncio.wait_for(producing, 60)
+            await eventually(lambda: streams.backlog(redis_client, LIVE_PARTITIONS), lambda lag: lag == 0, 30)
+            await eventually(lambda: archive_stream.backlog(redis_client, LIVE_PARTITIONS), lambda n: n == 0, 30)
+        finally:
+            serve.stop()
+    print("kills:", kills)
+    ((total, distinct),) = await rows(data_dir, "SELECT count(*), count(DISTINCT event_id) FROM events")
+    assert total == distinct  # nothing twice, chained tag_added events included
+    produced = await rows(data_dir, "SELECT event_id FROM events WHERE origin = ''")
+    assert sorted(row[0] for row in produced) == sorted(e["event_id"] for e in events)
+    # Every action the ledger's outbox holds (one per firing: amounts >= 100), archived once; the tag actions too.
+    coupons = await outbox_action_ids(redis_client, LIVE_PARTITIONS)
+    assert len(coupons) == len(set(coupons)) == sum(1 for e in events if e["attrs"]["amount"] >= 100)
+    archived_coupons = await rows(data_dir, "SELECT action_id FROM actions WHERE action_type = 'coupon'")
+    assert sorted(row[0] for row in archived_coupons) == sorted(coupons)
+    ((tags, tag_ids),) = await rows(
+        data_dir, "SELECT count(*), count(DISTINCT action_id) FROM actions WHERE action_type = 'tag'"
+    )
+    assert tags == tag_ids == len(coupons)
