@@ -185,6 +185,20 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"302": {"description": "to the link's URL"}, "404": {"description": "unknown link"}},
             },
         },
+        "/v1/reports/rulesets/{id}": {
+            "parameters": _ID_PARAM,
+            "get": _op("Funnel of a ruleset and its rules (?from=&to=YYYY-MM-DD, by=day, format=csv)", "rules"),
+        },
+        "/v1/reports/journeys/{id}": {
+            "parameters": _ID_PARAM,
+            "get": _op(
+                "Funnel of a journey, its nodes and split arms with lift (?from=&to=, by=day, format=csv)", "rules"
+            ),
+        },
+        "/v1/reports/plans/{id}": {
+            "parameters": _ID_PARAM,
+            "get": _op("Funnel of a plan and its runs (?from=&to=, by=day, format=csv)", "rules"),
+        },
         "/v1/plans": {"get": _op("List plans: version, state (active, paused, cancelled), next occurrence", "rules")},
         "/v1/plans:validate": {"post": _op("Validate a plan (and its references) without storing it", "rules")},
         "/v1/plans/{id}": {
