@@ -231,6 +231,30 @@ def on_click(source: str, *, recorded: bool) -> None:
     LINK_CLICKS.labels(source, "true" if recorded else "false").inc()
 
 
+CONVERSIONS = Counter(
+    "beacon_conversions_total",
+    "Goal conversions by ruleset or journey and attribution model (acted, reach, click), as committed",
+    ["kind", "id", "model"],
+    registry=REGISTRY,
+)
+CLICKS = Counter(
+    "beacon_clicks_total",
+    "Tracked links clicked (each link's first click), by the ruleset or journey whose action carried it",
+    ["kind", "id"],
+    registry=REGISTRY,
+)
+
+
+def on_measured(scope: str, what: str, count: int) -> None:
+    """A batch's conversions or clicks of a measurement scope (`m:rs:<id>`, `m:j:<id>`; cep.attribution)."""
+    _, kind, scope_id = scope.split(":", 2)
+    kind = "ruleset" if kind == "rs" else "journey"
+    if what == "clicked":
+        CLICKS.labels(kind, scope_id).inc(count)
+    else:
+        CONVERSIONS.labels(kind, scope_id, what.partition(":")[2] or "acted").inc(count)
+
+
 def on_plan_sent(plan_id: str, count: int) -> None:
     """Users a plan run's send reached (`cep.plan_driver`)."""
     PLAN_SENT.labels(plan_id).inc(count)

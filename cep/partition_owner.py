@@ -443,6 +443,11 @@ class PartitionOwner:
         for (journey_id, _, node, what), delta in effects.journey_counts.items():
             if what in JOURNEY_OUTCOMES and delta > 0:
                 metrics.on_journey(journey_id, node, what, delta)
+        for (scope, _, unit, what), delta in effects.measures.items():
+            # Clicks, and conversions once each: a rule's, or a journey's as a whole (not again per node and arm).
+            converted = what.startswith("converted") and (scope.startswith("m:rs:") or unit == "")
+            if delta > 0 and (what == "clicked" or converted):
+                metrics.on_measured(scope, what, delta)
         for entry, _ in effects.late:
             metrics.on_late_event(entry.compiled.ruleset.id, entry.rule.id)
         for _ in range(effects.duplicates):

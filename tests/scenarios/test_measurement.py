@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from beacon.clock import ManualClock
+from beacon.metrics import REGISTRY
 from cep.journeys import split_arm
 from cep.reports import lift
 from connectors.settings import HttpEndpoint
@@ -108,6 +109,13 @@ async def click(beacon: Beacon, action: dict[str, Any]) -> None:
         assert (response.status, response.headers.get("Location")) == (302, LANDING)
 
 
+def conversions(model: str) -> float:
+    """beacon_conversions_total of the campaign in this process (the server runs in it)."""
+    return (
+        REGISTRY.get_sample_value("beacon_conversions_total", {"kind": "ruleset", "id": "welcome", "model": model}) or 0
+    )
+
+
 async def report(beacon: Beacon, path: str, **params: str) -> dict[str, Any]:
     status, body = await beacon.call("GET", path, params={"from": "2026-01-01", "to": "2026-01-20", **params})
     assert status == 200, body
@@ -118,6 +126,8 @@ async def test_a_scripted_campaign_reports_what_a_hand_calculation_gives(
     delivering: Beacon, redis_client: aioredis.Redis, clock: ManualClock
 ) -> None:
     beacon = delivering
+    before = {model: conversions(model) for model in ("acted", "reach", "click")}
+    clicks_before = REGISTRY.get_sample_value("beacon_clicks_total", {"kind": "ruleset", "id": "welcome"}) or 0
     await beacon.put_ruleset(CAMPAIGN)
     coupons = {"u1": "OK", "u2": "OK", "u3": "BAD", "u4": "SLOW", "u5": "OK", "u6": "OK"}
     await beacon.post_events([event(user, "follow", T0, coupon=coupon) for user, coupon in coupons.items()])
@@ -165,6 +175,10 @@ async def test_a_scripted_campaign_reports_what_a_hand_calculation_gives(
     assert found["funnel"] == funnel
     assert found["rules"] == {"coupon": funnel}
     assert found["days"] == [{"day": "2026-01-01", **funnel}]
+    # Prometheus counts the same conversions and clicks as they are committed.
+    assert {model: conversions(model) - before[model] for model in before} == {"acted": 5, "reach": 3, "click": 1}
+    clicks = REGISTRY.get_sample_value("beacon_clicks_total", {"kind": "ruleset", "id": "welcome"}) or 0
+    assert clicks - clicks_before == 1
     (failure,) = found["failures"]
     (u3,) = await beacon.actions("u3")
     assert (failure["status"], failure["count"], failure["sample_action_ids"]) == ("dead", 1, [u3["action_id"]])
