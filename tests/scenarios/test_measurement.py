@@ -5,11 +5,16 @@ calculation gives, for every attribution model."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import random
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -17,14 +22,18 @@ from aiohttp.test_utils import TestServer
 
 from beacon.clock import ManualClock
 from beacon.metrics import REGISTRY
+from beacon.redis_server import free_port
+from cep import streams
 from cep.journeys import split_arm
 from cep.reports import lift
 from connectors.settings import HttpEndpoint
 from rules.journey_model import Split
 from rules.journey_schema import parse_journey
+from tests.chaos.processes import BeaconProcess, beacon_env, kill9_mid_batch, wait_healthy
 from tests.connectors.kit import fast_settings
 from tests.harness import Beacon, eventually, running_beacon, server_settings
 from tests.scenarios.conftest import LIVE_PARTITIONS
+from tests.scenarios.journeys_kit import ServeClient
 from tests.scenarios.test_seed_scenarios import DAY, MINUTE, T0, advance, event, settled
 
 HOUR = 60 * MINUTE
@@ -267,3 +276,62 @@ async def test_bad_report_queries_are_refused(beacon: Beacon) -> None:
     ):
         status, body = await beacon.call("GET", "/v1/reports/rulesets/welcome", params=params)
         assert (status, body["error"]["path"]) == (422, path), (params, body)
+
+
+CRASH_USERS = [f"c{n:04d}" for n in range(800)]
+
+
+async def test_a_sigkill_mid_batch_neither_loses_nor_double_counts_a_conversion(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """Payments stream in (each request retried until acknowledged) while `beacon serve` is SIGKILLed twice,
+    preferably mid-batch: every touched payer converts exactly once, in the counters and in the report."""
+    env = beacon_env(redis_url, free_port(), LIVE_PARTITIONS, BEACON_RUN_CONNECTORS="false", BEACON_WORKER_BATCH="40")
+    serve = BeaconProcess("serve", env, tmp_path, "serve")
+    rng = random.Random(21)
+    async with aiohttp.ClientSession() as session:
+        try:
+            serve.start()
+            await wait_healthy(serve, session)
+            client = ServeClient(session, serve.port)
+            status, body = await client.call("PUT", "/v1/rulesets/welcome", json=CAMPAIGN)
+            assert status == 200, body
+            now = int(time.time() * 1000)
+            follows = [event(user, "follow", now, coupon="OK") for user in CRASH_USERS]
+            status, body = await client.call("POST", "/v1/events", json={"events": follows})
+            assert status == 200, body
+            await eventually(lambda: streams.backlog(redis_client, LIVE_PARTITIONS), lambda lag: lag == 0, 20)
+            pays = [
+                {**event(user, "pay", now + 1_000 + n, amount=1), "event_id": f"pay-{user}"}
+                for n, user in enumerate(CRASH_USERS)
+            ]
+
+            async def produce() -> None:
+                for first in range(0, len(pays), 40):
+                    while True:  # a producer retries a request until it is acknowledged (same ids: deduped)
+                        try:
+                            status, _ = await client.call(
+                                "POST", "/v1/events", json={"events": pays[first : first + 40]}
+                            )
+                            if status == 200:
+                                break
+                        except (aiohttp.ClientError, TimeoutError):
+                            pass
+                        await asyncio.sleep(0.02)
+
+            producing = asyncio.create_task(produce())
+            kills = []
+            for _ in range(2):
+                kills.append(await kill9_mid_batch(serve, redis_client, LIVE_PARTITIONS, rng, wait_s=2.0))
+                serve.start()
+                await wait_healthy(serve, session)
+            await asyncio.wait_for(producing, 60)
+            await eventually(lambda: streams.backlog(redis_client, LIVE_PARTITIONS), lambda lag: lag == 0, 30)
+            print(f"kills: {kills}")
+            status, found = await client.call("GET", "/v1/reports/rulesets/welcome")
+            assert status == 200, found
+            assert found["funnel"]["triggered"] == len(CRASH_USERS)
+            assert found["funnel"]["converted"] == {"acted": len(CRASH_USERS), "reach": 0, "click": 0}, kills
+            assert found["funnel"]["revenue"]["acted"] == float(len(CRASH_USERS)), kills
+        finally:
+            serve.stop()
