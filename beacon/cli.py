@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import beacon
-from beacon import cli_audiences, cli_commands
+from beacon import cli_audiences, cli_commands, cli_reports
 from beacon.cli_commands import DEFAULT_URL, add_commands, add_rules_commands
 from beacon.cli_commands import load_document as _load_document
 from beacon.cli_commands import seconds as _seconds
@@ -244,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rules_commands(rule_commands)
     add_commands(commands)
     cli_audiences.add_commands(commands)
+    cli_reports.add_commands(commands)
 
     backtest = commands.add_parser("backtest", help="run ruleset and journey files over a recorded event log, offline")
     backtest.add_argument(

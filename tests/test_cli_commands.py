@@ -393,3 +393,24 @@ async def test_plans_and_segment_backfill(server: Beacon, redis_client: aioredis
     assert code == 1, (out, err)
     assert "backfilled 1 events into buyers; ignored (types it does not read): view 1" in out, out
     assert "event 3: events[2].type: is required" in err, err
+
+
+async def test_report_prints_the_funnel(server: Beacon, redis_client: aioredis.Redis) -> None:
+    url = server.url("").rstrip("/")
+    await server.put_ruleset(RULESET)
+    status, body = await server.call(
+        "POST", "/v1/events", json={"events": [{"user_id": "u1", "type": "pay", "attrs": {"amount": 1500}}]}
+    )
+    assert status == 200, body
+    await eventually(lambda: server.actions("u1"), lambda found: len(found) == 2)
+    code, out, err = await beacon("report", "rulesets", "big-spend", "--by-day", BEACON_URL=url)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("ruleset big-spend, ")
+    total = next(line.split() for line in lines if line.startswith("total"))
+    assert total[1:3] == ["1", "1"], out  # triggered 1, acted 1 (the coupon; the tag is not counted)
+    assert "paid-1000" in out and "by day" in out
+    code, out, _ = await beacon("report", "rulesets", "big-spend", "--csv", BEACON_URL=url)
+    assert code == 0 and out.splitlines()[1].startswith("total,,1,0,1,"), out
+    code, _, err = await beacon("report", "journeys", "nope", BEACON_URL=url)
+    assert code != 0 and "404" in one_line(err), err
