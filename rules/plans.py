@@ -4,7 +4,8 @@
 `{"audience": "seg:<id>" | "aud:<id>" | <expression>, "schedule": ..., "then": [actions] | {"journey": id}}`
 (or `"branches": [{"audience", "then"}, ...]`, a user in several branches getting only the first), with
 `rate` (users per second), `limit` (`{"per_user": 2, "per": "30d"}`), `fatigue`, `attrs` (fixed
-attributes of every plan event, which templates read as `{{event.x}}`) and `late_after`.
+attributes of every plan event, which templates read as `{{event.x}}`), `late_after` and `goal` (as a
+journey's: what converts a user who got the plan, measured in `GET /v1/reports/plans/{id}`).
 
 Schedules: `{"at": "2026-12-12T10:00:00+08:00"}` once; `{"cron": "0 10 * * 1", "tz": "Asia/Shanghai"}`
 recurring; either with `"local": true` and a date-time without offset runs at that wall-clock time in
@@ -92,6 +93,7 @@ class Plan:
     description: str = ""
     version: int = 0
     stored_ms: int = 0  # when this version was stored: a recurring plan's earlier occurrences do not run
+    goal: model.Goal | None = None  # what a user's conversion is, within `within` of their plan event
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,7 @@ class _PlanParser(_JourneyParser):
             "fatigue": self.fatigue,
             "attrs": self.plan_attrs,
             "late_after": self.positive_duration,
+            "goal": self.goal,
         }
         parsed = self.fields(doc, "", spec, ("schedule",) if plan_id is not None else ("id", "schedule"))
         if parsed is None or not isinstance(doc, dict):
@@ -180,6 +183,7 @@ class _PlanParser(_JourneyParser):
             attrs=parsed.get("attrs"),
             late_after_ms=late_after if late_after is not None else DEFAULT_LATE_AFTER_MS,
             description=parsed.get("description") or "",
+            goal=parsed.get("goal"),
         )
 
     def audience(self, value: Any, path: str) -> Node | None:
@@ -382,6 +386,7 @@ def plan_journey(plan: Plan) -> jm.Journey | None:
         fatigue=plan.fatigue,
         description=plan.description,
         version=plan.version,
+        goal=plan.goal,
     )
 
 

@@ -19,7 +19,7 @@ from cep import streams
 from tests.chaos.processes import BeaconProcess, beacon_env, wait_healthy
 from tests.harness import Beacon, eventually
 from tests.scenarios.journeys_kit import ServeClient, outbox_action_ids, put_journey
-from tests.scenarios.test_seed_scenarios import DAY, MINUTE, PARTITIONS, T0, advance, settled
+from tests.scenarios.test_seed_scenarios import DAY, MINUTE, PARTITIONS, T0, advance, event, settled
 
 HOUR = 60 * MINUTE
 
@@ -308,3 +308,26 @@ async def test_a_plan_sigkilled_mid_send_resumes_and_sends_each_user_once(
             assert len(action_ids) == len(set(action_ids)) == total
         finally:
             serve.stop()
+
+
+async def test_a_plans_report_counts_its_conversions_and_runs(
+    beacon: Beacon, redis_client: aioredis.Redis, clock: ManualClock
+) -> None:
+    await put_audience(beacon, "four", ["a", "b", "c", "d"])
+    plan = coupon_plan("promo", "aud:four", T0, rate=10_000, goal={"event": "pay", "within": "1d", "value": "amount"})
+    await put_plan(beacon, plan)
+    (run,) = await finished_runs(beacon, redis_client, "promo", 1)
+    await beacon.post_events(
+        [event(user, "pay", T0 + HOUR, amount=amount) for user, amount in (("a", 10), ("b", 15))]
+        + [event("c", "pay", T0 + 2 * DAY, amount=99)]  # outside the goal window
+    )
+    await settled(redis_client)
+    status, found = await beacon.call(
+        "GET", "/v1/reports/plans/promo", params={"from": "2026-01-01", "to": "2026-01-05"}
+    )
+    assert status == 200, found
+    assert (found["funnel"]["entered"], found["funnel"]["acted"]) == (4, 4)
+    assert found["funnel"]["converted"]["acted"] == 2 and found["funnel"]["revenue"]["acted"] == 25.0
+    assert found["runs"] == [
+        {"occurrence": run["occurrence"], "status": "done", "targeted": 4, "sent": 4, "entered": 4}
+    ]
