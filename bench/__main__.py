@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import durable_side, ingest, journeys, plans, replay, scaling, segments, timers
+from bench import archive, durable_side, ingest, journeys, plans, replay, scaling, segments, timers
 from bench.harness import beacon_stack
 from bench.report import RESULTS_DIR, Row, cpu_snapshot, others_share, skipped, table, write
 from bench.sizes import SIZES, Size, size_named
@@ -67,6 +67,10 @@ async def _plans(size: Size, cluster: bool) -> list[Row]:
     return await plans.plan_rows(size)
 
 
+async def _archive(size: Size, cluster: bool) -> list[Row]:
+    return await archive.archive_rows(size)
+
+
 # In `all` order; `timers` also measures memory, `durable` runs Beacon on the same log for the ratio,
 # `journeys` measures both the journey stream and the memory of waiting instances, `segments` the CPU of
 # live segments, the memory of a membership and the estimate's latency.
@@ -81,6 +85,7 @@ BENCHES: dict[str, Bench] = {
     "journeys": _journeys,
     "segments": _segments,
     "plans": _plans,
+    "archive": _archive,
 }
 ALIASES = {"ingest": ("throughput", "latency"), "memory": ("timers",), "all": tuple(BENCHES)}
 
@@ -108,6 +113,7 @@ def expected_row_ids(size: Size, names: list[str]) -> list[str]:
         "journeys": journeys.row_ids(),
         "segments": segments.row_ids(),
         "plans": plans.row_ids(),
+        "archive": archive.row_ids(),
     }
     return [row_id for name in names for row_id in ids[name]]
 

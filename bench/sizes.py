@@ -36,6 +36,8 @@ class Size:
     segment_users: int  # users made members of every segment of each segment memory case
     estimate_users: int  # user records the segment estimate scans
     plan_users: int  # members of the audience one plan occurrence is sent to
+    archive_events: int  # producer events in the archive the funnel query reads
+    archive_sample_events: int  # of those, events archived the whole way (stream, drain) to measure the write cost
 
 
 SIZES = {
@@ -66,6 +68,8 @@ SIZES = {
         segment_users=1_000,
         estimate_users=2_000,
         plan_users=5_000,
+        archive_events=5_000,
+        archive_sample_events=5_000,
     ),
     "default": Size(
         name="default",
@@ -94,6 +98,8 @@ SIZES = {
         segment_users=100_000,
         estimate_users=100_000,
         plan_users=200_000,
+        archive_events=1_000_000,
+        archive_sample_events=100_000,
     ),
     "full": Size(
         name="full",
@@ -122,6 +128,8 @@ SIZES = {
         segment_users=1_000_000,
         estimate_users=1_000_000,
         plan_users=1_000_000,
+        archive_events=10_000_000,
+        archive_sample_events=1_000_000,
     ),
 }
 

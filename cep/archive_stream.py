@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import msgpack
@@ -106,13 +106,30 @@ ACTION_COLUMNS = (
 OUTCOME_COLUMNS = ("action_id", "user_id", "status", "reason", "connector", "ts", "attempt", "partition", "archived_ms")
 
 
-@dataclass(slots=True)
 class Rows:
-    """Decoded rows of some archive entries, per table (each row a list in its table's column order)."""
+    """Decoded rows of some archive entries, per table, as columns (each table's lists in its column order):
+    the Parquet writer takes columns, and extending them costs far less than a list per row."""
 
-    events: list[list[Any]] = field(default_factory=list)
-    actions: list[list[Any]] = field(default_factory=list)
-    outcomes: list[list[Any]] = field(default_factory=list)
+    __slots__ = ("actions", "events", "outcomes")
+
+    def __init__(self) -> None:
+        self.events: list[list[Any]] = [[] for _ in EVENT_COLUMNS]
+        self.actions: list[list[Any]] = [[] for _ in ACTION_COLUMNS]
+        self.outcomes: list[list[Any]] = [[] for _ in OUTCOME_COLUMNS]
+
+    def tables(self) -> list[tuple[str, list[list[Any]]]]:
+        """(table, columns) of every table."""
+        return [("events", self.events), ("actions", self.actions), ("outcomes", self.outcomes)]
+
+
+def row_count(columns: list[list[Any]]) -> int:
+    """How many rows a table's columns hold."""
+    return len(columns[0])
+
+
+def _append_row(columns: list[list[Any]], row: Sequence[Any]) -> None:
+    for column, value in zip(columns, row, strict=True):
+        column.append(value)
 
 
 def entry_ms(entry_id: bytes) -> int:
@@ -133,9 +150,8 @@ def decode_entry(partition: int, entry_id: bytes, fields: dict[bytes, bytes], in
             _actions(msgpack.unpackb(fields[ACTIONS_FIELD], raw=False), not_written, partition, archived, into)
         if CANCELLED_FIELD in fields:
             for user_id, action_id in msgpack.unpackb(fields[CANCELLED_FIELD], raw=False):
-                into.outcomes.append(
-                    [action_id, user_id, CANCELLED, CANCELLED_REASON, "", archived, 0, partition, archived]
-                )
+                row = [action_id, user_id, CANCELLED, CANCELLED_REASON, "", archived, 0, partition, archived]
+                _append_row(into.outcomes, row)
     except DecodeError:
         raise
     except Exception as exc:
@@ -149,12 +165,21 @@ def _check_version(version: Any) -> None:
 
 def _events(data: dict[str, Any], partition: int, archived: int, into: Rows) -> None:
     _check_version(data.get("v"))
+    count = len(data["id"])
+    if not all(len(data[name]) == count for name in ("u", "t", "ts", "r", "o", "a")):
+        raise DecodeError("event columns of different lengths")
     # JSON text, so both engines (and a ClickHouse String column) read attrs the same way.
     attrs = [json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str) for value in data["a"]]
-    for row in zip(data["id"], data["u"], data["t"], data["ts"], data["r"], data["o"], attrs, strict=True):
-        into.events.append([*row, partition, archived])
-        if row[5] == ORIGIN_DELIVERY and row[2] in OUTCOME_STATUSES:
-            into.outcomes.append(_outcome(row, partition, archived))
+    columns = into.events
+    values = (data["id"], data["u"], data["t"], data["ts"], data["r"], data["o"], attrs)
+    for column, given in zip(columns[:7], values, strict=True):
+        column.extend(given)
+    columns[7].extend(repeat(partition, count))
+    columns[8].extend(repeat(archived, count))
+    if ORIGIN_DELIVERY in data["o"]:
+        for row in zip(data["id"], data["u"], data["t"], data["ts"], data["r"], data["o"], attrs, strict=True):
+            if row[5] == ORIGIN_DELIVERY and row[2] in OUTCOME_STATUSES:
+                _append_row(into.outcomes, _outcome(row, partition, archived))
 
 
 def _outcome(row: tuple[Any, ...], partition: int, archived: int) -> list[Any]:
@@ -175,11 +200,11 @@ def _actions(data: dict[str, Any], not_written: Any, partition: int, archived: i
     for row in data["rows"]:
         if row[0] in not_written:
             continue  # the ledger already held it: archived when it was first written
-        into.actions.append([*row, partition, archived])
+        _append_row(into.actions, [*row, partition, archived])
         status = row[15]
         if status in FINAL_AT_CREATION:
             # Final at creation (a tag applied by the owner): its outcome row is the action's own.
-            into.outcomes.append([row[0], row[1], status, "", row[2], row[13], 0, partition, archived])
+            _append_row(into.outcomes, [row[0], row[1], status, "", row[2], row[13], 0, partition, archived])
 
 
 async def backlog(redis: Redis, partitions: int) -> int:

@@ -76,17 +76,19 @@ def day_of(ms: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ms // 1000))
 
 
-def split_by_day(table: str, rows: Sequence[list[Any]]) -> dict[str, list[list[Any]]]:
-    """A table's rows grouped by the UTC day of their time column."""
-    index = [name for name, _ in TABLES[table]].index(DAY_COLUMN[table])
-    days: dict[int, str] = {}
+def split_by_day(table: str, columns: list[list[Any]]) -> dict[str, list[list[Any]]]:
+    """A table's columns split by the UTC day of its time column (most drains hold one day: no copy then)."""
+    times = columns[[name for name, _ in TABLES[table]].index(DAY_COLUMN[table])]
+    if not times:
+        return {}
+    numbers = [int(ms or 0) // DAY_MS for ms in times]
+    first, last = min(numbers), max(numbers)
+    if first == last:
+        return {day_of(first * DAY_MS): columns}
     by_day: dict[str, list[list[Any]]] = {}
-    for row in rows:
-        number = int(row[index] or 0) // DAY_MS
-        day = days.get(number)
-        if day is None:
-            day = days[number] = day_of(number * DAY_MS)
-        by_day.setdefault(day, []).append(row)
+    for number in sorted(set(numbers)):
+        picked = [i for i, found in enumerate(numbers) if found == number]
+        by_day[day_of(number * DAY_MS)] = [[column[i] for i in picked] for column in columns]
     return by_day
 
 
@@ -133,9 +135,8 @@ class ParquetWriter:
         """Release the connection."""
         self._db.close()
 
-    def write(self, table: str, rows: Sequence[list[Any]], path: Path) -> int:
-        """Write `rows` (in the table's column order) to `path` atomically; returns the file's size."""
-        columns = [list(column) for column in zip(*rows, strict=True)]
+    def write(self, table: str, columns: Sequence[list[Any]], path: Path) -> int:
+        """Write a table's columns (in its column order) to `path` atomically; returns the file's size."""
         tmp = _temporary(path)
         self._db.execute(self._copy[table].replace("$path", _quote(tmp)), columns)
         return _publish(tmp, path)
@@ -151,8 +152,8 @@ class ParquetWriter:
 
 
 def _copy_sql(columns: tuple[tuple[str, str], ...]) -> str:
-    # One list parameter per column, unnested side by side: DuckDB converts each Python list in C++, about
-    # 2.5 us of CPU per event row in all (docs/measurement.md), where executemany costs tens of us per row.
+    # One list parameter per column, unnested side by side: DuckDB converts each Python list in C++, a few us
+    # of CPU per event row in all (docs/measurement.md), where executemany costs tens of us per row.
     select = ", ".join(f"unnest(${i}::{kind}[]) AS {name}" for i, (name, kind) in enumerate(columns, 1))
     return f"COPY (SELECT {select}) TO $path (FORMAT parquet, COMPRESSION zstd)"
 

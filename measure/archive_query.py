@@ -46,15 +46,17 @@ def connect(data_dir: Path, *, threads: int | None = None) -> duckdb.DuckDBPyCon
 def query(data_dir: Path, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
     """Run one SQL statement over the archive's views and return its rows."""
     for attempt in range(1, ATTEMPTS + 1):
-        db = connect(data_dir)
+        db: duckdb.DuckDBPyConnection | None = None
         try:
+            db = connect(data_dir)  # binding the views opens the files: a compaction may race this too
             return db.execute(sql, params).fetchall() if params is not None else db.execute(sql).fetchall()
         except duckdb.IOException:
             if attempt == ATTEMPTS:
                 raise
             time.sleep(0.05 * attempt)  # a compaction's rename and unlink take milliseconds
         finally:
-            db.close()
+            if db is not None:
+                db.close()
     raise AssertionError("unreachable")
 
 

@@ -33,7 +33,7 @@ from beacon.errors import DecodeError
 from beacon.pause import pause
 from beacon.redis_errors import describe, is_redis_trouble
 from cep import archive_stream
-from cep.archive_stream import Rows
+from cep.archive_stream import Rows, row_count
 from cep.scripts import ScriptCall, run_scripts
 from cep.streams import stream_id
 from measure import archive_files as files
@@ -232,13 +232,13 @@ class Archiver:
         name = files.partition_file_name(partition, first, last)
         counts: dict[str, int] = {}
         try:
-            for table, table_rows in (("events", rows.events), ("actions", rows.actions), ("outcomes", rows.outcomes)):
-                for day, day_rows in files.split_by_day(table, table_rows).items():
+            for table, columns in rows.tables():
+                for day, day_columns in files.split_by_day(table, columns).items():
                     path = self._root / table / f"day={day}" / name
-                    size = self._writer.write(table, day_rows, path)
+                    size = self._writer.write(table, day_columns, path)
                     written.append(path)
-                    metrics.on_archive_file("drain", size, {table: len(day_rows)})
-                    counts[table] = counts.get(table, 0) + len(day_rows)
+                    metrics.on_archive_file("drain", size, {table: row_count(day_columns)})
+                    counts[table] = counts.get(table, 0) + row_count(day_columns)
         except BaseException:
             for path in written:
                 path.unlink(missing_ok=True)

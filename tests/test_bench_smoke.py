@@ -128,6 +128,11 @@ def test_values_are_sane(smoke_run: dict[str, object]) -> None:
     # Plans: every member was sent and processed (the bench itself fails otherwise), sending no slower
     # than processing can finish.
     assert rows["plans.send_rate"]["value"] >= rows["plans.processed_rate"]["value"]
+    # Archive: the funnel's counts nest (delivered and converted actions are acted ones), over every event.
+    triggers, actions, users, delivered, converted = rows["archive.funnel_query_s"]["extra"]["funnel"]
+    assert 0 < users <= actions and delivered <= actions and converted <= actions and triggers == actions, rows
+    assert rows["archive.funnel_query_s"]["extra"]["events"] == SIZES["smoke"].archive_events
+    assert rows["archive.write_us_per_event"]["extra"]["events"] == SIZES["smoke"].archive_sample_events
     if durable_installed():
         assert rows["durable.events_ratio"]["value"] == pytest.approx(
             rows["durable.beacon_events"]["value"] / rows["durable.events"]["value"]
