@@ -114,6 +114,25 @@ async def test_processed_events_actions_and_outcomes_land_once(
     assert (result.triggers, result.actions, result.users, result.delivered) == (3, 6, 3, 3)
 
 
+async def test_a_delayed_action_cancelled_with_its_ruleset_has_a_cancelled_outcome(
+    archiving: Beacon, redis_client: aioredis.Redis, tmp_path: Path, clock: ManualClock
+) -> None:
+    delayed = {
+        "id": "later",
+        "rules": [
+            {"id": "r", "when": {"event": "pay"}, "then": [{"action": "coupon", "coupon_id": "C", "delay": "1h"}]}
+        ],
+    }
+    assert (await archiving.call("PUT", "/v1/rulesets/later", json=delayed))[0] == 200
+    assert (await archiving.post_events([pay("d1", "u9", 10, LIVE_T0)]))[0] == 200
+    ((action_id, status),) = [(row[0], row[15]) for row in await archived(tmp_path, redis_client, "actions", 1)]
+    assert status == "scheduled"
+    assert (await archiving.call("DELETE", "/v1/rulesets/later"))[0] == 200
+    clock.advance(2 * 3_600_000)  # the delay falls due with its ruleset gone: cancelled by the commit
+    outcomes = await archived(tmp_path, redis_client, "outcomes", 1)
+    assert [(row[0], row[1], row[2], row[3]) for row in outcomes] == [(action_id, "u9", "cancelled", "ruleset_deleted")]
+
+
 async def test_compaction_merges_files_and_keeps_every_row(
     redis_url: str, redis_client: aioredis.Redis, tmp_path: Path, clock: ManualClock
 ) -> None:
