@@ -138,20 +138,27 @@ def entry_ms(entry_id: bytes) -> int:
 
 
 def decode_entry(partition: int, entry_id: bytes, fields: dict[bytes, bytes], into: Rows) -> None:
-    """Add one archive entry's rows to `into`; DecodeError when it cannot be read."""
+    """Add one archive entry's rows to `into`, all or none; DecodeError when it cannot be read."""
     archived = entry_ms(entry_id)
     try:
-        if EVENTS_FIELD in fields:
-            _events(msgpack.unpackb(fields[EVENTS_FIELD], raw=False), partition, archived, into)
-        if ACTIONS_FIELD in fields:
-            not_written = (
-                set(msgpack.unpackb(fields[NOT_WRITTEN_FIELD], raw=False)) if NOT_WRITTEN_FIELD in fields else ()
-            )
-            _actions(msgpack.unpackb(fields[ACTIONS_FIELD], raw=False), not_written, partition, archived, into)
-        if CANCELLED_FIELD in fields:
-            for user_id, action_id in msgpack.unpackb(fields[CANCELLED_FIELD], raw=False):
-                row = [action_id, user_id, CANCELLED, CANCELLED_REASON, "", archived, 0, partition, archived]
-                _append_row(into.outcomes, row)
+        # Everything is read and checked before anything is added: a bad entry adds no partial rows.
+        events = _unpacked(fields, EVENTS_FIELD, {"v": ARCHIVE_CODEC_VERSION, "id": []})
+        actions = _unpacked(fields, ACTIONS_FIELD, {"v": ARCHIVE_CODEC_VERSION, "rows": []})
+        not_written = set(_unpacked(fields, NOT_WRITTEN_FIELD, []))
+        cancelled = [(str(user_id), str(action_id)) for user_id, action_id in _unpacked(fields, CANCELLED_FIELD, [])]
+        _check_version(events.get("v"))
+        _check_version(actions.get("v"))
+        count = len(events["id"])
+        if count and not all(len(events[name]) == count for name in ("u", "t", "ts", "r", "o", "a")):
+            raise DecodeError("event columns of different lengths")
+        if any(len(row) != len(ACTION_COLUMNS) - 2 for row in actions["rows"]):
+            raise DecodeError("an action row of the wrong length")
+        if count:
+            _events(events, count, partition, archived, into)
+        _actions(actions, not_written, partition, archived, into)
+        for user_id, action_id in cancelled:
+            row = [action_id, user_id, CANCELLED, CANCELLED_REASON, "", archived, 0, partition, archived]
+            _append_row(into.outcomes, row)
     except DecodeError:
         raise
     except Exception as exc:
@@ -163,11 +170,11 @@ def _check_version(version: Any) -> None:
         raise DecodeError(f"unknown archive codec version {version!r}")
 
 
-def _events(data: dict[str, Any], partition: int, archived: int, into: Rows) -> None:
-    _check_version(data.get("v"))
-    count = len(data["id"])
-    if not all(len(data[name]) == count for name in ("u", "t", "ts", "r", "o", "a")):
-        raise DecodeError("event columns of different lengths")
+def _unpacked(fields: dict[bytes, bytes], name: bytes, missing: Any) -> Any:
+    return msgpack.unpackb(fields[name], raw=False) if name in fields else missing
+
+
+def _events(data: dict[str, Any], count: int, partition: int, archived: int, into: Rows) -> None:
     # JSON text, so both engines (and a ClickHouse String column) read attrs the same way.
     attrs = [json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str) for value in data["a"]]
     columns = into.events
@@ -195,8 +202,7 @@ def _outcome(row: tuple[Any, ...], partition: int, archived: int) -> list[Any]:
     ]  # fmt: skip
 
 
-def _actions(data: dict[str, Any], not_written: Any, partition: int, archived: int, into: Rows) -> None:
-    _check_version(data.get("v"))
+def _actions(data: dict[str, Any], not_written: set[str], partition: int, archived: int, into: Rows) -> None:
     for row in data["rows"]:
         if row[0] in not_written:
             continue  # the ledger already held it: archived when it was first written
