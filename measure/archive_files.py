@@ -25,11 +25,12 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import duckdb
+from typing import TYPE_CHECKING, Any
 
 from cep.archive_stream import ACTION_COLUMNS, EVENT_COLUMNS, OUTCOME_COLUMNS
+
+if TYPE_CHECKING:
+    import duckdb
 
 DAY_MS = 86_400_000
 ARCHIVE_DIR = "archive"
@@ -127,7 +128,9 @@ class ParquetWriter:
     """Writes rows to Parquet files with one in-memory DuckDB connection (used by one task at a time)."""
 
     def __init__(self) -> None:
-        self._db = duckdb.connect(":memory:")
+        import duckdb  # here, not at import: every `beacon` command imports the services, few archive
+
+        self._db: duckdb.DuckDBPyConnection = duckdb.connect(":memory:")
         self._db.execute("SET threads TO 1")  # a background writer must not take every core from the engine
         self._copy = {table: _copy_sql(columns) for table, columns in TABLES.items()}
 
