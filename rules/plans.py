@@ -277,7 +277,8 @@ class _PlanParser(_JourneyParser):
 def _cron_before(expression: str, moment: datetime) -> datetime | None:
     """The newest cron time at or before `moment` (aware), or None."""
     try:
-        return next(iter(CronSim(expression, moment + timedelta(seconds=1), reverse=True)))
+        # Iterating backwards yields times strictly before the start: a microsecond later includes `moment`.
+        return next(iter(CronSim(expression, moment + timedelta(microseconds=1), reverse=True)))
     except StopIteration:
         return None
 
@@ -306,44 +307,33 @@ def _local(local: datetime, late_after_ms: int) -> Occurrence:
 
 def latest_occurrence(plan: Plan, now_ms: int) -> Occurrence | None:
     """The newest occurrence whose sending may have started by `now_ms` (None before the first)."""
-    schedule = plan.schedule
-    if schedule.local:
-        if schedule.cron:
-            horizon = datetime.fromtimestamp((now_ms + EARLIEST_ZONE_MS + LOCAL_LEAD_MS) / 1000, UTC)
-            found = _cron_before(schedule.cron, horizon)
-            return _local(found.replace(tzinfo=None), plan.late_after_ms) if found is not None else None
-        occurrence = _local(datetime.fromisoformat(schedule.local_at), plan.late_after_ms)
-        return occurrence if occurrence.start_ms <= now_ms else None
-    if schedule.cron:
-        found = _cron_before(schedule.cron, datetime.fromtimestamp(now_ms / 1000, ZoneInfo(schedule.tz)))
-        if found is None:
-            return None
-        start = int(found.timestamp() * 1000)
-        return Occurrence(_utc_id(start), start, start + plan.late_after_ms)
-    if schedule.at_ms > now_ms:
-        return None
-    return Occurrence(_utc_id(schedule.at_ms), schedule.at_ms, schedule.at_ms + plan.late_after_ms)
+    return _occurrence(plan, now_ms, later=False)
 
 
 def next_occurrence(plan: Plan, now_ms: int) -> Occurrence | None:
     """The first occurrence whose sending starts after `now_ms` (None for a once-plan already due)."""
+    return _occurrence(plan, now_ms, later=True)
+
+
+def _occurrence(plan: Plan, now_ms: int, *, later: bool) -> Occurrence | None:
     schedule = plan.schedule
+    cron_time = _cron_after if later else _cron_before
     if schedule.local:
         if schedule.cron:
             horizon = datetime.fromtimestamp((now_ms + EARLIEST_ZONE_MS + LOCAL_LEAD_MS) / 1000, UTC)
-            found = _cron_after(schedule.cron, horizon)
+            found = cron_time(schedule.cron, horizon)
             return _local(found.replace(tzinfo=None), plan.late_after_ms) if found is not None else None
         occurrence = _local(datetime.fromisoformat(schedule.local_at), plan.late_after_ms)
-        return occurrence if occurrence.start_ms > now_ms else None
-    if schedule.cron:
-        found = _cron_after(schedule.cron, datetime.fromtimestamp(now_ms / 1000, ZoneInfo(schedule.tz)))
+    elif schedule.cron:
+        found = cron_time(schedule.cron, datetime.fromtimestamp(now_ms / 1000, ZoneInfo(schedule.tz)))
         if found is None:
             return None
         start = int(found.timestamp() * 1000)
         return Occurrence(_utc_id(start), start, start + plan.late_after_ms)
-    if schedule.at_ms <= now_ms:
-        return None
-    return Occurrence(_utc_id(schedule.at_ms), schedule.at_ms, schedule.at_ms + plan.late_after_ms)
+    else:
+        start = schedule.at_ms
+        occurrence = Occurrence(_utc_id(start), start, start + plan.late_after_ms)
+    return occurrence if (occurrence.start_ms > now_ms) == later else None
 
 
 # -- the journey a plan runs as ----------------------------------------------------------------------
