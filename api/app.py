@@ -14,6 +14,7 @@ from api import (
     routes_audiences,
     routes_backtest,
     routes_clicks,
+    routes_console,
     routes_dead_letters,
     routes_dryrun,
     routes_events,
@@ -60,6 +61,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
         routes_dead_letters,
         routes_ops,
         routes_clicks,
+        routes_console,
     ):
         module.add_routes(app)
     ingest_ws.setup(app)

@@ -288,6 +288,11 @@ OPENAPI: dict[str, Any] = {
         "/metrics": {"get": _op("Prometheus metrics", None)},
         "/openapi.json": {"get": _op("This document", None)},
         "/docs": {"get": _op("This document as a page", None)},
+        "/console": {"get": _op("The console (redirects to /console/)", None)},
+        "/console/{path}": {
+            "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": _op("The console's page (empty path) and its assets; data comes from the API with a key", None),
+        },
         "/healthz": {"get": _op("Health", None)},
     },
     "components": {

@@ -1,0 +1,1 @@
+import{i as e}from"./index-BtdivTvh.js";var t=e();function n(){return(0,t.jsx)(`h1`,{children:`Audiences`})}export{n as default};

@@ -1,0 +1,23 @@
+// Load one API resource for a page: {data, error, loading, reload}. A newer load wins over an older one.
+import { useCallback, useEffect, useRef, useState } from 'react'
+import { get } from '../api.js'
+
+export function useApi(path) {
+  const [state, setState] = useState({ data: null, error: null, loading: Boolean(path) })
+  const latest = useRef(0)
+  const load = useCallback(async () => {
+    if (!path) return
+    const ticket = ++latest.current
+    setState((old) => ({ ...old, loading: true }))
+    try {
+      const data = await get(path)
+      if (ticket === latest.current) setState({ data, error: null, loading: false })
+    } catch (error) {
+      if (ticket === latest.current) setState({ data: null, error, loading: false })
+    }
+  }, [path])
+  useEffect(() => {
+    load()
+  }, [load])
+  return { ...state, reload: load }
+}

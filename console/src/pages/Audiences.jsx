@@ -1,0 +1,3 @@
+export default function Audiences() {
+  return <h1>Audiences</h1>
+}

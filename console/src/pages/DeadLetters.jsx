@@ -1,0 +1,3 @@
+export default function DeadLetters() {
+  return <h1>DeadLetters</h1>
+}
