@@ -4,17 +4,22 @@
 - `b:{plans}:runs:<plan>` HASH occurrence id -> JSON {"status": "running" | "done" | "cancelled" |
   "missed", "version", "start_ms", "opened_ms", "local"?, "finished_ms"?}. The first process to find an
   occurrence due opens it (HSETNX): every process computes the same occurrence ids.
-- `b:{p:<n>}:plansnap:<plan>:<occurrence>:<branch>` SET: the branch's members in partition n still to be
-  sent, snapshotted when the run reached the partition (branches after the first minus the earlier
-  ones: a user in several branches gets only the first).
+- `b:{p:<n>}:plansnap:<plan>:<occurrence>:<branch>` SET: the branch's members in partition n, snapshotted
+  when the run reached the partition (branches after the first minus the earlier ones: a user in several
+  branches gets only the first). Never written again until the run's part is done and it is dropped.
 - `b:{p:<n>}:planrun:<plan>:<occurrence>` HASH {"state": "sending" | "done" | "cancelled", "targeted",
-  "sent"}: the partition's progress.
+  "sent", "branch", "cursor"}: the partition's progress, `branch` and `cursor` being where the walk of
+  the snapshots (SSCAN) stands.
 
-A send is one script in the partition's slot: it checks the chosen members are still in the snapshot,
-removes them, and appends their `plan` events to the partition's stream (as `cep.streams` appends:
-entry fields `b` and `n`, the backlog counter in the progress HASH) — so each (plan, occurrence, user)
-is appended exactly once, whatever crashes, and the partition owner's commit protocol makes processing
-it exactly once too. The events' ids (`plan:<plan>:<occurrence>:<user>`) are deterministic besides.
+Sending walks the snapshots with SSCAN. A step is one script in the partition's slot: if the stored
+position is still the one the page was read from, it appends the page's `plan` events to the partition's
+stream (as `cep.streams` appends: entry fields `b` and `n`, the backlog counter in the progress HASH) and
+moves the position past the page — so each (plan, occurrence, user) is appended exactly once, whatever
+crashes (a page read again from the same position of an unchanged SET is the same page), and the
+partition owner's commit protocol makes processing it exactly once too. The events' ids
+(`plan:<plan>:<occurrence>:<user>`) are deterministic besides. A walk rather than drawing and removing
+members: SRANDMEMBER on a SET emptied by SREM slows down as its table turns sparse (measured: Redis CPU
+per user four times higher at 1M members than at 5,000).
 """
 
 from __future__ import annotations
@@ -40,22 +45,24 @@ DONE = "done"
 MISSED = "missed"
 SENDING = "sending"
 KEEP_RUNS = 200  # occurrences remembered per plan (the oldest are dropped)
+PAGE = 1_000  # members per SSCAN page (a hint to Redis) and per send script call
 SNAPSHOT_TTL_S = 30 * 86_400  # a run's snapshot outlives any sane run; a safety net against leaks
 
-# KEYS[1] snapshot SET, KEYS[2] partition run HASH, KEYS[3] partition stream, KEYS[4] stream progress HASH
-# ARGV[1] the stream entry's field, ARGV[2] the encoded events, ARGV[3] how many, ARGV[4..] their users
-# Returns the members left in the snapshot, or -1 (nothing done) when one is no longer there: another
-# sender got it first (a lease changing hands mid-send); the caller draws again.
+# KEYS[1] partition run HASH, KEYS[2] partition stream, KEYS[3] stream progress HASH
+# ARGV[1] the branch and ARGV[2] the cursor the page was read at, ARGV[3] / ARGV[4] where the walk goes on,
+# ARGV[5] the stream entry's field, ARGV[6] the encoded events ('' for none), ARGV[7] how many.
+# Returns 1, or 0 (nothing done) when the position moved meanwhile: another sender (a lease changing hands
+# mid-send) got there first; the caller reads again.
 SEND_SCRIPT = """
-local present = redis.call('SMISMEMBER', KEYS[1], unpack(ARGV, 4))
-for i = 1, #present do
-  if present[i] == 0 then return -1 end
+if (redis.call('HGET', KEYS[1], 'branch') or '0') ~= ARGV[1] then return 0 end
+if (redis.call('HGET', KEYS[1], 'cursor') or '0') ~= ARGV[2] then return 0 end
+if ARGV[6] ~= '' then
+  redis.call('XADD', KEYS[2], '*', ARGV[5], ARGV[6], 'n', ARGV[7])
+  redis.call('HINCRBY', KEYS[3], 'added', ARGV[7])
+  redis.call('HINCRBY', KEYS[1], 'sent', ARGV[7])
 end
-redis.call('SREM', KEYS[1], unpack(ARGV, 4))
-redis.call('XADD', KEYS[3], '*', ARGV[1], ARGV[2], 'n', ARGV[3])
-redis.call('HINCRBY', KEYS[4], 'added', ARGV[3])
-redis.call('HINCRBY', KEYS[2], 'sent', ARGV[3])
-return redis.call('SCARD', KEYS[1])
+redis.call('HSET', KEYS[1], 'branch', ARGV[3], 'cursor', ARGV[4])
+return 1
 """
 
 # KEYS[1] partition run HASH, KEYS[2..] the snapshot SETs; ARGV[1] the final state (done | cancelled)
@@ -180,31 +187,27 @@ async def snapshot(redis: Redis, partition: int, plan: Plan, run: Run, audiences
 
 
 async def send(redis: Redis, partition: int, plan: Plan, run: Run, most: int, now_ms: int) -> tuple[int, bool]:
-    """Append up to `most` members' plan events, branch by branch; (sent, the partition is done)."""
+    """Append about `most` members' plan events (SSCAN pages), branch by branch; (sent, the partition is done)."""
+    run_key = partition_run_key(partition, plan.id, run.occurrence)
     sent = 0
-    for index in range(len(plan.branches)):
-        key = snapshot_key(partition, plan.id, run.occurrence, index)
-        while sent < most:
-            members: list[bytes] = await redis.srandmember(key, min(most - sent, 1000))  # type: ignore[assignment]
-            if not members:
-                break
-            users = [_text(member) for member in members]
-            events = [_plan_event(plan, run, index, user, now_ms) for user in users]
-            keys = [
-                key,
-                partition_run_key(partition, plan.id, run.occurrence),
-                events_key(partition),
-                progress_key(partition),
-            ]
-            (left,) = await run_scripts(
-                redis, [ScriptCall(SEND_SCRIPT, keys, [BATCH_FIELD, encode_batch(events), len(events), *users])]
-            )
-            if int(left) >= 0:
-                sent += len(users)
-        if sent >= most:
-            return sent, False
-    await finish(redis, partition, plan.id, len(plan.branches), run.occurrence, DONE)
-    return sent, True
+    while sent < most:
+        raw: list[Any] = await redis.hmget(run_key, ["branch", "cursor"])
+        branch, cursor = int(raw[0] or 0), int(raw[1] or 0)
+        if branch >= len(plan.branches):
+            await finish(redis, partition, plan.id, len(plan.branches), run.occurrence, DONE)
+            return sent, True
+        page: Any = await redis.sscan(
+            snapshot_key(partition, plan.id, run.occurrence, branch), cursor, count=min(most - sent, PAGE)
+        )
+        after, members = int(page[0]), [_text(member) for member in page[1]]
+        events = [_plan_event(plan, run, branch, user, now_ms) for user in members]
+        goes_on = (branch, after) if after else (branch + 1, 0)
+        args = [branch, cursor, *goes_on, BATCH_FIELD, encode_batch(events) if events else b"", len(events)]
+        keys = [run_key, events_key(partition), progress_key(partition)]
+        (moved,) = await run_scripts(redis, [ScriptCall(SEND_SCRIPT, keys, args)])
+        if int(moved):
+            sent += len(events)
+    return sent, False
 
 
 async def finish(redis: Redis, partition: int, plan_id: str, branches: int, occurrence: str, state: str) -> None:
