@@ -90,7 +90,8 @@ export function DryRun({ kind, id, draft, version }) {
       {result && (
         <section aria-labelledby="dry-run-title" data-testid="dry-run-result">
           <h2 id="dry-run-title">
-            {items.length} {result.firings ? 'firings' : 'steps'}
+            {items.length} {result.firings ? 'firing' : 'step'}
+            {items.length === 1 ? '' : 's'}
             {result.late?.length ? `, ${result.late.length} late events` : ''}
             {(result.pending_timers || result.waiting || []).length
               ? `, ${(result.pending_timers || result.waiting).length} still waiting`

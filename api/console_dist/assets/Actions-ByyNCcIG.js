@@ -1,1 +1,0 @@
-import{i as e}from"./index-BtdivTvh.js";var t=e();function n(){return(0,t.jsx)(`h1`,{children:`Actions`})}export{n as default};
