@@ -1,1 +1,0 @@
-import{s as e}from"./index-BSfEYXje.js";var t=e();function n(){return(0,t.jsx)(`h1`,{children:`Reports`})}export{n as default};
