@@ -7,6 +7,12 @@ export default defineConfig({
   plugins: [react()],
   // Served by the API under /console/ (api/routes_console.py).
   base: '/console/',
+  // `npm run dev`: the page from Vite with hot reload, the API from a running server (BEACON_URL).
+  server: {
+    proxy: Object.fromEntries(
+      ['/v1', '/docs', '/openapi.json'].map((path) => [path, process.env.BEACON_URL || 'http://127.0.0.1:8080']),
+    ),
+  },
   build: {
     outDir: '../api/console_dist',
     emptyOutDir: true,
