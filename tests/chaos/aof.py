@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cep import streams
-from cep.events import Event
+from cep.events import ORIGIN_DELIVERY, Event
 
 AOF_DIR = "appendonlydir"  # Valkey's default `appenddirname`
 MANIFEST = "appendonly.aof.manifest"
@@ -20,8 +20,9 @@ _ENTRY_ID = re.compile(rb"\d+-\d+")
 
 
 def appended_events(data_dirs: list[Path], partitions: int) -> tuple[dict[str, list[str]], int]:
-    """Each user's event ids in the order first appended to its partition's stream, and how many event copies
-    were appended in all (a resent frame appends its events again)."""
+    """Each user's producer event ids in the order first appended to its partition's stream, and how many event
+    copies were appended in all (a resent frame appends its events again). The delivery outcomes the
+    connectors append (`action_delivered`, ...) are left out: they are the engine's, not the producer's."""
     keys = {streams.events_key(partition).encode() for partition in range(partitions)}
     order: dict[str, list[str]] = defaultdict(list)
     seen: set[str] = set()
@@ -34,7 +35,7 @@ def appended_events(data_dirs: list[Path], partitions: int) -> tuple[dict[str, l
             assert _ENTRY_ID.fullmatch(command[2]), f"unexpected XADD in the AOF: {command[:3]}"
             fields = dict(zip(command[3::2], command[4::2], strict=True))
             for item in streams.decode_entry(fields):
-                if isinstance(item, Event):
+                if isinstance(item, Event) and item.origin != ORIGIN_DELIVERY:
                     copies += 1
                     if item.event_id not in seen:
                         seen.add(item.event_id)
