@@ -1,7 +1,8 @@
 """Browser fixtures: Debian's chromium driven headless by Playwright against the real app on a real socket.
 
-The tests skip, saying why, only when chromium (or Playwright) is absent; CI (`.ci/run`) installs both.
-Screenshots go to `.console-artifacts/` at the repository root (or `BEACON_CONSOLE_ARTIFACTS`), printed at the
+The tests skip, saying why, only when chromium is absent; CI (`.ci/run`) installs it, and Playwright comes
+with the `test` extra.
+Screenshots go to `.console-artifacts/` at the repository root (or `CONSOLE_TEST_ARTIFACTS`), printed at the
 end of the run with the render timings the tests measured.
 """
 
@@ -15,18 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.async_api import Browser, Page, async_playwright
 
-CHROMIUM = os.environ.get("BEACON_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(
-    os.environ.get("BEACON_CONSOLE_ARTIFACTS") or Path(__file__).resolve().parents[2] / ".console-artifacts"
-)
+# Not BEACON_* names: settings refuse BEACON_* variables that no part of the server reads.
+CHROMIUM = os.environ.get("CONSOLE_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("CONSOLE_TEST_ARTIFACTS") or Path(__file__).resolve().parents[2] / ".console-artifacts")
 # What the tests measured, printed in the terminal summary (a figure only the log would otherwise show).
 MEASURED: list[str] = []
-
-try:
-    from playwright.async_api import Browser, Page, async_playwright
-except ImportError:  # the `test` extra installs it; without it the console tests skip
-    async_playwright = None
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -51,8 +47,6 @@ def artifact(name: str) -> Path:
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     """Headless chromium (Debian's: Playwright's own browsers are never downloaded)."""
-    if async_playwright is None:
-        pytest.skip("playwright is not installed (pip install -e '.[test]')")
     if not chromium_installed():
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
     async with async_playwright() as driver:

@@ -59,6 +59,7 @@ async def test_a_journey_s_graph_counts_and_its_report_s_funnel(beacon: Beacon, 
     console = await open_console(browser, beacon.url("").rstrip("/"))
     # Keyboard only: the key field has the focus, Enter signs in, the first Tab reaches the skip link.
     await console.page.goto(console.url())
+    await expect(console.page.get_by_label("API key")).to_be_focused()
     await console.page.keyboard.type(KEY)
     await console.page.keyboard.press("Enter")
     await console.page.get_by_role("navigation", name="Sections").wait_for()
