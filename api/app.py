@@ -25,6 +25,7 @@ from api import (
     routes_plans,
     routes_reports,
     routes_rulesets,
+    routes_schemas,
     routes_segments,
     routes_users,
 )
@@ -60,6 +61,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
         routes_actions,
         routes_dead_letters,
         routes_ops,
+        routes_schemas,
         routes_clicks,
         routes_console,
     ):

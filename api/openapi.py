@@ -1,432 +1,223 @@
-"""The OpenAPI 3.1 description served at /openapi.json (kept beside the routes it describes)."""
+"""The OpenAPI 3.1 document served at /openapi.json, and the /docs page, generated from the route table
+(`api.wire.routes`) and its typed models (msgspec's JSON Schema), with the document languages' schemas."""
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
+import msgspec
+
+from api.wire import common, events, languages, routes
+from api.wire.routes import Route
+from cep.identities import ALIAS_TYPES
+
+VERSION = "0.1.0"
+_REF = "#/components/schemas/{name}"
+_LANGUAGE = {name: name.capitalize() for name in languages.NAMES}  # language -> component name
+_PATH_PARAMS: dict[str, dict[str, Any]] = {
+    "id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"},
+    "attr": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"},
+    "user_id": {"type": "string", "minLength": 1, "maxLength": 128},
+    "type": {"enum": list(ALIAS_TYPES)},
+    "token": {"type": "string"},
+    "name": {"type": "string", "enum": [f"{name}.json" for name in languages.NAMES]},
+    "path": {"type": "string"},
+}
+_STATUS_TEXT = {
+    101: "Switching to a WebSocket",
+    200: "OK",
+    202: "Accepted, not yet applied",
+    302: "A redirect",
+    400: "Malformed body (not JSON / msgpack, or nested too deeply)",
+    401: "Missing or unknown API key",
+    403: "The key lacks the scope (or does not own the document)",
+    404: "Not found",
+    409: "Conflict with other stored documents",
+    413: "Body, batch or list over its limit",
+    415: "A content type the route does not take",
+    422: "Invalid input: `error.path` names the field, `error.message` the reason",
+    503: "Redis unavailable or processing stalled: retry",
+}
 
 
-def _op(summary: str, scope: str | None, body: str | None = None, ok: str = "OK") -> dict[str, Any]:
+def _models() -> list[type]:
+    """Every model the table names, plus the WebSocket frames (documented, not routed)."""
+    found: dict[str, type] = {"Error": common.Error}
+    for route in routes.ROUTES:
+        for candidate in (*route.body, *route.replies.values(), *route.error_models.values()):
+            if isinstance(candidate, type):
+                found[candidate.__name__] = candidate
+    found |= {"IngestFrame": events.IngestFrame, "FrameAck": events.FrameAck}
+    return list(found.values())
+
+
+def _language_components() -> dict[str, Any]:
+    """Each language's schema as a component, its `$defs` moved beside it (`Ruleset_rule`, ...): a `#/$defs` ref
+    inside a component would resolve against the OpenAPI document's root."""
+    components: dict[str, Any] = {}
+    for name, schema in languages.language_schemas().items():
+        prefix = _LANGUAGE[name]
+
+        def moved(node: Any, prefix: str = prefix) -> Any:
+            if isinstance(node, dict):
+                return {
+                    key: (
+                        _REF.format(name=f"{prefix}_{value.removeprefix('#/$defs/')}")
+                        if key == "$ref" and isinstance(value, str)
+                        else moved(value)
+                    )
+                    for key, value in node.items()
+                }
+            if isinstance(node, list):
+                return [moved(item) for item in node]
+            return node
+
+        top = {key: value for key, value in schema.items() if key not in ("$defs", "$schema", "$id")}
+        components[prefix] = moved(top)
+        for def_name, definition in schema["$defs"].items():
+            components[f"{prefix}_{def_name}"] = moved(definition)
+    return components
+
+
+def _body_schema(body: tuple[routes.BodyType, ...]) -> dict[str, Any]:
+    refs = [{"$ref": _REF.format(name=_LANGUAGE[item] if isinstance(item, str) else item.__name__)} for item in body]
+    return refs[0] if len(refs) == 1 else {"oneOf": refs}
+
+
+def _parameters(route: Route) -> list[dict[str, Any]]:
+    found = [
+        {"name": name, "in": "path", "required": True, "schema": _PATH_PARAMS[name]}
+        for name in re.findall(r"\{(\w+)\}", route.path)
+    ]
+    if route.query is not None:
+        _, components = msgspec.json.schema_components([route.query], ref_template=_REF)
+        schema = components[route.query.__name__]
+        required = set(schema.get("required", ()))
+        for name, prop in schema["properties"].items():
+            parameter: dict[str, Any] = {"name": name, "in": "query", "required": name in required, "schema": prop}
+            if prop.get("type") == "array":
+                parameter |= {"style": "form", "explode": True}
+            found.append(parameter)
+    return found
+
+
+def _content(model: type | None, media: str) -> dict[str, Any]:
+    if model is None:
+        return {media: {}} if media != routes.JSON else {media: {"schema": {"type": "object"}}}
+    return {media: {"schema": {"$ref": _REF.format(name=model.__name__)}}}
+
+
+def _operation(route: Route) -> dict[str, Any]:
     operation: dict[str, Any] = {
-        "summary": summary,
-        "responses": {
-            "200": {"description": ok},
-            "4XX": {"description": "Client error", "content": {"application/json": {"schema": _ERROR}}},
-        },
+        "operationId": f"{route.method}_" + re.sub(r"\W+", "_", route.path).strip("_"),
+        "summary": route.summary,
     }
-    if scope:
-        operation["security"] = [{"bearer": [scope]}]
-    if body:
-        operation["requestBody"] = {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}},
-                "application/msgpack": {"schema": {"$ref": f"#/components/schemas/{body}"}},
-            },
+    if route.description:
+        operation["description"] = route.description
+    if route.scope is not None:
+        operation["security"] = [{"bearer": [route.scope]}]
+    parameters = _parameters(route)
+    if parameters:
+        operation["parameters"] = parameters
+    if route.body or route.text_media:
+        content: dict[str, Any] = {media: {"schema": _body_schema(route.body)} for media in route.body_media}
+        content |= {media: {"schema": {"type": "string"}} for media in route.text_media}
+        operation["requestBody"] = {"required": True, "content": content}
+    responses: dict[str, Any] = {}
+    for status, model in route.replies.items():
+        responses[str(status)] = {
+            "description": _STATUS_TEXT.get(status, "OK"),
+            "content": _content(model, route.reply_media),
         }
+        if model is None and status in (101, 302):
+            del responses[str(status)]["content"]
+    for status in route.statuses():
+        model = route.error_models.get(status, common.Error)
+        responses[str(status)] = {
+            "description": _STATUS_TEXT.get(status, "Error"),
+            "content": _content(model, routes.JSON),
+        }
+    operation["responses"] = responses
     return operation
 
 
-_ID_PARAM = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
-_USER_PARAM = [{"name": "user_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+def build_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route."""
+    _, components = msgspec.json.schema_components(_models(), ref_template=_REF)
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes.ROUTES:
+        paths.setdefault(route.path, {})[route.method] = _operation(route)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Beacon",
+            "version": VERSION,
+            "description": (
+                "Real-time marketing trigger server. Every error is "
+                '{"error": {"code", "message", "path"}}; the document languages\' JSON Schemas are also served'
+                " at /v1/schemas/{ruleset,journey,segment,plan}.json"
+            ),
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {**components, **_language_components()},
+        },
+    }
 
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.1.0",
-    "info": {"title": "Beacon", "version": "0.1.0", "description": "Real-time marketing trigger server"},
-    "paths": {
-        "/v1/events": {"post": _op("Ingest one event or a batch", "events", "EventsBody")},
-        "/v1/rulesets": {"get": _op("List active rulesets", "rules")},
-        "/v1/rulesets:validate": {"post": _op("Validate a ruleset without storing it", "rules", "Ruleset")},
-        "/v1/rulesets/{id}": {
-            "parameters": _ID_PARAM,
-            "get": _op("A ruleset's active (or ?version=N) document", "rules"),
-            "put": _op("Store a new version", "rules", "Ruleset"),
-            "delete": _op("Delete a ruleset", "rules"),
-        },
-        "/v1/rulesets/{id}:dry-run": {
-            "parameters": _ID_PARAM,
-            "post": _op("Run a ruleset on events with a simulated clock", "rules", "DryRunBody"),
-        },
-        "/v1/backtest": {
-            "post": {
-                **_op("Run rulesets over recorded events: firings per rule and per day", "rules"),
-                "description": (
-                    "Events inline (JSON or msgpack), or an application/x-ndjson body of one event per line"
-                    " with the rulesets named by ?ruleset=<id>. At most 100,000 events; every event needs ts."
-                ),
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/BacktestBody"}},
-                        "application/msgpack": {"schema": {"$ref": "#/components/schemas/BacktestBody"}},
-                        "application/x-ndjson": {
-                            "schema": {"type": "string", "description": "one Event (JSON) per line"}
-                        },
-                    },
-                },
-                "parameters": [
-                    {
-                        "name": "ruleset",
-                        "in": "query",
-                        "description": "x-ndjson bodies only: a stored ruleset id (repeatable)",
-                        "schema": {"type": "array", "items": {"type": "string"}},
-                        "style": "form",
-                        "explode": True,
-                    },
-                    {
-                        "name": "journey",
-                        "in": "query",
-                        "description": "x-ndjson bodies only: a stored journey id (repeatable)",
-                        "schema": {"type": "array", "items": {"type": "string"}},
-                        "style": "form",
-                        "explode": True,
-                    },
-                    {
-                        "name": "until",
-                        "in": "query",
-                        "description": "x-ndjson bodies only",
-                        "schema": {"type": "integer"},
-                    },
-                ],
-            }
-        },
-        "/v1/journeys": {"get": _op("List active journeys", "rules")},
-        "/v1/journeys:validate": {"post": _op("Validate a journey without storing it", "rules", "Journey")},
-        "/v1/journeys/{id}": {
-            "parameters": _ID_PARAM,
-            "get": _op("A journey's active (or ?version=N) document", "rules"),
-            "put": _op("Store a new version (running instances stay on theirs)", "rules", "Journey"),
-            "delete": _op("Delete a journey and cancel its instances", "rules"),
-        },
-        "/v1/journeys/{id}:dry-run": {
-            "parameters": _ID_PARAM,
-            "post": _op("Run a journey on events with a simulated clock", "rules", "DryRunBody"),
-        },
-        "/v1/journeys/{id}/stats": {
-            "parameters": _ID_PARAM,
-            "get": _op("Per version and node: entered, waiting, left by branch, exited, converted", "rules"),
-        },
-        "/v1/segments": {"get": _op("List active segments with their sizes", "rules")},
-        "/v1/segments:validate": {"post": _op("Validate a segment without storing it", "rules", "Segment")},
-        "/v1/segments:estimate": {
-            "post": {
-                **_op("Size an unsaved segment definition over the stored users", "rules", "SegmentEstimateBody"),
-                "description": (
-                    "Replies {estimate, exact, population, sampled, error_bound?, unreadable, elapsed_ms}: exact up to"
-                    " exact_limit user records, beyond that from a hash sample with a 95 % error bound. Behaviour"
-                    " conditions see only the history the engine keeps (shapes an active journey or segment reads)."
-                    " See docs/audiences.md."
-                ),
-            }
-        },
-        "/v1/segments/{id}": {
-            "parameters": _ID_PARAM,
-            "get": _op("A segment's active (or ?version=N) document, kept versions and size", "rules"),
-            "put": _op("Store a new version", "rules", "Segment"),
-            "delete": _op("Delete a segment and its members", "rules"),
-        },
-        "/v1/segments/{id}/members": {
-            "parameters": _ID_PARAM,
-            "get": {
-                **_op("One page of a segment's members: {members, cursor} (cursor empty when done)", "rules"),
-                "parameters": [
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                ],
-            },
-        },
-        "/v1/audiences": {
-            "get": _op("List audiences: id, kind (list or expr), size (an expression's computed now)", "rules")
-        },
-        "/v1/audiences/{id}": {
-            "parameters": _ID_PARAM,
-            "get": _op("An audience: kind, expression (if one), size now", "rules"),
-            "put": {
-                **_op("Replace an audience: a static list or an expression", "rules"),
-                "description": (
-                    'application/json {"ids": [...]} or {"expr": ...}; text/csv (one id per line, optional header'
-                    ' user_id) or application/x-ndjson ({"user_id": ...} per line), streamed. Expressions: union,'
-                    ' intersect, exclude {from, minus}, sample {of, percent} over "seg:<id>" / "aud:<id>".'
-                    " See docs/audiences.md."
-                ),
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {"schema": {"type": "object"}},
-                        "text/csv": {"schema": {"type": "string"}},
-                        "application/x-ndjson": {"schema": {"type": "string"}},
-                    },
-                },
-            },
-            "delete": _op("Delete an audience (refused with 409 while an expression refers to it)", "rules"),
-        },
-        "/v1/audiences/{id}/members": {
-            "parameters": _ID_PARAM,
-            "get": {
-                **_op("One page of an audience's members: {members, cursor} (cursor empty when done)", "rules"),
-                "parameters": [
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                ],
-            },
-        },
-        "/v1/segments/{id}:backfill": {
-            "parameters": _ID_PARAM,
-            "post": _op(
-                "Feed past events ({events: [...]}, up to 10,000) to the segment's behaviour history, silently",
-                "rules",
-            ),
-        },
-        "/c/{token}": {
-            "parameters": [{"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "get": {
-                **_op("A tracked link: 302 to its URL, recording a click event for the user (404 when unknown)", None),
-                "responses": {"302": {"description": "to the link's URL"}, "404": {"description": "unknown link"}},
-            },
-        },
-        "/v1/reports/rulesets/{id}": {
-            "parameters": _ID_PARAM,
-            "get": _op("Funnel of a ruleset and its rules (?from=&to=YYYY-MM-DD, by=day, format=csv)", "rules"),
-        },
-        "/v1/reports/journeys/{id}": {
-            "parameters": _ID_PARAM,
-            "get": _op(
-                "Funnel of a journey, its nodes and split arms with lift (?from=&to=, by=day, format=csv)", "rules"
-            ),
-        },
-        "/v1/reports/plans/{id}": {
-            "parameters": _ID_PARAM,
-            "get": _op("Funnel of a plan and its runs (?from=&to=, by=day, format=csv)", "rules"),
-        },
-        "/v1/plans": {"get": _op("List plans: version, state (active, paused, cancelled), next occurrence", "rules")},
-        "/v1/plans:validate": {"post": _op("Validate a plan (and its references) without storing it", "rules")},
-        "/v1/plans/{id}": {
-            "parameters": _ID_PARAM,
-            "get": _op("A plan's active (or ?version=N) document, kept versions, state, next occurrence", "rules"),
-            "put": _op("Store a new version (see docs/audiences.md, Plans)", "rules"),
-            "delete": _op("Delete a plan: running occurrences stop, runs and statistics are dropped", "rules"),
-        },
-        "/v1/plans/{id}/runs": {
-            "parameters": _ID_PARAM,
-            "get": _op("Occurrences, newest first: status, targeted, sent, entered, blocked by reason", "rules"),
-        },
-        "/v1/plans/{id}:pause": {
-            "parameters": _ID_PARAM,
-            "post": _op("Stop sending and opening occurrences until resumed", "rules"),
-        },
-        "/v1/plans/{id}:resume": {
-            "parameters": _ID_PARAM,
-            "post": _op("Make a paused or cancelled plan active again", "rules"),
-        },
-        "/v1/plans/{id}:cancel": {
-            "parameters": _ID_PARAM,
-            "post": _op("End the running occurrences (unsent users dropped); open no more until resumed", "rules"),
-        },
-        "/v1/plans/{id}:estimate": {
-            "parameters": _ID_PARAM,
-            "post": _op("Each branch's size now, less the earlier branches' members", "rules"),
-        },
-        "/v1/items/indexes": {"get": _op("Declared item indexes", "rules")},
-        "/v1/items/indexes/{attr}": {
-            "parameters": [{"name": "attr", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "get": _op("One item index", "rules"),
-            "put": _op("Index events by an item attribute: {events, window}", "rules"),
-            "delete": _op("Stop indexing an attribute", "rules"),
-        },
-        "/v1/items/events": {
-            "post": _op("Fan an item's event out to the users an item index names (see docs/audiences.md)", "events")
-        },
-        "/v1/identities": {
-            "post": _op(
-                "Link aliases to a user; a user an alias named before is merged into it (see docs/audiences.md)",
-                "events",
-                "IdentitiesBody",
+
+OPENAPI: dict[str, Any] = build_document()
+
+
+def _names(schema: dict[str, Any]) -> list[str]:
+    refs = [schema] if "$ref" in schema else schema.get("oneOf", [])
+    return [ref["$ref"].rpartition("/")[2] for ref in refs if "$ref" in ref] or (
+        [schema["type"]] if "type" in schema else []
+    )
+
+
+def docs_page(document: dict[str, Any]) -> str:
+    """The document as one self-contained page (no script, no outside asset): per route its method, path,
+    summary, scope, request body (by media type), replies and error statuses."""
+    rows = []
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            scopes = [scope for need in operation.get("security", []) for scope in need.get("bearer", [])]
+            content = operation.get("requestBody", {}).get("content", {})
+            bodies = sorted({name for body in content.values() for name in _names(body.get("schema", {}))})
+            query = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
+            replies: list[str] = []
+            errors: list[str] = []
+            for status, reply in operation["responses"].items():
+                media: dict[str, Any] = next(iter(reply.get("content", {}).values()), {})
+                schema = media.get("schema", {})
+                named = f"{status} {', '.join(_names(schema))}".strip()
+                (errors if int(status) >= 400 else replies).append(named if int(status) < 400 else status)
+            cells = (
+                f"<code>{method.upper()}</code>",
+                "<code>{}</code>".format(html.escape(path).replace("{", "&#123;").replace("}", "&#125;")),
+                html.escape(operation.get("summary", "")),
+                html.escape(", ".join(scopes) or "open"),
+                html.escape(", ".join(bodies) + (f" (query: {', '.join(query)})" if query else "")),
+                html.escape("; ".join(replies)),
+                html.escape(", ".join(errors)),
             )
-        },
-        "/v1/identities/{type}/{id}": {
-            "parameters": [
-                {"name": "type", "in": "path", "required": True, "schema": {"type": "string"}},
-                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
-            ],
-            "get": _op("The user an alias names, and the user it was merged into in the end", "events"),
-        },
-        "/v1/users/{user_id}": {
-            "parameters": _USER_PARAM,
-            "get": _op("Profile, tags, aliases, live rule state and journey instances", "events"),
-            "patch": _op("Set attributes and tags", "events", "ProfilePatch"),
-        },
-        "/v1/users/{user_id}/trace": {
-            "parameters": _USER_PARAM,
-            "get": {
-                **_op("Every evaluation of rules and journeys for the user, newest first", "events"),
-                "parameters": [
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000}}
-                ],
-            },
-        },
-        "/v1/actions": {
-            "get": {
-                **_op("Actions with delivery status, newest first", "events"),
-                "parameters": [
-                    {"name": "user_id", "in": "query", "schema": {"type": "string"}},
-                    {"name": "rule", "in": "query", "schema": {"type": "string"}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                ],
-            }
-        },
-        "/v1/ingest": {
-            "get": {
-                **_op("WebSocket ingest: frames {seq, events}, replies {ack, accepted, errors}", "events"),
-                "description": "Binary frames are msgpack, text frames JSON; see docs/ingest.md.",
-            }
-        },
-        "/v1/dead-letters": {"get": _op("Actions whose delivery gave up, newest first", "admin")},
-        "/v1/dead-letters:replay": {
-            "post": _op("Redeliver dead letters by id, or all (optionally one connector's)", "admin", "Replay")
-        },
-        "/metrics": {"get": _op("Prometheus metrics", None)},
-        "/openapi.json": {"get": _op("This document", None)},
-        "/docs": {"get": _op("This document as a page", None)},
-        "/console": {"get": _op("The console (redirects to /console/)", None)},
-        "/console/{path}": {
-            "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "get": _op("The console's page (empty path) and its assets; data comes from the API with a key", None),
-        },
-        "/healthz": {"get": _op("Health", None)},
-    },
-    "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": {
-            "Error": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {
-                    "error": {
-                        "type": "object",
-                        "required": ["code", "message"],
-                        "properties": {
-                            "code": {"type": "string"},
-                            "message": {"type": "string"},
-                            "path": {"type": ["string", "null"]},
-                        },
-                    }
-                },
-            },
-            "Alias": {
-                "type": "object",
-                "required": ["type", "id"],
-                "additionalProperties": False,
-                "properties": {
-                    "type": {"enum": ["openid", "unionid", "phone", "member_id"]},
-                    "id": {"type": "string", "minLength": 1, "maxLength": 100},
-                },
-            },
-            "IdentitiesBody": {
-                "type": "object",
-                "required": ["user_id", "aliases"],
-                "additionalProperties": False,
-                "properties": {
-                    "user_id": {"type": "string", "minLength": 1, "maxLength": 128},
-                    "aliases": {
-                        "type": "array",
-                        "minItems": 1,
-                        "maxItems": 32,
-                        "items": {"$ref": "#/components/schemas/Alias"},
-                    },
-                },
-            },
-            "Event": {
-                "type": "object",
-                "required": ["type"],
-                "description": "names its user by user_id or (ingest only) by alias, not both",
-                "additionalProperties": False,
-                "properties": {
-                    "user_id": {"type": "string", "minLength": 1, "maxLength": 128},
-                    "alias": {"$ref": "#/components/schemas/Alias"},
-                    "type": {"type": "string", "pattern": "^[A-Za-z0-9_.:\\-]{1,64}$"},
-                    "ts": {"type": "integer", "description": "event time, ms since the epoch"},
-                    "event_id": {"type": "string", "minLength": 1, "maxLength": 128},
-                    "attrs": {"type": "object"},
-                },
-            },
-            "EventsBody": {
-                "oneOf": [
-                    {"$ref": "#/components/schemas/Event"},
-                    {
-                        "type": "object",
-                        "required": ["events"],
-                        "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}},
-                    },
-                ]
-            },
-            "Ruleset": {"type": "object", "description": "See README: the ruleset language"},
-            "Journey": {"type": "object", "description": "See docs/journeys.md: the journey language"},
-            "Segment": {
-                "type": "object",
-                "required": ["where"],
-                "properties": {
-                    "id": {"type": "string"},
-                    "description": {"type": "string"},
-                    "where": {"type": "object", "description": "See docs/audiences.md: the segment language"},
-                },
-            },
-            "SegmentEstimateBody": {
-                "type": "object",
-                "additionalProperties": False,
-                "description": "exactly one of where and segment",
-                "properties": {
-                    "where": {"type": "object", "description": "a segment condition"},
-                    "segment": {"$ref": "#/components/schemas/Segment"},
-                    "exact_limit": {"type": "integer", "minimum": 100, "maximum": 200000},
-                },
-            },
-            "DryRunBody": {
-                "type": "object",
-                "required": ["events"],
-                "properties": {
-                    "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
-                    "profiles": {"type": "object"},
-                },
-            },
-            "BacktestBody": {
-                "type": "object",
-                "required": ["events"],
-                "additionalProperties": False,
-                "properties": {
-                    "rulesets": {
-                        "type": "array",
-                        "items": {"oneOf": [{"type": "string"}, {"$ref": "#/components/schemas/Ruleset"}]},
-                        "description": "stored ruleset ids (active version) or unsaved documents (required "
-                        "unless journeys are given)",
-                    },
-                    "journeys": {
-                        "type": "array",
-                        "items": {"oneOf": [{"type": "string"}, {"$ref": "#/components/schemas/Journey"}]},
-                        "description": "stored journey ids (active version) or unsaved documents",
-                    },
-                    "events": {"type": "array", "maxItems": 100000, "items": {"$ref": "#/components/schemas/Event"}},
-                    "until": {"type": "integer", "description": "stop the simulated clock here (ms)"},
-                },
-            },
-            "Replay": {
-                "type": "object",
-                "properties": {
-                    "ids": {"type": "array", "items": {"type": "string"}},
-                    "all": {"type": "boolean"},
-                    "connector": {"type": "string"},
-                    "limit": {"type": "integer"},
-                },
-            },
-            "ProfilePatch": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    "attrs": {"type": "object"},
-                    "add_tags": {"type": "array", "items": {"type": "string"}},
-                    "remove_tags": {"type": "array", "items": {"type": "string"}},
-                },
-            },
-        },
-    },
-}
+            rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    info = document["info"]
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>{title} API</title><style>"
+        "body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}"
+        "td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}</style></head><body>"
+        "<h1>{title} API {version}</h1><p>{description}. Machine-readable: <a href='/openapi.json'>/openapi.json</a>"
+        " (OpenAPI {openapi}); models are its components. Authentication: <code>Authorization: Bearer"
+        " &lt;key&gt;</code> with the scope shown.</p><table><tr><th>method</th><th>path</th><th>what</th>"
+        "<th>scope</th><th>request</th><th>replies</th><th>errors</th></tr>{rows}</table></body></html>"
+    ).format(
+        title=html.escape(info["title"]),
+        version=html.escape(info["version"]),
+        description=html.escape(info.get("description", "")),
+        openapi=html.escape(document["openapi"]),
+        rows="".join(rows),
+    )

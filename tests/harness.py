@@ -20,6 +20,7 @@ from beacon.clock import Clock
 from beacon.settings import Settings
 from cep import streams
 from cep.events import decode_batch
+from tests.wire_check import watch
 
 T = TypeVar("T")
 
@@ -110,8 +111,11 @@ def ingest_hub(beacon: Beacon) -> IngestHub:
 async def running_beacon(
     settings: Settings, clock: Clock | None = None, api_key: str | None = None
 ) -> AsyncIterator[Beacon]:
-    """Start the real app on a loopback port; stop it (and its workers) on exit."""
-    server = TestServer(build_app(settings, clock), host="127.0.0.1")
+    """Start the real app on a loopback port; stop it (and its workers) on exit. Every request it accepted and
+    every reply it sent must fit the route table (`tests.wire_check`): a test whose traffic does not fails."""
+    app = build_app(settings, clock)
+    wire_problems = watch(app)
+    server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     session = aiohttp.ClientSession()
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -120,3 +124,6 @@ async def running_beacon(
     finally:
         await session.close()
         await server.close()
+    assert not wire_problems, "traffic that does not fit api.wire.routes (the OpenAPI models):\n" + "\n".join(
+        wire_problems[:20]
+    )

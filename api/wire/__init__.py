@@ -1,0 +1,7 @@
+"""The API's typed wire models (msgspec Structs): request bodies, queries and replies of every route, the route
+table that names them (`api.wire.routes`), and the document languages' JSON Schemas (`api.wire.languages`).
+
+The hand-written parsers (`rules.schema`, `api.event_wire`, ...) stay the validators: their 422s name exact
+JSON paths. These models describe the same shapes for the OpenAPI document (`api.openapi`) and are held to
+them by `api.wire.conformance`, which the tests' servers run.
+"""
