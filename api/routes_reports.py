@@ -3,11 +3,14 @@
 `?from=YYYY-MM-DD&to=YYYY-MM-DD` (UTC days, inclusive; default the 30 days to today), `by=day` for a
 per-day funnel, `format=csv` for the per-unit (and per-day) rows as CSV. Every figure comes from the
 measurement counters the partition owners commit with each batch (`cep.attribution`), so a report is
-exact and cheap; the definitions are in `cep.reports` and docs/measurement.md.
+exact and cheap; the definitions are in `cep.reports` and docs/measurement.md. With `source=archive`
+the counters are recomputed instead by replaying the event archive through the evaluator with the
+rulesets, journeys and segments active now (`measure.recompute`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from datetime import UTC, date, datetime
@@ -22,7 +25,9 @@ from beacon.errors import ValidationError
 from cep import plan_runs, reports
 from cep.attribution import DAY_MS, journey_scope, ruleset_scope
 from cep.journey_stats import read_counts
+from cep.rule_index import RuleIndex
 from connectors.dead_letters import list_dead_letters
+from measure.recompute import replayed_counts
 from rules.plans import plan_journey_id
 from rules.store import JOURNEYS, PLANS, RulesetStore
 
@@ -47,9 +52,11 @@ def _day(request: web.Request, name: str, default: int) -> int:
 
 def _range(request: web.Request) -> tuple[int, int, bool, bool]:
     """(first day, last day, by day?, CSV?) from the query, checked."""
-    unknown = set(request.query) - {"from", "to", "by", "format"}
+    unknown = set(request.query) - {"from", "to", "by", "format", "source"}
     if unknown:
-        raise ValidationError("unknown parameter (expected from, to, by, format)", path=sorted(unknown)[0])
+        raise ValidationError("unknown parameter (expected from, to, by, format, source)", path=sorted(unknown)[0])
+    if request.query.get("source", "live") not in ("live", "archive"):
+        raise ValidationError('must be "live" or "archive"', path="source")
     today = request.app[keys.CLOCK].now_ms() // DAY_MS
     last = _day(request, "to", today)
     first = _day(request, "from", last - DEFAULT_DAYS + 1)
@@ -94,14 +101,28 @@ def _meta(first: int, last: int) -> dict[str, Any]:
     return {"from": reports.day_text(first), "to": reports.day_text(last)}
 
 
+async def _counts(request: web.Request, scope: str) -> dict[str, int]:
+    """A scope's counters: as committed, or (`source=archive`) replayed from the event archive."""
+    redis, settings = keys.redis(request), request.app[keys.SETTINGS]
+    if request.query.get("source", "live") == "live":
+        return await read_counts(redis, settings.partitions, scope)
+    if not settings.archive:
+        raise ValidationError("the event archive is off (BEACON_ARCHIVE)", path="source")
+    registry = keys.registry(request)
+    index = RuleIndex(
+        await registry.refresh(), registry.journeys(), registry.segments(), registry.item_indexes(), registry.plans()
+    )
+    now = request.app[keys.CLOCK].now_ms()
+    return await asyncio.to_thread(replayed_counts, settings.data_dir, index, scope, now)
+
+
 @requires("rules")
 async def ruleset_report(request: web.Request) -> web.StreamResponse:
     """The funnel of a ruleset and of each of its rules."""
     ruleset_id = ruleset_id_of(request)
     first, last, by_day, as_csv = _range(request)
     stored = await keys.store(request).get(ruleset_id)
-    redis, partitions = keys.redis(request), request.app[keys.SETTINGS].partitions
-    counted = reports.Counted(await read_counts(redis, partitions, ruleset_scope(ruleset_id)), first, last)
+    counted = reports.Counted(await _counts(request, ruleset_scope(ruleset_id)), first, last)
     rule_ids = [rule["id"] for rule in stored.document.get("rules", []) if isinstance(rule, dict) and "id" in rule]
     rules = {rule_id: counted.units.get(rule_id, reports.combine(())) for rule_id in rule_ids}
     rules.update((unit, funnel) for unit, funnel in counted.units.items() if unit not in rules)  # since removed
@@ -151,8 +172,7 @@ def _arms(units: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 async def _journey_report(request: web.Request, journey_id: str, first: int, last: int, by_day: bool) -> dict[str, Any]:
-    redis, partitions = keys.redis(request), request.app[keys.SETTINGS].partitions
-    counted = reports.Counted(await read_counts(redis, partitions, journey_scope(journey_id)), first, last)
+    counted = reports.Counted(await _counts(request, journey_scope(journey_id)), first, last)
     report: dict[str, Any] = {
         **_meta(first, last),
         "funnel": _journey_funnel(counted.units),

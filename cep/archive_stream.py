@@ -97,7 +97,10 @@ def _text_or_none(value: Any) -> str | None:
 
 # Table columns, in order (docs/measurement.md defines each). `partition` and `archived_ms` (the entry's
 # Redis time) come from the stream, not from the record.
-EVENT_COLUMNS = ("event_id", "user_id", "type", "ts", "received_ms", "origin", "attrs", "partition", "archived_ms")
+EVENT_COLUMNS = (
+    "event_id", "user_id", "type", "ts", "received_ms", "origin", "attrs", "partition", "archived_ms", "entry_seq",
+    "position",
+)  # fmt: skip
 ACTION_COLUMNS = (
     "action_id", "user_id", "action_type", "ruleset_id", "ruleset_version", "rule_id", "journey_id", "node_id",
     "plan_id", "occurrence", "channel", "template", "trigger_id", "created_ms", "due_ms", "status", "partition",
@@ -137,6 +140,11 @@ def entry_ms(entry_id: bytes) -> int:
     return int(entry_id.split(b"-", 1)[0])
 
 
+def entry_seq(entry_id: bytes) -> int:
+    """The sequence number in a stream entry id (its order among entries of the same ms)."""
+    return int(entry_id.split(b"-", 1)[1])
+
+
 def decode_entry(partition: int, entry_id: bytes, fields: dict[bytes, bytes], into: Rows) -> None:
     """Add one archive entry's rows to `into`, all or none; DecodeError when it cannot be read."""
     archived = entry_ms(entry_id)
@@ -154,7 +162,7 @@ def decode_entry(partition: int, entry_id: bytes, fields: dict[bytes, bytes], in
         if any(len(row) != len(ACTION_COLUMNS) - 2 for row in actions["rows"]):
             raise DecodeError("an action row of the wrong length")
         if count:
-            _events(events, count, partition, archived, into)
+            _events(events, count, partition, archived, entry_seq(entry_id), into)
         _actions(actions, not_written, partition, archived, into)
         for user_id, action_id in cancelled:
             row = [action_id, user_id, CANCELLED, CANCELLED_REASON, "", archived, 0, partition, archived]
@@ -174,7 +182,7 @@ def _unpacked(fields: dict[bytes, bytes], name: bytes, missing: Any) -> Any:
     return msgpack.unpackb(fields[name], raw=False) if name in fields else missing
 
 
-def _events(data: dict[str, Any], count: int, partition: int, archived: int, into: Rows) -> None:
+def _events(data: dict[str, Any], count: int, partition: int, archived: int, seq: int, into: Rows) -> None:
     # JSON text, so both engines (and a ClickHouse String column) read attrs the same way.
     attrs = [json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str) for value in data["a"]]
     columns = into.events
@@ -183,6 +191,10 @@ def _events(data: dict[str, Any], count: int, partition: int, archived: int, int
         column.extend(given)
     columns[7].extend(repeat(partition, count))
     columns[8].extend(repeat(archived, count))
+    # (partition, archived_ms, entry_seq, position) is the order the partition's owner processed them in:
+    # what a replay of the archive (measure.recompute) must follow.
+    columns[9].extend(repeat(seq, count))
+    columns[10].extend(range(count))
     if ORIGIN_DELIVERY in data["o"]:
         for row in zip(data["id"], data["u"], data["t"], data["ts"], data["r"], data["o"], attrs, strict=True):
             if row[5] == ORIGIN_DELIVERY and row[2] in OUTCOME_STATUSES:

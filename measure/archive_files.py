@@ -39,7 +39,19 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "events": tuple(
         zip(
             EVENT_COLUMNS,
-            ("VARCHAR", "VARCHAR", "VARCHAR", "BIGINT", "BIGINT", "VARCHAR", "VARCHAR", "INTEGER", "BIGINT"),
+            (
+                "VARCHAR",
+                "VARCHAR",
+                "VARCHAR",
+                "BIGINT",
+                "BIGINT",
+                "VARCHAR",
+                "VARCHAR",
+                "INTEGER",
+                "BIGINT",
+                "BIGINT",
+                "INTEGER",
+            ),
             strict=True,
         )
     ),

@@ -13,12 +13,14 @@ Day = Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}$", description="a
 
 
 class ReportQuery(Query, forbid_unknown_fields=True, kw_only=True):
-    """`?from=&to=` (UTC days, inclusive; default the 30 days to today), `by=day`, `format=csv`."""
+    """`?from=&to=` (UTC days, inclusive; default the 30 days to today), `by=day`, `format=csv`, and
+    `source=archive` to recompute the counters by replaying the event archive."""
 
     from_: Day | UnsetType = msgspec.field(default=UNSET, name="from")
     to: Day | UnsetType = UNSET
     by: Literal["day"] | UnsetType = UNSET
     format: Literal["json", "csv"] | UnsetType = UNSET
+    source: Literal["live", "archive"] | UnsetType = UNSET
 
 
 class Failure(Reply, kw_only=True):

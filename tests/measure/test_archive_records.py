@@ -58,7 +58,7 @@ def test_events_actions_and_outcomes_decode_to_rows() -> None:
         NOT_WRITTEN_FIELD: msgpack.packb(["a1"]),  # the ledger held a1 already: archived before
     }
     into = Rows()
-    decode_entry(3, f"{NOW + 9}-0".encode(), fields, into)
+    decode_entry(3, f"{NOW + 9}-4".encode(), fields, into)
     assert rows_of(into.events)[0] == (
         "e1",
         "u1",
@@ -69,7 +69,10 @@ def test_events_actions_and_outcomes_decode_to_rows() -> None:
         '{"amount":12,"sku":"K1","名":"值"}',
         3,
         NOW + 9,
+        4,  # the entry id's sequence number
+        0,  # the event's place in its batch
     )
+    assert rows_of(into.events)[1][-2:] == (4, 1)
     assert len(EVENT_COLUMNS) == len(into.events) and row_count(into.events) == 2
     actions = rows_of(into.actions)
     assert [row[0] for row in actions] == ["a2", "t1"] and len(actions[0]) == len(ACTION_COLUMNS)

@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestServer
 from beacon.clock import ManualClock
 from beacon.metrics import REGISTRY
 from beacon.redis_server import free_port
-from cep import streams
+from cep import archive_stream, streams
 from cep.journeys import split_arm
 from cep.reports import lift
 from connectors.settings import HttpEndpoint
@@ -98,12 +98,20 @@ async def provider() -> AsyncIterator[Provider]:
 
 @pytest.fixture
 async def delivering(
-    redis_url: str, redis_client: aioredis.Redis, clock: ManualClock, provider: Provider
+    redis_url: str, redis_client: aioredis.Redis, clock: ManualClock, provider: Provider, tmp_path: Path
 ) -> AsyncIterator[Beacon]:
-    """The server with its connectors delivering coupons to the provider."""
+    """The server with its connectors delivering coupons to the provider, archiving into tmp_path."""
     assert provider.server is not None
     connectors = dataclasses.replace(fast_settings(), coupon=HttpEndpoint(str(provider.server.make_url("/coupons"))))
-    settings = server_settings(redis_url, partitions=LIVE_PARTITIONS, run_connectors=True, connectors=connectors)
+    settings = server_settings(
+        redis_url,
+        partitions=LIVE_PARTITIONS,
+        run_connectors=True,
+        connectors=connectors,
+        archive=True,
+        data_dir=tmp_path,
+        archive_flush_ms=100,
+    )
     async with running_beacon(settings, clock=clock) as running:
         yield running
 
@@ -191,6 +199,14 @@ async def test_a_scripted_campaign_reports_what_a_hand_calculation_gives(
     (failure,) = found["failures"]
     (u3,) = await beacon.actions("u3")
     assert (failure["status"], failure["count"], failure["sample_action_ids"]) == ("dead", 1, [u3["action_id"]])
+    # Recomputed from the event archive (the archived events replayed through the evaluator): the same report.
+    await eventually(lambda: archive_stream.backlog(redis_client, LIVE_PARTITIONS), lambda left: left == 0, 15)
+    replayed = await report(beacon, "/v1/reports/rulesets/welcome", by="day", source="archive")
+    assert {key: replayed[key] for key in ("funnel", "rules", "days")} == {
+        "funnel": funnel,
+        "rules": {"coupon": funnel},
+        "days": [{"day": "2026-01-01", **funnel}],
+    }
     csv_url = beacon.url("/v1/reports/rulesets/welcome")
     async with beacon.session.get(csv_url, params={"format": "csv", "to": "2026-01-05"}) as response:
         assert (response.status, response.content_type) == (200, "text/csv")
@@ -247,6 +263,11 @@ async def test_split_arms_report_lift_against_the_holdout(
         len(treated), len(treated), len(clickers)
     )  # fmt: skip
     assert found["nodes"]["gift"]["acted"] == len(treated)
+    await eventually(lambda: archive_stream.backlog(redis_client, LIVE_PARTITIONS), lambda left: left == 0, 15)
+    replayed = await report(beacon, "/v1/reports/journeys/ab", source="archive")
+    assert {key: replayed[key] for key in ("funnel", "nodes", "arms")} == {
+        key: found[key] for key in ("funnel", "nodes", "arms")
+    }
 
 
 def test_lift_matches_newcombes_published_intervals() -> None:
