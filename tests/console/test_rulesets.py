@@ -51,6 +51,18 @@ async def test_a_validation_error_shows_at_its_path_then_the_fixed_ruleset_saves
     await console.open("rulesets")
     await console.page.get_by_role("link", name="New ruleset").click()
     await console.page.get_by_label("Id of the new ruleset").fill("cart-no-pay")
+
+    # Completion from the language's JSON Schema: the keys a rule's `when` may hold, where the cursor is.
+    head, tail = '{"rules": [{"id": "r", "when": {', "}}]}"
+    await replace_editor_text(console, head + tail)
+    for _ in tail:
+        await console.page.keyboard.press("ArrowLeft")
+    await console.page.keyboard.press("Control+Space")
+    completions = console.page.locator(".cm-tooltip-autocomplete")
+    for key in ('"absence"', '"sequence"', '"threshold"', '"event"'):
+        await expect(completions).to_contain_text(key)
+    await console.page.keyboard.press("Escape")
+
     await replace_editor_text(console, json.dumps(BROKEN, indent=2))
     await console.page.get_by_role("button", name="Save").click()
 

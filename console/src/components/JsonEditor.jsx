@@ -1,25 +1,12 @@
 // The JSON editor (CodeMirror 6): syntax errors as you type, the server's validation errors underlined at
-// their JSON paths, completion of the language's words.
+// their JSON paths, completion from the language's JSON Schema.
 import { useEffect, useRef } from 'react'
 import { EditorView, basicSetup } from 'codemirror'
 import { json, jsonParseLinter } from '@codemirror/lang-json'
 import { forceLinting, linter, lintGutter } from '@codemirror/lint'
 import { autocompletion } from '@codemirror/autocomplete'
 import { locate } from './jsonPaths.js'
-import { WORDS } from './vocabulary.js'
-
-function completions(kind) {
-  const keys = (WORDS[kind] || WORDS.ruleset).map((word) => ({ label: `"${word}"`, type: 'property' }))
-  const values = WORDS.values.map((word) => ({ label: `"${word}"`, type: 'constant' }))
-  return (context) => {
-    const word = context.matchBefore(/"[\w=!<>]*/)
-    if (!word && !context.explicit) return null
-    const before = context.state.sliceDoc(Math.max(0, (word?.from ?? context.pos) - 40), word?.from ?? context.pos)
-    // After a colon it is a value; after `{` or `,` a key.
-    const isValue = /:\s*$/.test(before)
-    return { from: word ? word.from : context.pos, options: isValue ? values : keys, validFor: /^"[\w=!<>]*$/ }
-  }
-}
+import { schemaCompletion } from './schemaCompletion.js'
 
 export function JsonEditor({ value, onChange, serverErrors = [], kind = 'ruleset', label, height = '420px' }) {
   const parent = useRef(null)
@@ -53,7 +40,7 @@ export function JsonEditor({ value, onChange, serverErrors = [], kind = 'ruleset
         json(),
         lintGutter(),
         linter(diagnostics, { delay: 200 }),
-        autocompletion({ override: [completions(kind)] }),
+        autocompletion({ override: [schemaCompletion(kind)] }),
         EditorView.contentAttributes.of({ 'aria-label': label }),
         EditorView.theme({ '&': { height }, '.cm-scroller': { overflow: 'auto' } }),
         EditorView.updateListener.of((update) => {
