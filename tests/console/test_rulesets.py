@@ -97,6 +97,14 @@ async def test_a_validation_error_shows_at_its_path_then_the_fixed_ruleset_saves
     await expect(console.page.get_by_test_id("timeline").locator("canvas")).to_be_visible()
     await console.screenshot("rulesets-dry-run")
 
+    # The backtest counts what the dry-run lists: per rule and per day.
+    await console.page.get_by_role("button", name="Backtest (counts)").click()
+    backtest = console.page.get_by_test_id("backtest-result")
+    await expect(backtest.get_by_role("heading")).to_have_text("Backtest over 3 events of 2 users: 1 firing")
+    await expect(backtest.get_by_role("row").filter(has_text="cart-no-pay")).to_contain_text("tag: 1")
+    await expect(console.page.get_by_test_id("backtest-chart").locator("canvas")).to_be_visible()
+    await console.screenshot("rulesets-backtest")
+
     await console.open("rulesets")
     await expect(console.page.get_by_test_id("pager-range")).to_have_text("1–1 of 1")
     await console.screenshot("rulesets-list")

@@ -6,6 +6,7 @@ import { json, time } from '../format.js'
 import { Failure, Loading } from './Status.jsx'
 
 const Timeline = lazy(() => import('./Timeline.jsx'))
+const DayChart = lazy(() => import('./DayChart.jsx'))
 
 const SAMPLE_TS = 1767225600000 // 2026-01-01T00:00:00Z: a fixed start, so a sample reads the same every time
 const SAMPLE = json([
@@ -36,8 +37,9 @@ export function parseEvents(text) {
 }
 
 export function DryRun({ kind, id, draft, version }) {
-  const [events, setEvents] = useState(SAMPLE)
+  const [eventsText, setEvents] = useState(SAMPLE)
   const [result, setResult] = useState(null)
+  const [backtest, setBacktest] = useState(null)
   const [failure, setFailure] = useState(null)
   const [busy, setBusy] = useState(false)
   const usesDraft = draft !== null || version === null
@@ -47,14 +49,23 @@ export function DryRun({ kind, id, draft, version }) {
     if (file) setEvents(await file.text())
   }
 
-  const run = async () => {
+  const run = async (mode) => {
     setBusy(true)
     setFailure(null)
     setResult(null)
+    setBacktest(null)
     try {
-      const body = { events: parseEvents(events) }
-      if (usesDraft) body.document = JSON.parse(draft ?? json(kind.template))
-      setResult(await api('POST', `${kind.base}/${enc(id || 'draft')}:dry-run`, body))
+      const events = parseEvents(eventsText)
+      const document = usesDraft ? JSON.parse(draft ?? json(kind.template)) : null
+      if (mode === 'backtest') {
+        // The backtest runs the same evaluator over many events and answers counts: per rule, per day.
+        const subject = document ? { ...document, id: document.id || id || 'draft' } : id
+        setBacktest(await api('POST', '/v1/backtest', { [`${kind.noun}s`]: [subject], events }))
+      } else {
+        const body = { events }
+        if (document) body.document = document
+        setResult(await api('POST', `${kind.base}/${enc(id || 'draft')}:dry-run`, body))
+      }
     } catch (error) {
       setFailure(error)
     } finally {
@@ -74,7 +85,7 @@ export function DryRun({ kind, id, draft, version }) {
         id="dry-run-events"
         className="code"
         rows={10}
-        value={events}
+        value={eventsText}
         spellCheck={false}
         onChange={(event) => setEvents(event.target.value)}
       />
@@ -82,11 +93,15 @@ export function DryRun({ kind, id, draft, version }) {
         <label className="inline">
           Or load a file <input type="file" accept=".json,.jsonl,.ndjson,application/json" onChange={upload} />
         </label>
-        <button type="button" onClick={run} disabled={busy}>
+        <button type="button" onClick={() => run('dry-run')} disabled={busy}>
           Run dry-run
+        </button>
+        <button type="button" onClick={() => run('backtest')} disabled={busy}>
+          Backtest (counts)
         </button>
       </div>
       <Failure error={failure} />
+      {backtest && <BacktestResult report={backtest} />}
       {result && (
         <section aria-labelledby="dry-run-title" data-testid="dry-run-result">
           <h2 id="dry-run-title">
@@ -127,5 +142,65 @@ export function DryRun({ kind, id, draft, version }) {
         </section>
       )}
     </div>
+  )
+}
+
+const plural = (count, noun) => `${count} ${noun}${count === 1 ? '' : 's'}`
+
+function BacktestResult({ report }) {
+  const totals = report.totals
+  return (
+    <section aria-labelledby="backtest-title" data-testid="backtest-result">
+      <h2 id="backtest-title">
+        Backtest over {plural(totals.events, 'event')} of {plural(totals.users, 'user')}:{' '}
+        {plural(totals.firings, 'firing')}
+        {totals.late ? `, ${totals.late} late` : ''}
+        {totals.pending_timers ? `, ${totals.pending_timers} timers pending` : ''}
+      </h2>
+      {report.timeline.length > 0 && (
+        <Suspense fallback={<Loading what="Drawing" />}>
+          <DayChart timeline={report.timeline} />
+        </Suspense>
+      )}
+      {report.rules.length > 0 && (
+        <table>
+          <thead>
+            <tr>
+              <th scope="col">rule</th>
+              <th scope="col" className="num">firings</th>
+              <th scope="col" className="num">users</th>
+              <th scope="col">actions</th>
+              <th scope="col">first / last firing</th>
+            </tr>
+          </thead>
+          <tbody>
+            {report.rules.map((rule) => (
+              <tr key={`${rule.ruleset_id}/${rule.rule_id}`}>
+                <th scope="row">{rule.rule_id}</th>
+                <td className="num">{rule.firings}</td>
+                <td className="num">{rule.users}</td>
+                <td>
+                  {Object.entries(rule.actions)
+                    .map(([type, count]) => `${type}: ${count}`)
+                    .join(', ')}
+                </td>
+                <td>
+                  {time(rule.first_firing_at)} / {time(rule.last_firing_at)}
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+      {report.journeys.map((journey) => (
+        <p key={journey.journey_id}>
+          Journey {journey.journey_id}: acted on {journey.users_acted_on} users (
+          {Object.entries(journey.actions)
+            .map(([type, count]) => `${type}: ${count}`)
+            .join(', ') || 'no actions'}
+          ).
+        </p>
+      ))}
+    </section>
   )
 }
