@@ -105,6 +105,16 @@ async def test_a_validation_error_shows_at_its_path_then_the_fixed_ruleset_saves
     await expect(console.page.get_by_test_id("backtest-chart").locator("canvas")).to_be_visible()
     await console.screenshot("rulesets-backtest")
 
+    # A second version, compared with the first: the changed value is marked on both sides.
+    await console.page.get_by_role("tab", name="Edit").click()
+    await replace_editor_text(console, fixed.replace('"30m"', '"45m"'))
+    await console.page.get_by_role("button", name="Save").click()
+    await expect(console.page.get_by_role("tab", name="Versions (2)")).to_be_visible()
+    await console.page.get_by_role("tab", name="Versions (2)").click()
+    await expect(console.page.locator(".cm-merge-a .cm-changedLine")).to_contain_text('"30m"')
+    await expect(console.page.locator(".cm-merge-b .cm-changedLine")).to_contain_text('"45m"')
+    await console.screenshot("rulesets-versions")
+
     await console.open("rulesets")
     await expect(console.page.get_by_test_id("pager-range")).to_have_text("1–1 of 1")
     await console.screenshot("rulesets-list")
