@@ -8,8 +8,8 @@ import { enc, get } from '../api.js'
 import { Failure } from './Status.jsx'
 
 const REFRESH_MS = 5000
-const COLUMN = 250
-const ROW = 130
+const COLUMN = 200
+const ROW = 110
 
 /** Each node's kind and its ways out: [{label, target}]. */
 export function edgesOf(node) {
@@ -61,9 +61,11 @@ function layout(document) {
     rows[column] = (rows[column] || 0) + 1
     positions[id] = { x: (column + 1) * COLUMN, y: (rows[column] - 1) * ROW }
   }
-  for (const id of Object.keys(document.nodes)) if (id in depth) place(id, depth[id])
-  const unreached = Math.max(0, ...Object.values(depth)) + 1
-  for (const id of Object.keys(document.nodes)) if (!(id in depth)) place(id, unreached)
+  // Exit nodes go last, where paths end, so arrows into them run forwards.
+  const last = Math.max(0, ...Object.values(depth))
+  const isExit = (id) => 'exit' in (document.nodes[id] || {})
+  for (const id of Object.keys(document.nodes)) if (id in depth) place(id, isExit(id) ? last + 1 : depth[id])
+  for (const id of Object.keys(document.nodes)) if (!(id in depth)) place(id, last + 2)
   return positions
 }
 
@@ -165,6 +167,13 @@ export default function JourneyGraph({ id, document }) {
           nodes={nodes}
           edges={edges}
           fitView
+          // Never smaller than readable: the view opens on the entry and the first columns, and a longer
+          // journey pans instead of shrinking to fit.
+          fitViewOptions={{
+            minZoom: 0.8,
+            maxZoom: 1.2,
+            nodes: nodes.filter((node) => node.position.x <= 4 * COLUMN).map((node) => ({ id: node.id })),
+          }}
           nodesDraggable={false}
           nodesConnectable={false}
           aria-label={`Journey ${id} as a graph`}
@@ -173,6 +182,42 @@ export default function JourneyGraph({ id, document }) {
           <Controls showInteractive={false} />
         </ReactFlow>
       </div>
+      <details>
+        <summary>The counts as a table</summary>
+        <table data-testid="journey-counts">
+          <thead>
+            <tr>
+              <th scope="col">node</th>
+              <th scope="col">kind</th>
+              <th scope="col" className="num">entered</th>
+              <th scope="col" className="num">waiting</th>
+              <th scope="col" className="num">exited</th>
+              <th scope="col" className="num">converted</th>
+              <th scope="col">left by</th>
+            </tr>
+          </thead>
+          <tbody>
+            {Object.entries(document.nodes).map(([nodeId, node]) => {
+              const count = counts.nodes[nodeId] || { entered: 0, waiting: 0, exited: 0, converted: 0, left: {} }
+              return (
+                <tr key={nodeId}>
+                  <th scope="row">{nodeId}</th>
+                  <td>{kindOf(node)}</td>
+                  <td className="num">{count.entered}</td>
+                  <td className="num">{count.waiting}</td>
+                  <td className="num">{count.exited}</td>
+                  <td className="num">{count.converted}</td>
+                  <td>
+                    {Object.entries(count.left)
+                      .map(([label, left]) => `${label}: ${left}`)
+                      .join(', ')}
+                  </td>
+                </tr>
+              )
+            })}
+          </tbody>
+        </table>
+      </details>
     </div>
   )
 }
