@@ -125,6 +125,19 @@ class ServeClient:
         async with self.session.request(method, self.base + path, timeout=timeout, **kwargs) as response:
             return response.status, await response.json(content_type=None)
 
+    async def post_until_acknowledged(self, events: list[dict[str, Any]], chunk: int) -> None:
+        """POST the events `chunk` at a time, each request retried until acknowledged, as a producer does
+        across a server's crashes (the same ids again: the engine drops what it already has)."""
+        for first in range(0, len(events), chunk):
+            while True:
+                try:
+                    status, _ = await self.call("POST", "/v1/events", json={"events": events[first : first + chunk]})
+                    if status == 200:
+                        break
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                await asyncio.sleep(0.02)
+
     async def actions(self, user_id: str) -> list[dict[str, Any]]:
         """A user's ledger (asserts success)."""
         status, body = await self.call("GET", "/v1/actions", params={"user_id": user_id})

@@ -259,20 +259,7 @@ async def test_every_event_and_action_is_archived_once_across_sigkills_of_serve(
             now = int(time.time() * 1000)
             events = [pay(f"k{n:05d}", f"u{n % 500}", 50 + n % 100, now + n) for n in range(CRASH_EVENTS)]
 
-            async def produce() -> None:
-                for first in range(0, CRASH_EVENTS, 100):
-                    while True:  # a producer retries a request until it is acknowledged (same ids: deduped)
-                        try:
-                            status, _ = await client.call(
-                                "POST", "/v1/events", json={"events": events[first : first + 100]}
-                            )
-                            if status == 200:
-                                break
-                        except (aiohttp.ClientError, TimeoutError):
-                            pass
-                        await asyncio.sleep(0.02)
-
-            producing = asyncio.create_task(produce())
+            producing = asyncio.create_task(client.post_until_acknowledged(events, 100))
             kills = []
             for _ in range(2):
                 kills.append(await kill9_mid_batch(serve, redis_client, LIVE_PARTITIONS, rng, wait_s=2.0))

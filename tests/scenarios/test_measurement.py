@@ -327,20 +327,7 @@ async def test_a_sigkill_mid_batch_neither_loses_nor_double_counts_a_conversion(
                 for n, user in enumerate(CRASH_USERS)
             ]
 
-            async def produce() -> None:
-                for first in range(0, len(pays), 40):
-                    while True:  # a producer retries a request until it is acknowledged (same ids: deduped)
-                        try:
-                            status, _ = await client.call(
-                                "POST", "/v1/events", json={"events": pays[first : first + 40]}
-                            )
-                            if status == 200:
-                                break
-                        except (aiohttp.ClientError, TimeoutError):
-                            pass
-                        await asyncio.sleep(0.02)
-
-            producing = asyncio.create_task(produce())
+            producing = asyncio.create_task(client.post_until_acknowledged(pays, 40))
             kills = []
             for _ in range(2):
                 kills.append(await kill9_mid_batch(serve, redis_client, LIVE_PARTITIONS, rng, wait_s=2.0))
