@@ -113,8 +113,13 @@ async def wire_check_middleware(request: web.Request, handler: Handler) -> web.S
     problems.append(reply_problem(route, response.status, response))
     found = [problem for problem in problems if problem]
     if found:
-        where = f"{request.method} {request.path_qs} -> {response.status}"
-        request.app[WIRE_PROBLEMS].extend(f"{where}: {problem}" for problem in found)
+        where = f"{request.method} {route.path} -> {response.status}"
+        recorded = request.app[WIRE_PROBLEMS]
+        recorded.extend(
+            f"{where}: {problem} (e.g. {request.path_qs})"
+            for problem in found
+            if not any(seen.startswith(f"{where}: {problem} (") for seen in recorded)  # once per kind
+        )
     return response
 
 

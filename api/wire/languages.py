@@ -128,7 +128,7 @@ def _shared_defs() -> dict[str, Schema]:
             "oneOf": [
                 _action(
                     "coupon",
-                    {"coupon_id": _ref("name"), "quantity": _bounded_int(1, 2**63), "params": params},
+                    {"coupon_id": _ref("name"), "quantity": {"type": "integer", "minimum": 1}, "params": params},
                     ("coupon_id",),
                 ),
                 _action(

@@ -366,7 +366,7 @@ ROUTES: tuple[Route, ...] = (
         "Stop indexing an attribute",
         "rules",
         replies={200: events.ItemIndexDeleted},
-        errors=_STORE,
+        errors=_DOC,
     ),
     Route(
         "post",

@@ -92,13 +92,13 @@ class DeadLetters(Reply, kw_only=True):
     dead_letters: list[dict[str, Any]]
 
 
-DeadLetterId = Annotated[str, msgspec.Meta(pattern=r"^\d{1,20}-\d{1,20}$")]
+DeadLetterId = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$")]
 
 
 class ReplayBody(Body, kw_only=True):
     """Dead letters to redeliver: by `ids`, or `all` (optionally one connector's, at most `limit`)."""
 
-    ids: Annotated[list[DeadLetterId], msgspec.Meta(max_length=1000)] | UnsetType = UNSET
+    ids: Annotated[list[DeadLetterId], msgspec.Meta(max_length=1000)] | UnsetType | None = UNSET
     all: bool | UnsetType = UNSET
     connector: str | UnsetType | None = UNSET
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] | UnsetType = UNSET
