@@ -468,6 +468,7 @@ def plan_schema() -> Schema:
             {"required": ["at"], "not": {"required": ["cron"]}},
             {"required": ["cron"], "not": {"required": ["at"]}},
         ],
+        "dependentSchemas": {"tz_attr": {"required": ["local"], "properties": {"local": {"const": True}}}},
     }
     attr_value = {"oneOf": [{"type": "string", "maxLength": 1024}, {"type": "number"}]}
     schema = _document(

@@ -469,6 +469,7 @@ ROUTES: tuple[Route, ...] = (
         "The JSON Schema of a document language (ruleset.json, journey.json, segment.json, plan.json), for editors",
         None,
         replies={200: None},
+        reply_media="application/schema+json",
         errors=(404,),
     ),
     Route("get", "/console", "The console (redirects to /console/)", None, replies={302: None}),
