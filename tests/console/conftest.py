@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 # Not BEACON_* names: settings refuse BEACON_* variables that no part of the server reads.
 CHROMIUM = os.environ.get("CONSOLE_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("CONSOLE_TEST_ARTIFACTS") or Path(__file__).resolve().parents[2] / ".console-artifacts")
+# Expectations wait up to 15 s, as page actions do (set in `open_console`): Playwright's 5 s default is short on
+# a CI machine busy with the server, Redis and chromium at once.
+expect.set_options(timeout=15_000)
 # What the tests measured, printed in the terminal summary (a figure only the log would otherwise show).
 MEASURED: list[str] = []
 
