@@ -133,6 +133,8 @@ def _operation(route: Route) -> dict[str, Any]:
         }
         if model is None and status in (101, 302):
             del responses[str(status)]["content"]
+        else:
+            responses[str(status)]["content"] |= {media: {"schema": {"type": "string"}} for media in route.reply_text}
     for status in route.statuses():
         model = route.error_models.get(status, common.Error)
         responses[str(status)] = {

@@ -34,6 +34,7 @@ class Route:
     query: type[common.Query] | None = None
     replies: dict[int, type | None] = field(default_factory=dict)  # status -> model (None: not JSON)
     reply_media: str = JSON
+    reply_text: tuple[str, ...] = ()  # other media types a 2xx may come in, as text (a report as CSV)
     errors: tuple[int, ...] = ()  # besides those `statuses()` adds
     error_models: dict[int, type] = field(default_factory=dict)  # an error reply with its own shape
     description: str = ""
@@ -314,6 +315,7 @@ ROUTES: tuple[Route, ...] = (
             "rules",
             query=reports.ReportQuery,
             replies={200: model},
+            reply_text=(CSV,),
             errors=_DOC,
             description="format=csv answers text/csv: one row per unit (and per day), the totals first.",
         )
