@@ -13,6 +13,10 @@
 - **outbox stalled** (connectors): a partition's outbox has held entries that no consumer has read at
   every sample for the stall window, and the consumer group's read position has not moved. A provider
   that holds every delivery slot (`BEACON_CONNECTOR_CONCURRENCY`) that long stalls it too.
+- **writes refused**: at the last sample Redis refused a write (out of memory at `maxmemory`, MISCONF on a
+  full disk, a read-only replica) in the slot of some partition. PING still answers then, and a partition
+  need not stall: the owner's commits can slip under the limit while every ingest request is refused
+  (the fault suite saw /healthz 200 through 4 s of 503s on a master at maxmemory).
 
 Samples are taken every quarter of the window (at most every `MAX_SAMPLE_EVERY_S`), so a stall is
 reported between one window and one window plus a sample interval after it began. A worker that owns
@@ -34,10 +38,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from beacon import metrics
 from beacon.pause import pause
+from beacon.redis_errors import describe
 from cep import streams
+from cep.events import partition_tag
 from cep.outbox import outbox_key
 from cep.worker import Worker
 from connectors.consumer import GROUP
@@ -46,6 +53,7 @@ log = logging.getLogger("beacon.health")
 
 PING_TIMEOUT_S = 2.0
 MAX_SAMPLE_EVERY_S = 2.0
+PROBE_TTL_MS = 60_000  # the write probes' keys expire: nothing to clean up when the processes go
 HIDDEN_ADDRESS = "<address>"
 # URLs; a unix socket's path; IPv6 (two colons or more, with its port); host:port, [v6]:port; bare IPv4. A host
 # name never appears in redis-py's messages without its port.
@@ -58,6 +66,11 @@ _ADDRESSES = re.compile(
     r"|\b\d{1,3}(?:\.\d{1,3}){3}\b"
     r"|\('[^']*', \d{1,5}(?:, \d+)*\)"  # the (host, port) tuple of an OSError text
 )
+
+
+def probe_key(partition: int) -> str:
+    """The key the health sample writes in a partition's slot to learn whether Redis accepts writes there."""
+    return f"b:{{{partition_tag(partition)}}}:health"
 
 
 def hide_addresses(text: str) -> str:
@@ -86,8 +99,10 @@ class HealthMonitor:
         outbox_partitions: int,
         tasks: Sequence[asyncio.Task[None]],
         stopping: asyncio.Event,
+        probe_partitions: int = 0,
     ) -> None:
         self._redis = redis
+        self._probe_partitions = probe_partitions  # 0: no write probe
         self.stall_s = stall_ms / 1000
         self._worker = worker
         self._outbox_partitions = outbox_partitions  # 0: this process does not deliver
@@ -97,6 +112,7 @@ class HealthMonitor:
         self._outboxes: dict[int, _Watch] = {}
         self._last_sample_ok = time.monotonic()
         self._last_error = ""
+        self._refused_writes: dict[int, str] = {}  # partition -> what Redis answered its probe, last sample
 
     @property
     def sample_every_s(self) -> float:
@@ -118,6 +134,8 @@ class HealthMonitor:
                 await self._sample_partitions(now)
             if self._outbox_partitions:
                 await self._sample_outboxes(now)
+            if self._probe_partitions:
+                await self._probe_writes()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # Redis down or refusing: reported once it lasts a whole window
@@ -161,6 +179,11 @@ class HealthMonitor:
                 problems.append(
                     f"outbox {partition} stalled: entries waiting, none read for {now - watch.stuck_since:.0f}s"
                 )
+        if self._refused_writes:
+            where = ", ".join(str(partition) for partition in sorted(self._refused_writes))
+            problems.append(
+                f"redis refuses writes (partition {where}): {self._refused_writes[min(self._refused_writes)]}"
+            )
         return [hide_addresses(problem) for problem in problems]
 
     async def _sample_partitions(self, now: float) -> None:
@@ -195,6 +218,17 @@ class HealthMonitor:
             unread = streams.stream_id(stream["last-generated-id"]) > read
             seen[partition] = _advance(self._outboxes.get(partition), (read,), int(unread), now)
         self._outboxes = seen
+
+    async def _probe_writes(self) -> None:
+        """Write one short-lived key in each partition's slot (on a cluster: on the master that holds it) and
+        note which writes Redis refused. A lost connection raises instead: the "errors for Ns" rule covers it."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for partition in range(self._probe_partitions):
+                pipe.set(probe_key(partition), b"1", px=PROBE_TTL_MS)
+            replies = await pipe.execute(raise_on_error=False)
+        self._refused_writes = {
+            partition: describe(reply) for partition, reply in enumerate(replies) if isinstance(reply, ResponseError)
+        }
 
 
 def _advance(previous: _Watch | None, position: tuple[Any, ...], waiting: int, now: float) -> _Watch:

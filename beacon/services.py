@@ -203,6 +203,7 @@ async def open_services(
             outbox_partitions=settings.partitions if delivering else 0,
             tasks=services.tasks,
             stopping=services.stopping,
+            probe_partitions=settings.partitions,
         )
         services.tasks.append(asyncio.create_task(services.health.run(), name="health"))
         try:

@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -19,6 +20,7 @@ from beacon.redis_server import EmbeddedRedis, free_port
 from cep.events import Event
 from cep.ownership import owner_key
 from cep.streams import append_events, progress
+from tests.harness import eventually
 from tests.processes import Process, clean_env, get, run_beacon, wait_health
 
 SECRET = "pw-s3cret-Zq"
@@ -118,7 +120,10 @@ async def test_worker_health_reports_a_partition_stalled_by_redis_oom(
         finally:
             worker.signal(signal.SIGCONT)
         body = await wait_health(session, healthz, worker, status=503, timeout_s=20)
-        assert any(problem.startswith("partition 0 stalled: 30 item(s) waiting") for problem in body["problems"]), body
+        # Refused writes show at the next sample; the stall once it has lasted the window (1 s).
+        assert any(problem.startswith("redis refuses writes (partition 0): ") for problem in body["problems"]), body
+        _, body = await eventually(lambda: get(session, healthz), lambda answer: _stalled(answer[1]), timeout_s=20)
+        assert _stalled(body), body
         assert (await progress(redis, 0))[1] == 0
         await redis.config_set("maxmemory", 0)
         await wait_health(session, healthz, worker, timeout_s=30)
@@ -127,6 +132,10 @@ async def test_worker_health_reports_a_partition_stalled_by_redis_oom(
         worker.stop()
         await redis.aclose()
         server.stop()
+
+
+def _stalled(body: Any) -> bool:
+    return any(problem.startswith("partition 0 stalled: 30 item(s) waiting") for problem in body["problems"])
 
 
 async def test_connectors_health_reports_an_outbox_stalled_by_a_hanging_provider(
