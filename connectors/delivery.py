@@ -25,7 +25,7 @@ from connectors.caps import MARKETING, is_marketing, quiet_until, release_cap, s
 from connectors.dead_letters import add_dead_letter
 from connectors.policy import SKIP_REASONS, connector_error
 from connectors.ratelimit import take_token
-from connectors.redis_trouble import log_retried
+from connectors.redis_trouble import REDIS_BACKOFF, log_retried
 from connectors.settings import ConnectorSettings
 
 log = logging.getLogger("beacon.connectors")
@@ -277,10 +277,37 @@ class Deliverer:
         metrics.on_delivery(name, DEFERRED, reason)
         return DEFERRED
 
+    async def _record_outcome(self, claimed: ledger.Stored, final: dict[str, Any]) -> ledger.Stored | None:
+        """Write an attempt's outcome, retried through Redis trouble for up to one lease length.
+
+        The provider has already acted: an outcome given up on leaves the claim to lapse and the action to be
+        posted again (21 reposts in 3 s of Redis at maxmemory, tests/faults). While Redis refuses this write
+        it refuses the other consumers' claims too, so retrying past our lease is safe: the write compares
+        with our claim and finds any take-over."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._settings.lease_ms / 1000
+        retry = 0
+        while True:
+            try:
+                return await ledger.swap_status(self._redis, self._partitions, claimed, final, wake_at=None)
+            except Exception as exc:
+                retry += 1
+                delay_s = REDIS_BACKOFF.backoff_ms(retry, self._rng) / 1000
+                if not is_redis_trouble(exc) or loop.time() + delay_s > give_up_at:
+                    raise
+                log_retried(
+                    log,
+                    exc,
+                    "outcome of action %s not recorded; retrying in %.1fs",
+                    claimed.record["action_id"],
+                    delay_s,
+                )
+            await asyncio.sleep(delay_s)
+
     async def _finish(self, claimed: ledger.Stored, final: dict[str, Any], *, release: bool = False) -> None:
         # `release`: a frequency-cap count was taken for a send that never happened; give it back.
         user_id, action_id = claimed.record["user_id"], claimed.record["action_id"]
-        if await ledger.swap_status(self._redis, self._partitions, claimed, final, wake_at=None) is None:
+        if await self._record_outcome(claimed, final) is None:
             # Our lease lapsed and someone else took over: their outcome stands (the key kept it idempotent).
             log.warning("action %s changed while we delivered it; leaving it to its new owner", action_id)
             return
