@@ -13,6 +13,7 @@ from api.keys import SETTINGS
 from beacon import metrics
 from beacon.errors import AuthError, BeaconError, ForbiddenError, UnavailableError
 from beacon.redis_errors import describe, is_redis_trouble
+from cep.scripts import NotDurableError
 from rules.owners import Caller
 
 log = logging.getLogger("beacon.api")
@@ -78,7 +79,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             body, status=exc.status, headers={"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         )
     except Exception as exc:
-        if is_redis_trouble(exc):
+        # An ack whose AOF fsync did not come in time (WAITAOF: a full or stalled disk) is Redis trouble too:
+        # the events may be stored, not yet durable, and a resend with the same ids is what mends it (it was
+        # a 500 in the fault suite's full-disk run).
+        if is_redis_trouble(exc) or isinstance(exc, NotDurableError):
             # Redis down, out of memory or refusing writes: a retry may succeed, which a 500 ("a bug") did not
             # say. The body names the type only: redis-py's message names the address.
             log.warning("%s %s: Redis trouble: %s", request.method, request.path, describe(exc))
