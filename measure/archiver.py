@@ -17,6 +17,7 @@ After the drains, each cycle compacts small files and drops days past the retent
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import secrets
 import time
@@ -129,6 +130,10 @@ class Archiver:
                     if is_redis_trouble(exc):
                         log.warning("archiver: %s; retrying in %.1fs", describe(exc), backoff)
                         metrics.on_redis_error("archive")
+                    elif _disk_trouble(exc):
+                        # A full or read-only disk is the operator's to fix, and the streams keep everything
+                        # meanwhile: one line per retry, not a traceback.
+                        log.warning("archiver: cannot write the archive (%s); retrying in %.1fs", exc, backoff)
                     else:
                         log.exception("archiver: cycle failed; retrying in %.1fs", backoff)
                     self._recovered = False  # whatever a failed drain left behind is looked for again
@@ -262,3 +267,11 @@ class Archiver:
                 log.debug(
                     "archiver: compacted %d files into %s in %.2fs", len(inputs), output, time.perf_counter() - started
                 )
+
+
+def _disk_trouble(exc: BaseException) -> bool:
+    """A write the file system refused (full, over quota, read-only), as the OS or DuckDB reports it."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    text = str(exc)
+    return type(exc).__name__ == "IOException" and ("No space left" in text or "Read-only file system" in text)
