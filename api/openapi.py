@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from api.wire import common, events, languages, routes
-from api.wire.routes import Route
+from api.wire.route_spec import JSON, BodyType, Route
 from cep.identities import ALIAS_TYPES
 
 VERSION = "0.1.0"
@@ -81,7 +81,7 @@ def _language_components() -> dict[str, Any]:
     return components
 
 
-def _body_schema(body: tuple[routes.BodyType, ...]) -> dict[str, Any]:
+def _body_schema(body: tuple[BodyType, ...]) -> dict[str, Any]:
     refs = [{"$ref": _REF.format(name=_LANGUAGE[item] if isinstance(item, str) else item.__name__)} for item in body]
     return refs[0] if len(refs) == 1 else {"oneOf": refs}
 
@@ -105,7 +105,7 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
 
 def _content(model: type | None, media: str) -> dict[str, Any]:
     if model is None:
-        return {media: {}} if media != routes.JSON else {media: {"schema": {"type": "object"}}}
+        return {media: {}} if media != JSON else {media: {"schema": {"type": "object"}}}
     return {media: {"schema": {"$ref": _REF.format(name=model.__name__)}}}
 
 
@@ -139,7 +139,7 @@ def _operation(route: Route) -> dict[str, Any]:
         model = route.error_models.get(status, common.Error)
         responses[str(status)] = {
             "description": _STATUS_TEXT.get(status, "Error"),
-            "content": _content(model, routes.JSON),
+            "content": _content(model, JSON),
         }
     operation["responses"] = responses
     return operation

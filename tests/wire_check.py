@@ -17,7 +17,8 @@ from aiohttp import web
 
 from api.bodies import MSGPACK_TYPES
 from api.wire import common, languages
-from api.wire.routes import Route, route_table
+from api.wire.route_spec import Route
+from api.wire.routes import route_table
 
 WIRE_PROBLEMS = web.AppKey("wire_problems", list[str])
 Handler = Any

@@ -3,5 +3,5 @@ table that names them (`api.wire.routes`), and the document languages' JSON Sche
 
 The hand-written parsers (`rules.schema`, `api.event_wire`, ...) stay the validators: their 422s name exact
 JSON paths. These models describe the same shapes for the OpenAPI document (`api.openapi`) and are held to
-them by `api.wire.conformance`, which the tests' servers run.
+them by the check every server the tests start runs (`tests/wire_check.py`).
 """

@@ -21,7 +21,7 @@ class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class Reply(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Base of replies: a field the handler sends that the model lacks fails the conformance check."""
+    """Base of replies: a field the handler sends that the model lacks fails the tests' wire check."""
 
 
 class Query(msgspec.Struct, kw_only=True):
