@@ -124,6 +124,7 @@ async def running_beacon(
     finally:
         await session.close()
         await server.close()
-    assert not wire_problems, "traffic that does not fit api.wire.routes (the OpenAPI models):\n" + "\n".join(
-        wire_problems[:20]
+    assert not wire_problems, (
+        "traffic that does not fit the route table (api/wire: the OpenAPI models); change the model or the"
+        " handler:\n" + "\n".join(wire_problems[:20])
     )
