@@ -250,6 +250,24 @@ async def kill9_mid_batch(
     return where
 
 
+async def kill9_and_restart(
+    process: BeaconProcess,
+    redis: aioredis.Redis,
+    partitions: int,
+    rng: random.Random,
+    session: aiohttp.ClientSession,
+    times: int = 2,
+) -> list[str]:
+    """SIGKILL the process `times` times, preferably mid-batch, restarting it healthy after each; returns
+    where each kill landed ("mid-batch" or "idle")."""
+    kills = []
+    for _ in range(times):
+        kills.append(await kill9_mid_batch(process, redis, partitions, rng, wait_s=2.0))
+        process.start()
+        await wait_healthy(process, session)
+    return kills
+
+
 async def freeze_mid_batch(
     process: BeaconProcess, redis: aioredis.Redis, partitions: int, rng: random.Random, seconds: float
 ) -> str:

@@ -23,7 +23,7 @@ from cep.archive_stream import Rows
 from measure import archive_files
 from measure.archive_query import funnel, query
 from measure.archiver import ArchiveLimits, Archiver
-from tests.chaos.processes import BeaconProcess, beacon_env, kill9_mid_batch, wait_healthy
+from tests.chaos.processes import BeaconProcess, beacon_env, kill9_and_restart, wait_healthy
 from tests.harness import Beacon, eventually, running_beacon, server_settings
 from tests.scenarios.conftest import LIVE_PARTITIONS, LIVE_T0
 from tests.scenarios.journeys_kit import ServeClient, outbox_action_ids
@@ -260,11 +260,7 @@ async def test_every_event_and_action_is_archived_once_across_sigkills_of_serve(
             events = [pay(f"k{n:05d}", f"u{n % 500}", 50 + n % 100, now + n) for n in range(CRASH_EVENTS)]
 
             producing = asyncio.create_task(client.post_until_acknowledged(events, 100))
-            kills = []
-            for _ in range(2):
-                kills.append(await kill9_mid_batch(serve, redis_client, LIVE_PARTITIONS, rng, wait_s=2.0))
-                serve.start()
-                await wait_healthy(serve, session)
+            kills = await kill9_and_restart(serve, redis_client, LIVE_PARTITIONS, rng, session)
             await asyncio.wait_for(producing, 60)
             await eventually(lambda: streams.backlog(redis_client, LIVE_PARTITIONS), lambda lag: lag == 0, 30)
             await eventually(lambda: archive_stream.backlog(redis_client, LIVE_PARTITIONS), lambda n: n == 0, 30)

@@ -29,7 +29,7 @@ from cep.reports import lift
 from connectors.settings import HttpEndpoint
 from rules.journey_model import Split
 from rules.journey_schema import parse_journey
-from tests.chaos.processes import BeaconProcess, beacon_env, kill9_mid_batch, wait_healthy
+from tests.chaos.processes import BeaconProcess, beacon_env, kill9_and_restart, wait_healthy
 from tests.connectors.kit import fast_settings
 from tests.harness import Beacon, eventually, running_beacon, server_settings
 from tests.scenarios.conftest import LIVE_PARTITIONS
@@ -328,11 +328,7 @@ async def test_a_sigkill_mid_batch_neither_loses_nor_double_counts_a_conversion(
             ]
 
             producing = asyncio.create_task(client.post_until_acknowledged(pays, 40))
-            kills = []
-            for _ in range(2):
-                kills.append(await kill9_mid_batch(serve, redis_client, LIVE_PARTITIONS, rng, wait_s=2.0))
-                serve.start()
-                await wait_healthy(serve, session)
+            kills = await kill9_and_restart(serve, redis_client, LIVE_PARTITIONS, rng, session)
             await asyncio.wait_for(producing, 60)
             await eventually(lambda: streams.backlog(redis_client, LIVE_PARTITIONS), lambda lag: lag == 0, 30)
             print(f"kills: {kills}")
