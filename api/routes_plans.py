@@ -143,22 +143,7 @@ async def plan_runs_view(request: web.Request) -> web.Response:
     plan_id = ruleset_id_of(request)
     await _store(request).get(plan_id)  # 404 for an unknown plan
     redis, partitions = keys.redis(request), request.app[keys.SETTINGS].partitions
-    outcomes = await plan_runs.outcomes(redis, partitions, plan_id)
-    runs = []
-    for run in await plan_runs.read_runs(redis, plan_id):
-        counts = await plan_runs.progress(redis, partitions, run)
-        done = outcomes.get(run.occurrence, {})
-        runs.append(
-            {
-                "occurrence": run.occurrence,
-                **run.record,
-                "targeted": counts["targeted"],
-                "sent": counts["sent"],
-                "entered": done.get("entered", 0),
-                "blocked": {what.removeprefix("blocked:"): n for what, n in sorted(done.items()) if what != "entered"},
-                "partitions_done": counts["partitions_done"],
-            }
-        )
+    runs = await plan_runs.runs_view(redis, partitions, plan_id)
     states = await plan_runs.plan_states(redis)
     return web.json_response({"id": plan_id, "state": states.get(plan_id, "active"), "runs": runs})
 

@@ -205,15 +205,10 @@ async def plan_report(request: web.Request) -> web.StreamResponse:
     await RulesetStore(keys.redis(request), PLANS).get(plan_id)
     report = {"plan_id": plan_id, **await _journey_report(request, plan_journey_id(plan_id), first, last, by_day)}
     redis, partitions = keys.redis(request), request.app[keys.SETTINGS].partitions
-    outcomes = await plan_runs.outcomes(redis, partitions, plan_id)
+    # The runs as the plan's runs view has them, less its detail (a report lists what each run reached).
     report["runs"] = [
-        {
-            "occurrence": run.occurrence,
-            "status": run.status,
-            **{name: (await plan_runs.progress(redis, partitions, run))[name] for name in ("targeted", "sent")},
-            "entered": outcomes.get(run.occurrence, {}).get("entered", 0),
-        }
-        for run in await plan_runs.read_runs(redis, plan_id)
+        {name: run[name] for name in ("occurrence", "status", "targeted", "sent", "entered")}
+        for run in await plan_runs.runs_view(redis, partitions, plan_id)
     ]
     return _csv(report, "nodes") if as_csv else web.json_response(report)
 

@@ -254,6 +254,28 @@ async def outcomes(redis: Redis, partitions: int, plan_id: str) -> dict[str, dic
     return found
 
 
+async def runs_view(redis: Redis, partitions: int, plan_id: str) -> list[dict[str, Any]]:
+    """Every remembered run, newest first: its record, targeted and sent (summed over the partitions),
+    partitions done, and what its events did to users (entered, blocked by reason)."""
+    found = await outcomes(redis, partitions, plan_id)
+    views = []
+    for run in await read_runs(redis, plan_id):
+        counts = await progress(redis, partitions, run)
+        done = found.get(run.occurrence, {})
+        views.append(
+            {
+                "occurrence": run.occurrence,
+                **run.record,
+                "targeted": counts["targeted"],
+                "sent": counts["sent"],
+                "entered": done.get("entered", 0),
+                "blocked": {what.removeprefix("blocked:"): n for what, n in sorted(done.items()) if what != "entered"},
+                "partitions_done": counts["partitions_done"],
+            }
+        )
+    return views
+
+
 async def forget(redis: Redis, partitions: int, plan: Plan) -> None:
     """Drop a deleted plan's runs, snapshots and state (its counters are the journey statistics')."""
     for run in await read_runs(redis, plan.id):
