@@ -27,9 +27,11 @@ touches. Journeys convert once per instance (`cep.journeys`) and count the model
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from cep.events import ORIGIN_DELIVERY, Event
+from cep.firing import CreatedAction
 from cep.user_record import PatternState, UserState, event_id_hash
 
 STATE_ID = "~at"
@@ -58,6 +60,13 @@ def count(effects: Any, scope: str, ts: int, unit: str, what: str, delta: int = 
     counts: dict[tuple[str, int, str, str], int] = effects.measures
     key = (scope, ts // DAY_MS, unit, what)
     counts[key] = counts.get(key, 0) + delta
+
+
+def count_acted(effects: Any, scope: str, ts: int, unit: str, actions: Iterable[CreatedAction]) -> None:
+    """Count the actions a firing or a `do` node created, tag actions left out (they are not messages)."""
+    acted = sum(1 for action in actions if action.record["type"] != "tag")
+    if acted:
+        count(effects, scope, ts, unit, "acted", acted)
 
 
 def trigger_hash(trigger_id: str) -> int:

@@ -379,9 +379,7 @@ class Evaluator:
         effects.firings.append(Firing(entry, trigger.user_id, trigger, actions))
         scope = attribution.ruleset_scope(entry.compiled.ruleset.id)
         attribution.count(effects, scope, trigger.ts, rule.id, "triggered")
-        acted = sum(1 for action in actions if action.record["type"] != "tag")
-        if acted:
-            attribution.count(effects, scope, trigger.ts, rule.id, "acted", acted)
+        attribution.count_acted(effects, scope, trigger.ts, rule.id, actions)
         if rule.goal is not None:
             trigger_key = attribution.trigger_hash(trigger.event_id)
             attribution.touch(state, entry.short_key, trigger_key, trigger.ts, rule.goal.within_ms, now_ms)

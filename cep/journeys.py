@@ -409,9 +409,7 @@ class Journeys:
             source, node.actions, compiled.renderers[node_id], context, step, now_ms, self.index.links
         )
         effects.journey_firings.append(JourneyFiring(journey_id, version, node_id, user_id, step, actions))
-        acted = sum(1 for action in actions if action.record["type"] != "tag")
-        if acted:
-            attribution.count(effects, attribution.journey_scope(journey_id), at, node_id, "acted", acted)
+        attribution.count_acted(effects, attribution.journey_scope(journey_id), at, node_id, actions)
         _trace(effects, user_id, at, journey_id, version, node_id, "actions", actions=[a.action_id for a in actions])
         owner = "journey:" + journey_id
         return schedule_and_tag(actions, step, owner, state.tags, effects.timers_added, tag_event_per_action=True)
