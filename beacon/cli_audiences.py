@@ -7,14 +7,20 @@ they share): nothing here reads Redis.
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from beacon.cli_commands import Kind, Remote, _command, _json_option, print_json, push_document, table, when
-from beacon.cli_http import EXIT_USAGE, CommandError
+from beacon.cli_commands import (
+    Kind,
+    Remote,
+    _command,
+    _json_option,
+    print_json,
+    push_document,
+    read_events,
+    table,
+    when,
+)
 
 PLANS = Kind("plan", "plans", "branches")
 BACKFILL_CHUNK = 10_000  # events per call: the server's bound (api.routes_segments.MAX_BACKFILL)
@@ -67,28 +73,9 @@ async def set_plan_state(remote: Remote, args: argparse.Namespace) -> int:
     return 0
 
 
-def _events_file(path: str) -> list[Any]:
-    """Every event of a `.jsonl` (or gzip-compressed) file of any size."""
-    try:
-        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        lines = raw.decode().splitlines()
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise CommandError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}", EXIT_USAGE) from None
-    events = []
-    for number, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                events.append(json.loads(line))
-            except ValueError as exc:
-                raise CommandError(f"{path}:{number}: not valid JSON: {exc}", EXIT_USAGE) from None
-    return events
-
-
 async def backfill_segment(remote: Remote, args: argparse.Namespace) -> int:
     """`segments backfill ID --events FILE`: the file's events to the segment's history, in chunks."""
-    events = _events_file(args.events)
+    events, _ = read_events(args.events)
     totals: dict[str, Any] = {"accepted": 0, "ignored": {}, "error_count": 0}
     for start in range(0, len(events), BACKFILL_CHUNK):
         chunk = events[start : start + BACKFILL_CHUNK]

@@ -121,7 +121,22 @@ def load_document(path: str) -> Any:
 
 
 def load_events(path: str) -> tuple[list[Any], list[int]]:
-    """The events of a `.jsonl` (or gzip-compressed) file and the line number of each; blank lines skipped."""
+    """The events of a `.jsonl` (or gzip-compressed) file and the line number of each, at most what a dry-run
+    takes; blank lines skipped."""
+    events, lines = read_events(path)
+    if not events:
+        raise CommandError(f"{path}: no events (one JSON event a line)", EXIT_USAGE)
+    if len(events) > MAX_DRY_RUN_EVENTS:
+        raise CommandError(
+            f"{path}: {len(events):,} events; a dry-run takes at most {MAX_DRY_RUN_EVENTS:,} "
+            "(beacon backtest runs a log of any size)",
+            EXIT_USAGE,
+        )
+    return events, lines
+
+
+def read_events(path: str) -> tuple[list[Any], list[int]]:
+    """Every event of a `.jsonl` (or gzip-compressed) file, of any size, and the line number of each."""
     try:
         raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
         if raw[:2] == b"\x1f\x8b":
@@ -138,14 +153,6 @@ def load_events(path: str) -> tuple[list[Any], list[int]]:
         except ValueError as exc:
             raise CommandError(f"{path}:{number}: not valid JSON: {exc}", EXIT_USAGE) from None
         lines.append(number)
-    if not events:
-        raise CommandError(f"{path}: no events (one JSON event a line)", EXIT_USAGE)
-    if len(events) > MAX_DRY_RUN_EVENTS:
-        raise CommandError(
-            f"{path}: {len(events):,} events; a dry-run takes at most {MAX_DRY_RUN_EVENTS:,} "
-            "(beacon backtest runs a log of any size)",
-            EXIT_USAGE,
-        )
     return events, lines
 
 
