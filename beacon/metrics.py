@@ -35,7 +35,11 @@ EVENTS_REJECTED = Counter(
     "beacon_events_rejected_total", "Events refused at ingest", ["transport", "reason"], registry=REGISTRY
 )
 EVENTS_PROCESSED = Counter(
-    "beacon_events_processed_total", "Events evaluated by workers", ["origin"], registry=REGISTRY
+    "beacon_events_processed_total",
+    "Events evaluated by workers, once each (an event naming a merged user counts where it is evaluated, not where "
+    "it was forwarded from)",
+    ["origin"],
+    registry=REGISTRY,
 )
 EVENTS_DUPLICATE = Counter(
     "beacon_events_duplicate_total", "Events whose event_id had been processed before", registry=REGISTRY
@@ -291,7 +295,7 @@ def on_event_rejected(transport: str, reason: str) -> None:
 
 
 def on_events_processed(origin: str, count: int) -> None:
-    """Events a worker evaluated."""
+    """Events a worker evaluated (not those it only forwarded from a merged user: `on_identity`)."""
     EVENTS_PROCESSED.labels(origin or "producer").inc(count)
 
 

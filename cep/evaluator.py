@@ -67,6 +67,8 @@ class Effects:
     # Entries for other users' partitions (identity merges and what follows a merged user: cep.merges)
     handoffs: list[Handoff] = field(default_factory=list)
     identities: dict[str, int] = field(default_factory=dict)  # merge steps and forwards, for metrics
+    # origin -> events handed on from a merged user: counted as processed where they are evaluated, not here
+    forwarded_events: dict[str, int] = field(default_factory=dict)
     # (user, entry) for the per-user trace (`GET /v1/users/{id}/trace`); None: not traced (backtests).
     trace: list[tuple[str, dict[str, Any]]] | None = None
     # Also trace, per event, which rules' matchers took it and which refused it (`where_false`): the

@@ -81,6 +81,8 @@ def forward(items: list[Event | ProfilePatch], to: str, effects: Effects) -> Non
     if events:
         effects.handoffs.append(Handoff(to, BATCH_FIELD, encode_batch(events), len(events)))
         _tally(effects, "forwarded:event", len(events))
+        for event in events:
+            effects.forwarded_events[event.origin] = effects.forwarded_events.get(event.origin, 0) + 1
     for item in items:
         if isinstance(item, ProfilePatch):
             effects.handoffs.append(Handoff(to, PATCH_FIELD, encode_patch(replace(item, user_id=to)), 1))

@@ -419,9 +419,14 @@ class PartitionOwner:
                     by_origin[item.origin] = by_origin.get(item.origin, 0) + 1
         for event in effects.chained:
             by_origin[event.origin] = by_origin.get(event.origin, 0) + 1
+        # An event naming a merged user was only handed on here (beacon_identity_forwarded_total): it counts as
+        # processed once, by the owner that evaluates it, however many merges it followed.
+        for origin, count in effects.forwarded_events.items():
+            by_origin[origin] = by_origin.get(origin, 0) - count
         for origin, count in by_origin.items():
-            metrics.on_events_processed(origin, count)
-            self.processed += count
+            if count > 0:
+                metrics.on_events_processed(origin, count)
+                self.processed += count
         # Counted per label set, then added once: a labelled counter costs microseconds per call.
         fired: dict[tuple[str, str], int] = {}
         emitted: dict[str, int] = {}
@@ -492,6 +497,8 @@ def _merge(into: Effects, other: Effects) -> None:
         into.processed.extend(other.processed)
     for what, count in other.identities.items():
         into.identities[what] = into.identities.get(what, 0) + count
+    for origin, count in other.forwarded_events.items():
+        into.forwarded_events[origin] = into.forwarded_events.get(origin, 0) + count
     for name, delta in other.journey_counts.items():
         into.journey_counts[name] = into.journey_counts.get(name, 0) + delta
     for key, delta in other.measures.items():

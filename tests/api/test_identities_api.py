@@ -18,6 +18,7 @@ from beacon.clock import ManualClock
 from cep import handoff, streams
 from cep.events import decode_batch
 from tests.harness import Beacon, eventually, running_beacon, server_settings
+from tests.test_metrics import scrape, value
 
 T0 = 1_767_225_600_000
 PARTITIONS = 2
@@ -258,3 +259,32 @@ async def test_linking_again_and_linking_to_a_merged_user(beacon: Beacon, redis_
     assert (status, body) == (202, {"user_id": "a", "status": "forwarded", "merged_into": "b"}), body
     found = await eventually(lambda: beacon.call("GET", "/v1/users/b"), lambda got: "city" in got[1]["attrs"])
     assert found[1]["attrs"] == {"city": "SZ"}, found
+
+
+async def test_an_event_forwarded_from_a_merged_user_counts_once_as_processed(
+    beacon: Beacon, redis_client: aioredis.Redis
+) -> None:
+    """Before: an event naming a merged user counted as processed at each forward and again where it was evaluated."""
+    phone, openid = alias("phone", "count-1"), alias("openid", "count-2")
+    for user_id, own in (("ca", phone), ("cb", phone), ("cb", openid), ("cc", openid)):
+        status, body = await beacon.call("POST", "/v1/identities", json={"user_id": user_id, "aliases": [own]})
+        assert status == 200, body
+    await quiet(redis_client)
+    before = await scrape(beacon)
+    # ca went into cb and cb into cc: the first event is forwarded twice, the others reach cc straight.
+    events = [
+        {"user_id": "ca", "type": "visit", "event_id": "fwd-1"},
+        {"user_id": "cc", "type": "visit", "event_id": "fwd-2"},
+        {"alias": phone, "type": "visit", "event_id": "fwd-3"},
+    ]
+    status, body = await beacon.post_events(events)
+    assert status == 200 and body["accepted"] == ["fwd-1", "fwd-2", "fwd-3"], body
+    await quiet(redis_client)
+    after = await scrape(beacon)
+
+    def delta(name: str, **labels: str) -> float:
+        return (value(after, name, **labels) or 0.0) - (value(before, name, **labels) or 0.0)
+
+    assert delta("beacon_events_accepted_total", transport="http") == 3
+    assert delta("beacon_events_processed_total", origin="producer") == 3  # ingested = processed
+    assert delta("beacon_identity_forwarded_total", kind="event") == 2  # the two hops of fwd-1
