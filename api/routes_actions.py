@@ -9,6 +9,7 @@ from api.event_wire import check_identifier
 from api.middleware import requires
 from beacon.errors import ValidationError
 from cep.ledger import recent_actions, user_actions
+from cep.user_state import read_state
 from rules.secret_headers import redact_action
 
 MAX_LIMIT = 1000
@@ -24,7 +25,7 @@ def query_limit(request: web.Request, default: int = 100, maximum: int = MAX_LIM
 
 @requires("events")
 async def list_actions(request: web.Request) -> web.Response:
-    """`GET /v1/actions?user_id=&rule=&limit=`: newest first."""
+    """`GET /v1/actions?user_id=&rule=&limit=`: newest first; a user's include those of the users merged into it."""
     limit = query_limit(request)
     rule = request.query.get("rule") or None
     user_id = request.query.get("user_id")
@@ -32,7 +33,10 @@ async def list_actions(request: web.Request) -> web.Response:
     partitions = request.app[keys.SETTINGS].partitions
     if user_id is not None:
         check_identifier(user_id, "user_id", "user_id")
-        actions = await user_actions(redis, partitions, user_id, rule, limit)
+        # One person's ledger: a merge leaves each user's actions under its id, so the users merged into this
+        # one are listed with it. A user merged away lists its own (its state is a tombstone, merged from none).
+        merged_from = (await read_state(redis, partitions, user_id)).merged_from
+        actions = await user_actions(redis, partitions, user_id, rule, limit, merged_from)
     else:
         actions = await recent_actions(redis, partitions, rule, limit)
     # A webhook's header values are its rule author's secrets, and `events` keys read the ledger.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -36,13 +37,28 @@ async def action_outcomes(redis: Redis, partitions: int, user_id: str, action_id
 
 
 async def user_actions(
-    redis: Redis, partitions: int, user_id: str, rule_id: str | None = None, limit: int = 100
+    redis: Redis,
+    partitions: int,
+    user_id: str,
+    rule_id: str | None = None,
+    limit: int = 100,
+    merged_from: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """A user's actions, newest first, optionally only one rule's."""
+    """A user's actions, newest first, optionally only one rule's; with `merged_from` (the users merged into it,
+    `UserState.merged_from`) theirs too, as one ledger: a merge leaves each user's actions under its own id."""
+    owners = list(dict.fromkeys([user_id, *merged_from]))
     # Over-fetch when filtering by rule so the page is still full in the common case.
-    index = user_key_for(partitions, user_id, LEDGER_INDEX)
-    ids: Any = await redis.zrevrange(index, 0, (limit * 10 if rule_id else limit) - 1)
-    actions = await _load(redis, partitions, [(user_id, action_id) for action_id in ids])
+    wanted = limit * 10 if rule_id else limit
+    async with redis.pipeline(transaction=False) as pipe:
+        for owner in owners:
+            pipe.zrevrange(user_key_for(partitions, owner, LEDGER_INDEX), 0, wanted - 1, withscores=True)
+        replies = await pipe.execute()
+    # By creation time, newest first; ties as ZREVRANGE orders them (the greater action id first).
+    newest = sorted(
+        ((score, action_id, owner) for owner, reply in zip(owners, replies, strict=True) for action_id, score in reply),
+        reverse=True,
+    )
+    actions = await _load(redis, partitions, [(owner, action_id) for _, action_id, owner in newest[:wanted]])
     if rule_id is not None:
         actions = [action for action in actions if action.get("rule_id") == rule_id]
     return actions[:limit]

@@ -128,6 +128,10 @@ ROUTES: tuple[Route, ...] = (
         query=users.ActionsQuery,
         replies={200: users.Actions},
         errors=STORE_ERRORS,
+        description=(
+            "With user_id: that user's actions and those of the users merged into it, each naming its user_id; "
+            "a user merged away lists its own."
+        ),
     ),
     Route(
         "get",

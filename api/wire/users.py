@@ -66,7 +66,7 @@ class Trace(Reply, kw_only=True):
 
 
 class ActionsQuery(Query, kw_only=True):
-    """Filters of the ledger: one user's, one rule's; newest first."""
+    """Filters of the ledger: one user's (with the users merged into it), one rule's; newest first."""
 
     user_id: UserId | UnsetType = UNSET
     rule: str | UnsetType = UNSET

@@ -266,6 +266,44 @@ async def test_a_merged_state_delivered_twice_is_merged_once(beacon: Beacon, red
     assert len(await coupons(beacon, "u-dup")) == 1
 
 
+async def test_the_actions_of_the_users_merged_into_one_are_listed_for_it(
+    beacon: Beacon, redis_client: aioredis.Redis, clock: ManualClock
+) -> None:
+    """Before: `GET /v1/actions?user_id=T` listed T's ledger only, not the actions of the users merged into T."""
+    await beacon.put_ruleset(FOLLOW_TAGS)
+    # Three ids of one person each log in (an sms each), a minute apart; the kept one also follows (a tag).
+    steps = [("u-guest", "login"), ("u-old", "login"), ("u-kept", "login"), ("u-kept", "follow")]
+    for minute, (user_id, kind) in enumerate(steps, start=1):
+        clock.set(T0 + minute * MINUTE)
+        await post(
+            beacon, [by(user_id, None, {"type": kind, "ts": T0 + minute * MINUTE, "event_id": f"{kind}-{user_id}"})]
+        )
+        await quiet(redis_client)
+    # The guest goes into the old id, then the old id into the kept one: a chain of two merges.
+    phone, openid = ("phone", "13900000088"), ("openid", "o-chain-88")
+    for user_id, own in (("u-guest", phone), ("u-old", phone), ("u-old", openid), ("u-kept", openid)):
+        await link(beacon, user_id, own)
+    await quiet(redis_client)
+    assert (await user(beacon, "u-kept"))["merged_from"] == ["u-guest", "u-old"]
+
+    # The kept id lists all three ledgers as one, newest first, each action naming the id it was made for.
+    listed = [(action["user_id"], action["trigger_id"]) for action in await beacon.actions("u-kept")]
+    assert listed == [
+        ("u-kept", "follow-u-kept"),
+        ("u-kept", "login-u-kept"),
+        ("u-old", "login-u-old"),
+        ("u-guest", "login-u-guest"),
+    ]
+    logins = await beacon.actions("u-kept", rule="hello-on-login")
+    assert [action["user_id"] for action in logins] == ["u-kept", "u-old", "u-guest"]
+    status, body = await beacon.call("GET", "/v1/actions", params={"user_id": "u-kept", "limit": "3"})
+    assert status == 200, body
+    assert [action["trigger_id"] for action in body["actions"]] == ["follow-u-kept", "login-u-kept", "login-u-old"]
+    # A merged-away id lists the actions made under that id only, as its trace and its user view show it alone.
+    assert [action["trigger_id"] for action in await beacon.actions("u-old")] == ["login-u-old"]
+    assert [action["trigger_id"] for action in await beacon.actions("u-guest")] == ["login-u-guest"]
+
+
 # -- SIGKILL mid-merge ---------------------------------------------------------------------------------------
 
 CRASH_PAIRS = 300
