@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -19,12 +18,13 @@ import sys
 from collections.abc import Iterator
 from importlib import metadata
 
+import msgspec
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import beacon
-from beacon import cli_audiences, cli_commands, cli_reports
+from beacon import cli_audiences, cli_commands, cli_reports, cli_settings
 from beacon.cli_commands import DEFAULT_URL, add_commands, add_rules_commands
 from beacon.cli_commands import load_document as _load_document
 from beacon.cli_commands import seconds as _seconds
@@ -67,7 +67,7 @@ def resolved_redis(settings: Settings) -> Iterator[Settings]:
         server = EmbeddedRedis(settings.data_dir / "redis", port=settings.embedded_redis_port or None)
         server.start()
         try:
-            yield dataclasses.replace(settings, redis_url=server.url)
+            yield msgspec.structs.replace(settings, redis_url=server.url)
         finally:
             server.stop()
     finally:
@@ -245,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(commands)
     cli_audiences.add_commands(commands)
     cli_reports.add_commands(commands)
+    cli_settings.add_commands(commands)
 
     backtest = commands.add_parser("backtest", help="run ruleset and journey files over a recorded event log, offline")
     backtest.add_argument(
@@ -309,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "remote", None) is not None:  # a command of beacon.cli_commands
             return cli_commands.run(args)
+        if args.command == "settings":
+            return cli_settings.run(args, os.environ)
         if args.command == "healthcheck":
             urls = [args.url] if args.url else _health_urls(settings)
             return min(asyncio.run(healthcheck(urls, args.timeout)), 1)
@@ -337,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 journey_paths=args.journey,
             )
         if args.command == "serve":
-            settings = dataclasses.replace(
+            settings = msgspec.structs.replace(
                 settings, host=args.host or settings.host, port=args.port if args.port is not None else settings.port
             )
         return _run_process(args.command, settings)
@@ -345,6 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc.message, 1 if args.command == "healthcheck" else exc.exit_code)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `beacon ... | head`: the reader left. Point stdout at /dev/null so the interpreter's final flush does not
+        # raise again, and exit as `head`'s writers conventionally do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

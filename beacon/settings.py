@@ -5,9 +5,9 @@ Every variable is parsed strictly and refused with a `ValidationError` naming it
 `BEACON_*` name that nothing reads is refused with the closest known name. An empty value means unset. A secret
 (`SECRET_VARIABLES`) may be given as `<NAME>_FILE` instead, naming a file that holds it (`read_secret`).
 
-Hand-written rather than on pydantic-settings: the connector settings (`connectors.settings`) already
-parse their variables this way, the checks here are a few dozen lines, and that library would add
-pydantic and its compiled core to every install without refusing unknown `BEACON_*` names by itself.
+`Settings` and `connectors.settings.ConnectorSettings` are msgspec Structs whose fields declare their variables
+(`beacon.environment`): msgspec converts and bounds-checks the values, and the README's and docs/connectors.md's
+configuration tables are generated from the same declarations (architecture item 17 says why not pydantic-settings).
 """
 
 from __future__ import annotations
@@ -17,25 +17,21 @@ import difflib
 import functools
 import os
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Literal
 from urllib.parse import parse_qs, urlsplit
 
+import msgspec
+
+from beacon import environment
+from beacon.environment import PREFIX, setting
 from beacon.errors import ValidationError
-from beacon.logs import LOG_FORMATS, REDACTED, redact
-from connectors.settings import SECRET_VARIABLES as CONNECTOR_SECRETS
+from beacon.logs import REDACTED, redact
 from connectors.settings import ConnectorSettings
 
 SCOPES = frozenset({"rules", "events", "admin"})
-PREFIX = "BEACON_"
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster")
-# Variables that may be given as <NAME>_FILE instead: a file holding the value, as Docker and Kubernetes mount
-# secrets. Their values never appear in a log line (`Settings.secret_values`) nor in an error.
-SECRET_VARIABLES = ("REDIS_URL", "BEACON_REDIS_URL", "BEACON_API_KEYS", "BEACON_LINK_SECRET", *CONNECTOR_SECRETS)
 FILE_SUFFIX = "_FILE"
 MAX_PORT = 65_535
 # More partitions than Redis Cluster slots could not spread any further over masters.
@@ -52,8 +48,6 @@ OTHER_VARIABLES = {
     "BEACON_URL": "the server `beacon rules push` and `beacon healthcheck` call (CLI)",
     "BEACON_API_KEY": "the API key `beacon rules push` sends (CLI)",
     "BEACON_REDIS_SERVER": "the redis-server binary of the private server (beacon.redis_server)",
-    # connectors.settings reads it only when BEACON_CONNECTOR_QUIET_HOURS is set.
-    "BEACON_CONNECTOR_TIMEZONE": "the quiet hours' time zone (connectors)",
 }
 
 
@@ -96,81 +90,255 @@ def _api_key_entries(raw: str) -> dict[str, tuple[frozenset[str], str | None]]:
     return keys
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything configurable, with defaults that run a single-node server."""
+def _public_url(url: str) -> str:
+    """An http(s) base URL without query or fragment."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError("must be an http:// or https:// base URL")
+    return url.rstrip("/")
 
-    host: str = "127.0.0.1"
-    port: int = 8080
-    # None means: start a private server under data_dir (the embedded default).
-    redis_url: str | None = None
-    redis_cluster: bool = False
-    data_dir: Path = Path(".beacon")
-    embedded_redis_port: int = 0  # the private server's port; 0 picks a free one
-    api_keys: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+def _redis_url(url: str) -> str:
+    """A Redis URL with a scheme redis-py (or our cluster client) takes; the error never shows its password."""
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if scheme not in REDIS_SCHEMES:
+        raise ValueError(f"{redact(url)!r} is not a Redis URL: use {', '.join(s + '://' for s in REDIS_SCHEMES)}")
+    return url
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything configurable, with defaults that run a single-node server. Each field with a `setting(...)` is
+    one variable (`beacon.environment`); the README's configuration table is generated from them."""
+
+    redis_url: Annotated[
+        str | None,
+        setting(
+            "Redis to use (`redis://`, `rediss://`, `unix://` or `redis+cluster://`; `BEACON_REDIS_URL` wins); unset: "
+            "start a private server (AOF on) under the data dir and stop it on exit",
+            env=("BEACON_REDIS_URL", "REDIS_URL"),
+            parse=_redis_url,
+            secret=True,
+        ),
+    ] = None
+    redis_cluster: Annotated[
+        bool, setting("treat `REDIS_URL` as a Redis Cluster (or use a `redis+cluster://` URL)")
+    ] = False
+    redis_wait_ms: Annotated[
+        Annotated[int, msgspec.Meta(ge=0)] | None,
+        setting(
+            "how long a process keeps retrying Redis at start (backoff 0.1 s to 5 s, one WARNING line per attempt) "
+            "before it exits with code 3. Unset: `beacon worker` and `beacon connectors` wait for ever (their "
+            "`/healthz` answers 503 meanwhile), `beacon serve` not at all (its API port opens only once Redis "
+            "answers; its supervisor restarts it). `0`: no waiting for any process "
+            "([operations](docs/operations.md#when-redis-is-not-there-at-start))",
+        ),
+    ] = None
+    data_dir: Annotated[
+        Path,
+        setting(
+            "where the private server keeps its files; one process at a time holds it (`beacon.lock`, an `flock` the "
+            "kernel drops when the process dies): a second one exits at once with exit code 2 and a line naming the "
+            "holder's pid, leaving the first untouched"
+        ),
+    ] = Path(".beacon")
+    embedded_redis_port: Annotated[int, setting("the private server's port; `0`: a free one", ge=0, le=MAX_PORT)] = 0
+    host: Annotated[str, setting("HTTP listen address (`beacon serve --host` overrides)")] = "127.0.0.1"
+    port: Annotated[
+        int, setting("HTTP listen port (`beacon serve --port` overrides); `0`: a free one, logged", ge=0, le=MAX_PORT)
+    ] = 8080
+    # None = `host`, and the role's port in DEFAULT_OPS_PORTS (another free port, logged, if several processes share
+    # a host).
+    ops_host: Annotated[
+        str | None,
+        setting(
+            "where `beacon worker` and `beacon connectors` serve `/metrics` and `/healthz`", default="`BEACON_HOST`"
+        ),
+    ] = None
+    ops_port: Annotated[
+        Annotated[int, msgspec.Meta(ge=0, le=MAX_PORT)] | None,
+        setting(
+            "their port. Port `0`: a free one, logged. When the default port is taken (several processes on one "
+            "host), the process takes a free one and logs it at WARNING; a port set here that is taken stops the "
+            "process",
+            default="`8081` (worker), `8082` (connectors)",
+        ),
+    ] = None
+    public_url: Annotated[
+        str | None,
+        setting(
+            "the base of tracked links' short URLs (`{{link \"...\"}}` → `<base>/c/<token>`); the address users' "
+            "phones reach this server's `/c/` at ([measurement](docs/measurement.md#clicks)). Unset: this server's "
+            "own address, which only suits a test",
+            parse=_public_url,
+            default="`http://HOST:PORT`",
+        ),
+    ] = None
+    # None: a secret generated once per Redis and shared by every process (cep.links).
+    link_secret: Annotated[
+        str | None,
+        setting(
+            "signs tracked links; unset, a secret is generated once per Redis and shared by every process",
+            secret=True,
+            default="generated",
+        ),
+    ] = None
+    api_keys: Annotated[
+        Mapping[str, frozenset[str]],
+        setting(
+            "`key1:rules+events,key2:admin,key3:rules:alice` — scopes `rules`, `events`, `admin` (admin implies "
+            "all), and optionally the key's owner: rulesets and journeys it stores are then changed only by that "
+            "owner's keys or an admin key",
+            parse=parse_api_keys,
+            secret=True,
+            default="empty (open)",
+        ),
+    ] = msgspec.field(default_factory=dict)
     # key -> owner, for the keys `BEACON_API_KEYS` gives one (`key:scopes:owner`); a key without one owns nothing.
-    api_key_owners: Mapping[str, str] = field(default_factory=dict)
+    api_key_owners: Mapping[str, str] = msgspec.field(default_factory=dict)
     # 12 spreads evenly over 1, 2, 3, 4 or 6 Redis Cluster masters (cep.events.partition_tag).
-    partitions: int = 12
-    lateness_ms: int = 2_000
-    max_batch_events: int = 1_000
-    max_body_bytes: int = 4 * 1024 * 1024
-    worker_batch: int = 500  # events per batch (one atomic commit each)
-    worker_block_ms: int = 200
+    partitions: Annotated[
+        int,
+        setting(
+            "partitions (users are spread by CRC-32 of the user id); fixed once a database is in use, refused if "
+            "changed",
+            ge=1,
+            le=MAX_PARTITIONS,
+        ),
+    ] = 12
+    state_cache_users: Annotated[
+        int, setting("users whose state a worker keeps in memory (LRU), over the partitions it owns", ge=1)
+    ] = 200_000
+    ack_fsync: Annotated[
+        Literal["auto", "on", "off"],
+        setting("ingest acks wait for the AOF fsync (`WAITAOF`): `auto` when the server has an AOF, `on`, `off`"),
+    ] = "auto"
+    ack_fsync_timeout_ms: Annotated[int, setting("how long an ack waits for that fsync", ge=1)] = 5_000
+    lateness_ms: Annotated[int, setting("default rule lateness", ge=0)] = 2_000
+    max_batch_events: Annotated[int, setting("events per HTTP batch", ge=1)] = 1_000
+    max_body_bytes: Annotated[int, setting("request body limit", ge=1024)] = 4 * 1024 * 1024
+    worker_batch: Annotated[int, setting("events (and due timers) per batch, one atomic commit each", ge=1)] = 500
+    worker_block_ms: Annotated[int, setting("how long a worker's idle read blocks", ge=1)] = 200
     # Events older than this are treated as duplicates-unknown: their ids are forgotten.
-    dedupe_horizon_ms: int = 7 * 24 * 3600 * 1000
-    # Batches whose trace entries are kept per user (`GET /v1/users/{id}/trace`; each committed batch that
-    # touched the user adds one list element with its entries); 0 turns tracing off. A few KiB per
-    # recently active user: bounded in batches and in time.
-    trace_depth: int = 20
-    trace_ttl_ms: int = 3 * 24 * 3600 * 1000
-    # Also trace each event's rule matches (matched / `where_false`): about +40 % CPU per event on the
-    # bench mix, so off unless asked for (docs/journeys.md, "Trace").
-    trace_matches: bool = False
-    # An event's `ts` may be at most this far ahead of the server clock (producers' clocks drift).
-    max_future_ms: int = 15 * 60 * 1000
-    # serve's share of the partitions beside `beacon worker` processes (weight 1 each): it also ingests.
-    serve_partition_weight: float = 0.5
-    ledger_retention_ms: int = 30 * 24 * 3600 * 1000
-    # WebSocket ingest: ping interval (0 = off), idle close, and frames read but not yet acknowledged.
-    ws_heartbeat_ms: int = 20_000
-    ws_receive_timeout_ms: int = 60_000
-    ws_max_in_flight: int = 8
-    # A partition's consumer holds a lease this long (renewed every third of it): a dead worker's
-    # partitions are taken over, and its unacknowledged entries replayed, after at most this long.
-    partition_lease_ms: int = 10_000
-    # Ingest acks wait for the AOF fsync (WAITAOF): "auto" does when the server has appendonly on.
-    ack_fsync: str = "auto"
-    ack_fsync_timeout_ms: int = 5_000
-    # Users whose state a worker keeps in memory, over all the partitions it owns (LRU beyond that).
-    state_cache_users: int = 200_000
-    connectors: ConnectorSettings = field(default_factory=ConnectorSettings)
-    run_connectors: bool = True
-    run_workers: bool = True
+    dedupe_horizon_ms: Annotated[int, setting("how long processed event ids are remembered", ge=1000)] = (
+        7 * 24 * 3600 * 1000
+    )
+    # Each committed batch that touched the user adds one list element with its entries: a few KiB per recently
+    # active user, bounded in batches and in time.
+    trace_depth: Annotated[
+        int,
+        setting(
+            "batches whose entries the per-user trace keeps (`GET /v1/users/{id}/trace`: each committed batch that "
+            "touched the user adds its entries as one list element, usually one event or timer with its "
+            "consequences); `0` turns tracing off",
+            ge=0,
+            le=10_000,
+        ),
+    ] = 20
+    trace_ttl_ms: Annotated[
+        int, setting("how long a user's trace is kept after the user's last traced step", ge=1000)
+    ] = 3 * 24 * 3600 * 1000
+    trace_matches: Annotated[
+        bool,
+        setting(
+            "also trace, for every event some rule listens to, which rules' matchers took it and which refused it "
+            '(`where_false`): the fullest "why not?", at about +40 % CPU per event on the bench mix, so off by '
+            "default (dry-runs always show it)"
+        ),
+    ] = False
+    max_future_ms: Annotated[
+        int,
+        setting(
+            "how far ahead of the server clock an event's `ts` may be (producers' clocks drift); further is refused "
+            "(422 for that item), since it would move its rules' watermarks and make the user's real events late",
+            ge=0,
+        ),
+    ] = 15 * 60 * 1000
+    serve_partition_weight: Annotated[
+        float,
+        setting(
+            "`beacon serve`'s weight when the partitions are shared among processes (each `beacon worker` weighs "
+            "1): serve also runs the API, so beside one worker it owns 4 of 12 partitions",
+            ge=0.01,
+            le=100,
+        ),
+    ] = 0.5
+    ledger_retention_ms: Annotated[int, setting("how long action records are kept", ge=1000)] = 30 * 24 * 3600 * 1000
+    ws_heartbeat_ms: Annotated[int, setting("WebSocket ping interval; `0`: none", ge=0)] = 20_000
+    ws_receive_timeout_ms: Annotated[int, setting("WebSocket idle timeout", ge=0)] = 60_000
+    ws_max_in_flight: Annotated[
+        int, setting("WebSocket frames read but not yet acknowledged, per connection", ge=1)
+    ] = 8
+    # Renewed every third of it.
+    partition_lease_ms: Annotated[
+        int,
+        setting(
+            "partition lease: a dead process's partitions are taken over, and its unacknowledged entries replayed, "
+            "after at most this long",
+            ge=300,
+        ),
+    ] = 10_000
+    # Read by ConnectorSettings.from_env from its own variables (docs/connectors.md).
+    connectors: ConnectorSettings = msgspec.field(default_factory=ConnectorSettings)
+    run_workers: Annotated[bool, setting("whether `beacon serve` runs workers (with their partitions' timers)")] = True
+    run_connectors: Annotated[bool, setting("whether `beacon serve` runs the connectors")] = True
     run_api: bool = True
-    log_level: str = "INFO"
-    log_format: str = "text"  # or "json": one object per line (beacon.logs.JsonFormatter)
-    # The /metrics and /healthz listener of `beacon worker` / `beacon connectors`: None = `host`, and the
-    # role's port in DEFAULT_OPS_PORTS (another free port, logged, if several processes share a host).
-    ops_host: str | None = None
-    ops_port: int | None = None
-    # /healthz turns 503 when processing has made no progress with work waiting for this long (beacon.health).
-    health_stall_ms: int = 30_000
-    # How long a process retries Redis at start before it gives up; None: the role's DEFAULT_REDIS_WAIT_MS.
-    redis_wait_ms: int | None = None
-    # The event archive (docs/measurement.md): commits append their events and actions to the partitions'
-    # archive streams, and one `beacon serve` per deployment (a Redis lease) drains them into files under
-    # `data_dir/archive`, compacts a day's small files and drops days past the retention.
-    archive: bool = True
-    run_archiver: bool = True  # whether this `serve` may be that one
-    archive_flush_ms: int = 5_000  # how often the archiver drains the streams into files
-    archive_retention_days: int = 90
-    archive_compact_files: int = 32  # a day's small files merged into one once this many wait
-    # The base of tracked links' short URLs (`{{link "..."}}` -> `<public_url>/c/<token>`); None: this
-    # server's own http://host:port, which only suits a test.
-    public_url: str | None = None
-    # Signs tracked links; None: a secret generated once per Redis and shared by every process (cep.links).
-    link_secret: str | None = None
+    # Below a second, samples every quarter of it would cost more than they tell.
+    health_stall_ms: Annotated[
+        int,
+        setting(
+            "`/healthz` turns 503 when processing has made no progress with work waiting for this long, or Redis "
+            "errors lasted this long ([operations](docs/operations.md#health))",
+            ge=1_000,
+        ),
+    ] = 30_000
+    log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], setting("log level")] = "INFO"
+    log_format: Annotated[
+        Literal["text", "json"],
+        setting(
+            "`text` (`time LEVEL logger message`) or `json`: one object per line with `ts` (ISO 8601, UTC), "
+            "`level`, `logger`, `message`, the ids a log call passes (`partition`, `user_id`, `action_id`, "
+            "`connector`...) and `exc` (the traceback)"
+        ),
+    ] = "text"
+    # The event archive (docs/measurement.md): commits append their events and actions to the partitions' archive
+    # streams, and one `beacon serve` per deployment (a Redis lease) drains them into files.
+    archive: Annotated[
+        bool,
+        setting(
+            "the event archive: each batch's commit also appends its processed events and created actions to the "
+            "partition's archive stream, which `beacon serve` writes to Parquet files under "
+            "`<BEACON_DATA_DIR>/archive` ([measurement](docs/measurement.md#the-event-archive)); off in every "
+            "process stops both. Set it alike in every process"
+        ),
+    ] = True
+    run_archiver: Annotated[
+        bool,
+        setting(
+            "whether this `beacon serve` may be the deployment's archiver (one at a time, by a Redis lease; the "
+            "archive stays with the data directory that first held it)"
+        ),
+    ] = True
+    archive_flush_ms: Annotated[
+        int, setting("how often the archiver drains the archive streams into files", ge=100, le=3_600_000)
+    ] = 5_000
+    archive_retention_days: Annotated[
+        int,
+        setting(
+            "days of the archive kept (UTC days of each row's own time, today included); older day directories are "
+            "deleted",
+            ge=1,
+            le=36_500,
+        ),
+    ] = 90
+    archive_compact_files: Annotated[
+        int,
+        setting(
+            "a day's files of one compaction level are merged into one once this many wait; a past day ends as one "
+            "file",
+            ge=2,
+            le=100_000,
+        ),
+    ] = 32
 
     def link_base(self) -> str:
         """Where a tracked link's clicks arrive."""
@@ -206,7 +374,12 @@ class Settings:
         refuse_unknown(env)
         resolved, from_files = read_secret_files(env)
         try:
-            return _parse(_Variables(resolved), resolved)
+            return environment.read(
+                cls,
+                resolved,
+                connectors=ConnectorSettings.from_env(resolved),
+                api_key_owners=parse_api_key_owners(resolved.get("BEACON_API_KEYS") or ""),
+            )
         except ValidationError as exc:
             if exc.path not in from_files:
                 raise
@@ -252,188 +425,26 @@ def read_secret_files(env: Mapping[str, str]) -> tuple[dict[str, str], frozenset
     return resolved, frozenset(from_files)
 
 
-def _parse(read: _Variables, env: Mapping[str, str]) -> Settings:
-    """Settings from `read`; reads every variable whatever the others say (`known_variables` relies on it)."""
-    base = Settings()
-    redis_url = _redis_url(read.text("REDIS_URL"), "BEACON_REDIS_URL")
-    plain_url = env.get("REDIS_URL") or None
-    return Settings(
-        host=read.text("HOST") or base.host,
-        port=read.integer("PORT", base.port, 0, MAX_PORT),
-        redis_url=redis_url or _redis_url(plain_url, "REDIS_URL"),
-        redis_cluster=read.flag("REDIS_CLUSTER", base.redis_cluster),
-        data_dir=Path(read.text("DATA_DIR") or base.data_dir),
-        embedded_redis_port=read.integer("EMBEDDED_REDIS_PORT", base.embedded_redis_port, 0, MAX_PORT),
-        api_keys=parse_api_keys(read.text("API_KEYS") or ""),
-        api_key_owners=parse_api_key_owners(read.text("API_KEYS") or ""),
-        partitions=read.integer("PARTITIONS", base.partitions, 1, MAX_PARTITIONS),
-        lateness_ms=read.integer("LATENESS_MS", base.lateness_ms),
-        max_batch_events=read.integer("MAX_BATCH_EVENTS", base.max_batch_events, 1),
-        max_body_bytes=read.integer("MAX_BODY_BYTES", base.max_body_bytes, 1024),
-        worker_batch=read.integer("WORKER_BATCH", base.worker_batch, 1),
-        worker_block_ms=read.integer("WORKER_BLOCK_MS", base.worker_block_ms, 1),
-        dedupe_horizon_ms=read.integer("DEDUPE_HORIZON_MS", base.dedupe_horizon_ms, 1000),
-        trace_depth=read.integer("TRACE_DEPTH", base.trace_depth, 0, 10_000),
-        trace_ttl_ms=read.integer("TRACE_TTL_MS", base.trace_ttl_ms, 1000),
-        trace_matches=read.flag("TRACE_MATCHES", base.trace_matches),
-        max_future_ms=read.integer("MAX_FUTURE_MS", base.max_future_ms, 0),
-        serve_partition_weight=read.fraction("SERVE_PARTITION_WEIGHT", base.serve_partition_weight, 0.01, 100),
-        ledger_retention_ms=read.integer("LEDGER_RETENTION_MS", base.ledger_retention_ms, 1000),
-        ws_heartbeat_ms=read.integer("WS_HEARTBEAT_MS", base.ws_heartbeat_ms),
-        ws_receive_timeout_ms=read.integer("WS_RECEIVE_TIMEOUT_MS", base.ws_receive_timeout_ms),
-        ws_max_in_flight=read.integer("WS_MAX_IN_FLIGHT", base.ws_max_in_flight, 1),
-        partition_lease_ms=read.integer("PARTITION_LEASE_MS", base.partition_lease_ms, 300),
-        ack_fsync=read.choice("ACK_FSYNC", base.ack_fsync, ("auto", "on", "off")),
-        ack_fsync_timeout_ms=read.integer("ACK_FSYNC_TIMEOUT_MS", base.ack_fsync_timeout_ms, 1),
-        state_cache_users=read.integer("STATE_CACHE_USERS", base.state_cache_users, 1),
-        connectors=ConnectorSettings.from_env(env),
-        run_connectors=read.flag("RUN_CONNECTORS", base.run_connectors),
-        run_workers=read.flag("RUN_WORKERS", base.run_workers),
-        log_level=read.choice("LOG_LEVEL", base.log_level, LOG_LEVELS),
-        log_format=read.choice("LOG_FORMAT", base.log_format, LOG_FORMATS),
-        ops_host=read.text("OPS_HOST"),
-        ops_port=read.optional_integer("OPS_PORT", 0, MAX_PORT),
-        # Below a second, samples every quarter of it would cost more than they tell.
-        health_stall_ms=read.integer("HEALTH_STALL_MS", base.health_stall_ms, 1_000),
-        redis_wait_ms=read.optional_integer("REDIS_WAIT_MS", 0),
-        archive=read.flag("ARCHIVE", base.archive),
-        run_archiver=read.flag("RUN_ARCHIVER", base.run_archiver),
-        archive_flush_ms=read.integer("ARCHIVE_FLUSH_MS", base.archive_flush_ms, 100, 3_600_000),
-        archive_retention_days=read.integer("ARCHIVE_RETENTION_DAYS", base.archive_retention_days, 1, 36_500),
-        archive_compact_files=read.integer("ARCHIVE_COMPACT_FILES", base.archive_compact_files, 2, 100_000),
-        public_url=_public_url(read.text("PUBLIC_URL")),
-        link_secret=read.text("LINK_SECRET"),
-    )
-
-
-def _public_url(url: str | None) -> str | None:
-    """An http(s) base URL without query or fragment, or a one-line settings error."""
-    if url is None:
-        return None
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise ValidationError("must be an http:// or https:// base URL", path="BEACON_PUBLIC_URL")
-    return url.rstrip("/")
-
-
-def _redis_url(url: str | None, variable: str) -> str | None:
-    """A Redis URL with a scheme redis-py (or our cluster client) takes; the error never shows its password."""
-    if url is None:
-        return None
-    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
-    if scheme not in REDIS_SCHEMES:
-        raise ValidationError(
-            f"{redact(url)!r} is not a Redis URL: use {', '.join(s + '://' for s in REDIS_SCHEMES)}", path=variable
-        )
-    return url
-
-
-class _Variables:
-    """Reads `BEACON_<name>` variables strictly; every error names the variable; remembers what it read."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-        self.names: set[str] = set()
-
-    def text(self, name: str) -> str | None:
-        """The value of BEACON_<name> without surrounding blanks, or None when unset or empty."""
-        key = PREFIX + name
-        self.names.add(key)
-        value = self._env.get(key)
-        return value.strip() or None if value is not None else None
-
-    def flag(self, name: str, default: bool) -> bool:
-        """A boolean: one of TRUE_WORDS or FALSE_WORDS, in any case."""
-        raw = self.text(name)
-        if raw is None:
-            return default
-        if raw.lower() in TRUE_WORDS:
-            return True
-        if raw.lower() in FALSE_WORDS:
-            return False
-        raise ValidationError(
-            f"{raw!r} is not a boolean: use {', '.join(TRUE_WORDS)} or {', '.join(FALSE_WORDS)}", path=PREFIX + name
-        )
-
-    def integer(self, name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
-        """A whole number in decimal digits (`_` allowed between them), within [minimum, maximum]."""
-        value = self.optional_integer(name, minimum, maximum)
-        return default if value is None else value
-
-    def optional_integer(self, name: str, minimum: int = 0, maximum: int | None = None) -> int | None:
-        """Like `integer`, None when unset."""
-        raw = self.text(name)
-        if raw is None:
-            return None
-        if not re.fullmatch(r"-?[0-9]+(_[0-9]+)*", raw):
-            raise ValidationError(f"{raw!r} is not a whole number", path=PREFIX + name)
-        value = int(raw)
-        if value < minimum or (maximum is not None and value > maximum):
-            bounds = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
-            raise ValidationError(f"{value} is out of range: use a number {bounds}", path=PREFIX + name)
-        return value
-
-    def fraction(self, name: str, default: float, minimum: float, maximum: float) -> float:
-        """A decimal number within [minimum, maximum]."""
-        raw = self.text(name)
-        if raw is None:
-            return default
-        if not re.fullmatch(r"[0-9]+(\.[0-9]+)?|\.[0-9]+", raw):
-            raise ValidationError(f"{raw!r} is not a decimal number", path=PREFIX + name)
-        value = float(raw)
-        if not minimum <= value <= maximum:
-            raise ValidationError(f"{value:g} is out of range: use {minimum:g} to {maximum:g}", path=PREFIX + name)
-        return value
-
-    def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
-        """One of `options`, in any case; returned as the option is spelt."""
-        raw = self.text(name)
-        if raw is None:
-            return default
-        for option in options:
-            if raw.lower() == option.lower():
-                return option
-        raise ValidationError(f"{raw!r} is not one of {', '.join(options)}", path=PREFIX + name)
-
-
-class _ReadLog(Mapping[str, str]):
-    """An empty environment that remembers every name looked up in it."""
-
-    def __init__(self) -> None:
-        self.names: set[str] = set()
-
-    def __getitem__(self, key: str) -> str:
-        self.names.add(key)
-        raise KeyError(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-
-@functools.cache
-def _variable_names() -> tuple[frozenset[str], frozenset[str]]:
-    """(names `Settings` reads itself, names the connector settings read): parsing an empty environment
-    reads every name, so this list cannot drift from the code that parses them."""
-    env = _ReadLog()
-    read = _Variables(env)
-    _parse(read, env)
-    own = frozenset(read.names)
-    return own, frozenset(name for name in env.names if name.startswith(PREFIX)) - own
+# The settings' variables: Beacon's own, then the connectors' (docs/connectors.md).
+MODELS: tuple[type[msgspec.Struct], ...] = (Settings, ConnectorSettings)
+# Variables that may be given as <NAME>_FILE instead: a file holding the value, as Docker and Kubernetes mount
+# secrets. Their values never appear in a log line (`Settings.secret_values`) nor in an error.
+SECRET_VARIABLES = tuple(
+    name for model in MODELS for variable in environment.variables(model) if variable.secret for name in variable.names
+)
 
 
 def settings_variables() -> frozenset[str]:
     """The `BEACON_*` names `Settings.from_env` reads itself (the README's configuration table)."""
-    return _variable_names()[0]
+    return frozenset(name for name in environment.names(Settings) if name.startswith(PREFIX))
 
 
+@functools.cache
 def known_variables() -> frozenset[str]:
     """Every `BEACON_*` name some part of Beacon reads."""
-    own, connectors = _variable_names()
+    read = frozenset(name for model in MODELS for name in environment.names(model) if name.startswith(PREFIX))
     files = frozenset(name + FILE_SUFFIX for name in SECRET_VARIABLES if name.startswith(PREFIX))
-    return own | connectors | frozenset(OTHER_VARIABLES) | files
+    return read | frozenset(OTHER_VARIABLES) | files
 
 
 def refuse_unknown(env: Mapping[str, str]) -> None:

@@ -6,7 +6,9 @@ import email.utils
 import random
 import re
 from dataclasses import dataclass
+from typing import Annotated
 
+from beacon.environment import setting
 from beacon.errors import ConnectorError
 
 # Failure reasons worth another attempt: the provider may answer differently next time. `policy_error` (a
@@ -50,11 +52,18 @@ def parse_retry_after(value: str | None, now_s: float) -> float | None:
 class RetryPolicy:
     """Attempts and exponential backoff with jitter; the same shape for every connector."""
 
-    max_attempts: int = 6
-    base_delay_ms: int = 1_000
-    max_delay_ms: int = 5 * 60_000
+    max_attempts: Annotated[int, setting("attempts before an action is dead", ge=1)] = 6
+    base_delay_ms: Annotated[
+        int, setting("the first retry's delay, doubled at each retry", env="BEACON_CONNECTOR_BACKOFF_BASE_MS", ge=1)
+    ] = 1_000
+    max_delay_ms: Annotated[
+        int, setting("the longest delay between retries", env="BEACON_CONNECTOR_BACKOFF_MAX_MS", ge=1)
+    ] = 5 * 60_000
     # Fraction of each delay drawn at random, so a burst of failures does not retry in lockstep.
-    jitter: float = 0.5
+    jitter: Annotated[
+        float,
+        setting("the share of each delay drawn at random", env="BEACON_CONNECTOR_BACKOFF_JITTER", ge=0, le=1),
+    ] = 0.5
     # A provider's Retry-After is honoured up to this bound; beyond it the answer is treated as "much later".
     max_retry_after_ms: int = 60 * 60_000
 

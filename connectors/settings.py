@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import time
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import msgspec
+
+from beacon import environment
+from beacon.environment import setting
 from beacon.errors import ValidationError
 from connectors.base import RESERVED_HEADERS, header_problem
 from connectors.policy import RetryPolicy
@@ -21,49 +26,86 @@ MESSAGE_CHANNELS = frozenset({"sms", "wechat_template", "wechat_cs", "miniprogra
 WECHAT_API = "https://api.weixin.qq.com"
 WECOM_API = "https://qyapi.weixin.qq.com"
 WEB_PORTS = frozenset({80, 443})  # what an allow-list entry without a port allows
-# The secrets among the variables read here: each may be given as <NAME>_FILE instead, a file holding the value
-# (Docker and Kubernetes secrets; beacon.settings reads it), and their values never appear in a log line.
-SECRET_VARIABLES = (
-    "BEACON_WECHAT_SECRET",
-    "BEACON_MINIPROGRAM_SECRET",
-    "BEACON_WECOM_SECRET",
-    "BEACON_COUPON_TOKEN",
-    "BEACON_POINTS_TOKEN",
-    "BEACON_SMS_TOKEN",
-    "BEACON_WEBHOOK_SECRET",
-)
-T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class HttpEndpoint:
+def _json_object(raw: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object")
+    return value
+
+
+def _headers(raw: str) -> dict[str, str]:
+    """A JSON object of extra headers; refused at start, not at the first delivery, when every call would fail."""
+    headers = {str(k): str(v) for k, v in _json_object(raw).items()}
+    _check_headers(headers)
+    return headers
+
+
+def _api_base(raw: str) -> str:
+    return raw.rstrip("/")
+
+
+class HttpEndpoint(msgspec.Struct, frozen=True):
     """A merchant or gateway JSON API: where to POST, extra headers (auth), static fields merged into bodies."""
 
-    url: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    url: Annotated[str | None, setting("URL to POST to")] = None
+    headers: Annotated[
+        Mapping[str, str],
+        setting("a JSON object of extra headers", parse=_headers, default="`{}`"),
+    ] = msgspec.field(default_factory=dict)
+    extra: Annotated[
+        Mapping[str, Any],
+        setting("a JSON object of fields merged into every body", parse=_json_object, default="`{}`"),
+    ] = msgspec.field(default_factory=dict)
+    # Sent as `Authorization: Bearer <token>` unless `headers` has one (`with_token`).
+    token: Annotated[
+        str | None, setting("sent as `Authorization: Bearer <token>` unless the headers set one", secret=True)
+    ] = None
+
+    def with_token(self, variable: str) -> HttpEndpoint:
+        """The endpoint with its token in the headers (a header `headers` sets wins)."""
+        if not self.token or "authorization" in {name.lower() for name in self.headers}:
+            return self
+        authorization = f"Bearer {self.token}"
+        try:
+            _check_headers({"Authorization": authorization})
+        except ValueError as exc:
+            raise ValidationError(str(exc), path=variable) from None
+        return msgspec.structs.replace(self, headers={**self.headers, "Authorization": authorization})
 
 
-@dataclass(frozen=True, slots=True)
-class WeChatApp:
+class WeChatApp(msgspec.Struct, frozen=True):
     """An official account or mini program: API base, app id and secret, template name -> template id."""
 
-    api_base: str = WECHAT_API
-    appid: str | None = None
-    secret: str | None = None
-    templates: Mapping[str, str] = field(default_factory=dict)
-    openid_attr: str = "openid"
+    api_base: Annotated[str, setting("API base URL", parse=_api_base)] = WECHAT_API
+    appid: Annotated[str | None, setting("app id")] = None
+    secret: Annotated[str | None, setting("app secret", secret=True)] = None
+    templates: Annotated[
+        Mapping[str, str],
+        setting(
+            "`name=<template_id>,...`: a rule's `template` name mapped to a template id (an unmapped name is used "
+            "as the id)",
+            parse=_pairs,
+            default="empty",
+        ),
+    ] = msgspec.field(default_factory=dict)
+    openid_attr: Annotated[str, setting("the profile attribute holding the user's openid")] = "openid"
 
 
-@dataclass(frozen=True, slots=True)
-class WeComApp:
+class WeComApp(msgspec.Struct, frozen=True):
     """A WeCom (enterprise WeChat) self-built app: corp id, app secret, agent id."""
 
-    api_base: str = WECOM_API
-    corpid: str | None = None
-    secret: str | None = None
-    agentid: int | None = None
-    user_attr: str = "wecom_userid"
+    api_base: Annotated[str, setting("API base URL", parse=_api_base)] = WECOM_API
+    corpid: Annotated[str | None, setting("corp id")] = None
+    secret: Annotated[str | None, setting("the app's secret", secret=True)] = None
+    agentid: Annotated[int | None, setting("the app's agent id")] = None
+    user_attr: Annotated[str, setting("the profile attribute holding the user's WeCom id (the `wecom` channel)")] = (
+        "wecom_userid"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,44 +154,145 @@ class QuietHours:
         return ZoneInfo(self.timezone)
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectorSettings:
-    """Everything the outbox consumer and its connectors need; the lead embeds it in the process settings."""
+def _c(name: str) -> str:
+    """The variable of a consumer setting: `BEACON_CONNECTOR_<NAME>`."""
+    return f"BEACON_CONNECTOR_{name}"
 
-    batch: int = 50
-    concurrency: int = 64
-    block_ms: int = 200
-    poll_ms: int = 100
+
+class ConnectorSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the outbox consumer and its connectors need; the lead embeds it in the process settings. Each
+    field with a `setting(...)` is a variable (`beacon.environment`); docs/connectors.md's table is generated from
+    them."""
+
+    concurrency: Annotated[int, setting("deliveries in flight per process", env=_c("CONCURRENCY"), ge=1)] = 64
+    batch: Annotated[int, setting("outbox entries read at once", env=_c("BATCH"), ge=1)] = 50
+    block_ms: Annotated[int, setting("how long an outbox read waits for new entries", env=_c("BLOCK_MS"), ge=1)] = 200
+    poll_ms: Annotated[int, setting("how often due retries and deferrals are looked for", env=_c("POLL_MS"), ge=1)] = (
+        100
+    )
     # A claimed delivery belongs to its consumer this long; past it another consumer may take over.
-    lease_ms: int = 60_000
+    lease_ms: Annotated[
+        int,
+        setting(
+            "how long a claimed delivery belongs to its consumer; an attempt's provider calls are stopped at 3/4 of it",
+            env=_c("LEASE_MS"),
+            ge=1_000,
+        ),
+    ] = 60_000
     # One HTTP call, connection included; it must fit an attempt's budget (`attempt_budget_ms`).
-    http_timeout_ms: int = 10_000
-    # Bytes of a provider's reply body read at most; the rest is never read (a reply is an acknowledgement).
-    max_reply_bytes: int = 256 * 1024
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    rate_limits: Mapping[str, RateLimit] = field(default_factory=dict)
+    http_timeout_ms: Annotated[
+        int,
+        setting(
+            "one provider call, connection included (a webhook and its redirects share one). It must fit in 3/4 "
+            "of the lease (lease ≥ 4/3 × timeout), or the process refuses to start",
+            env=_c("HTTP_TIMEOUT_MS"),
+            ge=1,
+        ),
+    ] = 10_000
+    # The rest of a reply is never read (a reply is an acknowledgement).
+    max_reply_bytes: Annotated[
+        int,
+        setting(
+            "bytes of a provider's reply body read at most; the rest is never read", env=_c("MAX_REPLY_BYTES"), ge=1024
+        ),
+    ] = 256 * 1024
+    retry: Annotated[RetryPolicy, setting("retries", group=True, env="BEACON_CONNECTOR_")] = msgspec.field(
+        default_factory=RetryPolicy
+    )
+    dead_letter_maxlen: Annotated[
+        int, setting("dead letters kept (approximately)", env=_c("DEAD_LETTER_MAXLEN"), ge=100)
+    ] = 100_000
+    rate_limits: Annotated[
+        Mapping[str, RateLimit],
+        setting(
+            "token buckets per connector: `sms=10/s:20,coupon=50/s` (rate per second, and burst: one second's "
+            "worth unless given)",
+            env=_c("RATE_LIMITS"),
+            parse=_rate_limits,
+            default="none",
+        ),
+    ] = msgspec.field(default_factory=dict)
     # A rate-limited action may book a send slot at most this far ahead; past it, it asks again later.
-    rate_limit_max_wait_ms: int = 60_000
-    frequency_caps: Mapping[str, FrequencyCap] = field(default_factory=dict)
-    quiet_hours: QuietHours | None = None
-    quiet_channels: frozenset[str] = MESSAGE_CHANNELS
-    cs_window_ms: int = 48 * 3_600_000
-    coupon: HttpEndpoint = HttpEndpoint()
-    points: HttpEndpoint = HttpEndpoint()
-    sms: HttpEndpoint = HttpEndpoint()
-    sms_phone_attr: str = "phone"
-    webhook_secret: str | None = None
+    rate_limit_max_wait_ms: Annotated[
+        int,
+        setting("how far ahead a rate-limited action may book its send slot", env=_c("RATE_LIMIT_MAX_WAIT_MS")),
+    ] = 60_000
+    frequency_caps: Annotated[
+        Mapping[str, FrequencyCap],
+        setting(
+            "sends per user per channel in any window: `sms=2/24h,wechat_template=3/7d`; the name `marketing` caps "
+            "every message channel together",
+            env=_c("FREQUENCY_CAPS"),
+            parse=_frequency_caps,
+            default="none",
+        ),
+    ] = msgspec.field(default_factory=dict)
+    quiet_hours: Annotated[
+        QuietHours | None,
+        setting(
+            "`HH:MM-HH:MM` local hours during which messages on the quiet channels wait (start after end wraps "
+            "past midnight)",
+            env=_c("QUIET_HOURS"),
+            parse=_quiet_hours,
+        ),
+    ] = None
+    quiet_timezone: Annotated[str, setting("the quiet hours' time zone", env=_c("TIMEZONE"), parse=_zone)] = "UTC"
+    quiet_channels: Annotated[
+        frozenset[str],
+        setting(
+            "the channels quiet hours hold back, comma-separated",
+            env=_c("QUIET_CHANNELS"),
+            parse=_names,
+            default="every message channel",
+        ),
+    ] = MESSAGE_CHANNELS
+    coupon: Annotated[HttpEndpoint, setting("coupon API", group=True)] = HttpEndpoint()
+    points: Annotated[HttpEndpoint, setting("points API", group=True)] = HttpEndpoint()
+    sms: Annotated[HttpEndpoint, setting("SMS gateway", group=True)] = HttpEndpoint()
+    sms_phone_attr: Annotated[str, setting("the profile attribute holding the user's phone number")] = "phone"
+    webhook_secret: Annotated[
+        str | None, setting("the key webhooks are signed with (required to send webhooks)", secret=True)
+    ] = None
     # Empty: webhooks may call any public address. Otherwise only the listed hosts and ports.
-    webhook_allowed_hosts: frozenset[AllowedHost] = frozenset()
+    webhook_allowed_hosts: Annotated[
+        frozenset[AllowedHost],
+        setting(
+            "webhook targets: `host`, `host:port`, `host:*`, `127.0.0.1:8080`, `[::1]:9000`, `10.1.2.0/24:443`; a "
+            "bare host means ports 80 and 443. Loopback, private, link-local and metadata addresses are refused "
+            "unless an address entry lists them ([operations](operations.md#outbound-http))",
+            parse=parse_allowed_hosts,
+            default="empty (any public address)",
+        ),
+    ] = frozenset()
     # Redirects a webhook follows (307 and 308 only, each checked like the first URL); 0: none.
-    webhook_max_redirects: int = 0
-    wechat: WeChatApp = WeChatApp()
-    miniprogram: WeChatApp = WeChatApp(openid_attr="mp_openid")
-    miniprogram_state: str = "formal"
-    wecom: WeComApp = WeComApp()
-    owner_attr: str = "owner"
-    superior_attr: str = "owner_superior"
-    dead_letter_maxlen: int = 100_000
+    webhook_max_redirects: Annotated[
+        int, setting("`307`/`308` redirects a webhook follows, each target checked like the first", ge=0)
+    ] = 0
+    wechat: Annotated[WeChatApp, setting("WeChat official account", group=True)] = WeChatApp()
+    cs_window_ms: Annotated[
+        int,
+        setting(
+            "customer-service messages are sent only within this long of the user's last interaction (a duration: "
+            "`48h`)",
+            env="BEACON_WECHAT_CS_WINDOW",
+            parse=parse_duration,
+            default="`48h`",
+        ),
+    ] = 48 * 3_600_000
+    miniprogram: Annotated[
+        WeChatApp, setting("mini program (its API base defaults to the official account's)", group=True)
+    ] = WeChatApp(openid_attr="mp_openid")
+    miniprogram_state: Annotated[
+        Literal["formal", "trial", "developer"], setting("which version of the mini program messages open")
+    ] = "formal"
+    wecom: Annotated[WeComApp, setting("WeCom app", group=True)] = WeComApp()
+    owner_attr: Annotated[
+        str, setting("the profile attribute naming the user's owner (`notify_staff`)", env="BEACON_STAFF_OWNER_ATTR")
+    ] = "owner"
+    superior_attr: Annotated[
+        str,
+        setting("the profile attribute naming the owner's superior", env="BEACON_STAFF_SUPERIOR_ATTR"),
+    ] = "owner_superior"
 
     @property
     def attempt_budget_ms(self) -> int:
@@ -180,126 +323,29 @@ class ConnectorSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ConnectorSettings:
         """Build connector settings from `BEACON_CONNECTOR_*`, `BEACON_<PROVIDER>_*` variables."""
-        read = _Reader(os.environ if env is None else env)
-        base = cls()
-        retry = RetryPolicy(
-            max_attempts=read.integer("CONNECTOR_MAX_ATTEMPTS", base.retry.max_attempts, 1),
-            base_delay_ms=read.integer("CONNECTOR_BACKOFF_BASE_MS", base.retry.base_delay_ms, 1),
-            max_delay_ms=read.integer("CONNECTOR_BACKOFF_MAX_MS", base.retry.max_delay_ms, 1),
-            jitter=read.parsed("CONNECTOR_BACKOFF_JITTER", base.retry.jitter, _fraction),
-        )
-        quiet = read.get("CONNECTOR_QUIET_HOURS")
-        mini_base = read.get("MINIPROGRAM_API_BASE") or read.get("WECHAT_API_BASE") or WECHAT_API
-        agentid = read.get("WECOM_AGENTID")
-        settings = cls(
-            batch=read.integer("CONNECTOR_BATCH", base.batch, 1),
-            concurrency=read.integer("CONNECTOR_CONCURRENCY", base.concurrency, 1),
-            block_ms=read.integer("CONNECTOR_BLOCK_MS", base.block_ms, 1),
-            poll_ms=read.integer("CONNECTOR_POLL_MS", base.poll_ms, 1),
-            lease_ms=read.integer("CONNECTOR_LEASE_MS", base.lease_ms, 1_000),
-            http_timeout_ms=read.integer("CONNECTOR_HTTP_TIMEOUT_MS", base.http_timeout_ms, 1),
-            max_reply_bytes=read.integer("CONNECTOR_MAX_REPLY_BYTES", base.max_reply_bytes, 1024),
-            retry=retry,
-            rate_limits=read.parsed("CONNECTOR_RATE_LIMITS", {}, _rate_limits),
-            rate_limit_max_wait_ms=read.integer("CONNECTOR_RATE_LIMIT_MAX_WAIT_MS", base.rate_limit_max_wait_ms),
-            frequency_caps=read.parsed("CONNECTOR_FREQUENCY_CAPS", {}, _frequency_caps),
-            quiet_hours=_quiet_hours(quiet, read.get("CONNECTOR_TIMEZONE") or "UTC") if quiet else None,
-            quiet_channels=read.parsed("CONNECTOR_QUIET_CHANNELS", base.quiet_channels, _names),
-            cs_window_ms=read.parsed("WECHAT_CS_WINDOW", base.cs_window_ms, parse_duration),
-            coupon=read.endpoint("COUPON"),
-            points=read.endpoint("POINTS"),
-            sms=read.endpoint("SMS"),
-            sms_phone_attr=read.get("SMS_PHONE_ATTR") or base.sms_phone_attr,
-            webhook_secret=read.get("WEBHOOK_SECRET"),
-            webhook_allowed_hosts=read.parsed("WEBHOOK_ALLOWED_HOSTS", frozenset(), parse_allowed_hosts),
-            webhook_max_redirects=read.integer("WEBHOOK_MAX_REDIRECTS", base.webhook_max_redirects),
-            wechat=read.wechat_app("WECHAT", read.get("WECHAT_API_BASE") or WECHAT_API, base.wechat.openid_attr),
-            miniprogram=read.wechat_app("MINIPROGRAM", mini_base, base.miniprogram.openid_attr),
-            miniprogram_state=read.get("MINIPROGRAM_STATE") or base.miniprogram_state,
-            wecom=WeComApp(
-                api_base=(read.get("WECOM_API_BASE") or WECOM_API).rstrip("/"),
-                corpid=read.get("WECOM_CORPID"),
-                secret=read.get("WECOM_SECRET"),
-                agentid=read.parsed("WECOM_AGENTID", None, int) if agentid else None,
-                user_attr=read.get("WECOM_USER_ATTR") or base.wecom.user_attr,
-            ),
-            owner_attr=read.get("STAFF_OWNER_ATTR") or base.owner_attr,
-            superior_attr=read.get("STAFF_SUPERIOR_ATTR") or base.superior_attr,
-            dead_letter_maxlen=read.integer("CONNECTOR_DEAD_LETTER_MAXLEN", base.dead_letter_maxlen, 100),
-        )
+        env = os.environ if env is None else env
+        settings = environment.read(cls, env)
+        changes: dict[str, Any] = {
+            name: getattr(settings, name).with_token(f"BEACON_{name.upper()}_TOKEN")
+            for name in ("coupon", "points", "sms")
+        }
+        if settings.quiet_hours is not None:
+            changes["quiet_hours"] = dataclasses.replace(settings.quiet_hours, timezone=settings.quiet_timezone)
+        if not (env.get("BEACON_MINIPROGRAM_API_BASE") or "").strip():
+            changes["miniprogram"] = msgspec.structs.replace(settings.miniprogram, api_base=settings.wechat.api_base)
+        settings = msgspec.structs.replace(settings, **changes)
         settings.check()
         return settings
 
 
-class _Reader:
-    """Reads `BEACON_<name>` variables, naming the variable in every error."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
-
-    def get(self, name: str) -> str | None:
-        value = self.env.get(f"BEACON_{name}")
-        return value if value not in (None, "") else None
-
-    def parsed(self, name: str, default: T, parse: Callable[[str], T]) -> T:
-        raw = self.get(name)
-        if raw is None:
-            return default
-        try:
-            return parse(raw)
-        except (ValueError, ZoneInfoNotFoundError) as exc:
-            raise ValidationError(str(exc) or f"{raw!r} is not valid", path=f"BEACON_{name}") from None
-
-    def integer(self, name: str, default: int, minimum: int = 0) -> int:
-        value = self.parsed(name, default, int)
-        if value < minimum:
-            raise ValidationError(f"must be >= {minimum}", path=f"BEACON_{name}")
-        return value
-
-    def json_object(self, name: str) -> dict[str, Any]:
-        return self.parsed(name, {}, _json_object)
-
-    def endpoint(self, prefix: str) -> HttpEndpoint:
-        headers = {str(k): str(v) for k, v in self.json_object(f"{prefix}_HEADERS").items()}
-        _check_headers(headers, f"BEACON_{prefix}_HEADERS")
-        token = self.get(f"{prefix}_TOKEN")
-        if token:
-            headers.setdefault("Authorization", f"Bearer {token}")
-            _check_headers({"Authorization": headers["Authorization"]}, f"BEACON_{prefix}_TOKEN")
-        return HttpEndpoint(url=self.get(f"{prefix}_URL"), headers=headers, extra=self.json_object(f"{prefix}_EXTRA"))
-
-    def wechat_app(self, prefix: str, api_base: str, openid_attr: str) -> WeChatApp:
-        return WeChatApp(
-            api_base=api_base.rstrip("/"),
-            appid=self.get(f"{prefix}_APPID"),
-            secret=self.get(f"{prefix}_SECRET"),
-            templates=self.parsed(f"{prefix}_TEMPLATES", {}, _pairs),
-            openid_attr=self.get(f"{prefix}_OPENID_ATTR") or openid_attr,
-        )
-
-
-def _check_headers(headers: Mapping[str, str], variable: str) -> None:
+def _check_headers(headers: Mapping[str, str]) -> None:
     """Refuse at start, not at the first delivery, a configured header that every call would fail on."""
     for name, value in headers.items():
         problem = header_problem(name, value)
         if name.lower() in RESERVED_HEADERS:
             problem = f"{name} is written by Beacon and cannot be configured"
         if problem is not None:
-            raise ValidationError(problem, path=variable)
-
-
-def _json_object(raw: str) -> dict[str, Any]:
-    value = json.loads(raw)
-    if not isinstance(value, dict):
-        raise ValueError("must be a JSON object")
-    return value
-
-
-def _fraction(raw: str) -> float:
-    value = float(raw)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError("must be between 0 and 1")
-    return value
+            raise ValueError(problem)
 
 
 def _names(raw: str) -> frozenset[str]:
@@ -376,15 +422,20 @@ def _frequency_caps(raw: str) -> dict[str, FrequencyCap]:
     return caps
 
 
-def _quiet_hours(raw: str, timezone: str) -> QuietHours:
+def _quiet_hours(raw: str) -> QuietHours:
+    """`HH:MM-HH:MM`, in UTC until `ConnectorSettings.from_env` gives it the configured zone."""
     match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", raw)
     if not match:
-        raise ValidationError(f"{raw!r} is not HH:MM-HH:MM", path="BEACON_CONNECTOR_QUIET_HOURS")
+        raise ValueError(f"{raw!r} is not HH:MM-HH:MM")
     h1, m1, h2, m2 = (int(part) for part in match.groups())
     if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59 or (h1, m1) == (h2, m2):
-        raise ValidationError(f"{raw!r} is not a quiet period", path="BEACON_CONNECTOR_QUIET_HOURS")
+        raise ValueError(f"{raw!r} is not a quiet period")
+    return QuietHours(time(h1, m1), time(h2, m2))
+
+
+def _zone(raw: str) -> str:
     try:
-        ZoneInfo(timezone)
+        ZoneInfo(raw)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValidationError(f"unknown time zone {timezone!r}", path="BEACON_CONNECTOR_TIMEZONE") from None
-    return QuietHours(time(h1, m1), time(h2, m2), timezone)
+        raise ValueError(f"unknown time zone {raw!r}") from None
+    return raw

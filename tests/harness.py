@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import msgpack
+import msgspec
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
@@ -29,10 +30,10 @@ def server_settings(redis_url: str, **overrides: Any) -> Settings:
     """Settings for a test server: fast polling, two partitions, no delivery (actions stay pending)."""
     base = Settings(redis_url=redis_url, partitions=2, worker_block_ms=20, lateness_ms=2000, run_connectors=False)
     # No event archive unless a test asks for one (with a data_dir of its own): the default is the working directory.
-    base = dataclasses.replace(base, archive=False)
+    base = msgspec.structs.replace(base, archive=False)
     # Scenario traces stamp events days ahead of the manual clock they then advance: a year of leeway.
-    base = dataclasses.replace(base, max_future_ms=365 * 86_400_000)
-    return dataclasses.replace(base, **overrides)
+    base = msgspec.structs.replace(base, max_future_ms=365 * 86_400_000)
+    return msgspec.structs.replace(base, **overrides)
 
 
 async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout_s: float = 5.0) -> T:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import socket
 from importlib import metadata
 from pathlib import Path
@@ -11,9 +13,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from beacon import cli_settings
 from beacon.cli import build_parser
 from beacon.redis_server import free_port
 from tests.harness import running_beacon, server_settings
+from tests.processes import BEACON, clean_env
 from tests.processes import run_beacon as beacon
 
 RULESET = {
@@ -71,6 +75,53 @@ async def test_a_bad_setting_stops_with_one_line_and_exit_code_2(variable: str, 
     code, _, err = await beacon("serve", **{variable: value})
     assert code == 2
     assert one_line(err).startswith(f"beacon: configuration error: {message}")
+
+
+async def test_settings_lists_each_variable_with_its_value_and_source(tmp_path: Path) -> None:
+    """`beacon settings` shows what applies and where it came from; secrets only as ***."""
+    keys = tmp_path / "keys"
+    keys.write_text("key-of-alice:admin\n")
+    code, out, err = await beacon(
+        "settings",
+        BEACON_PORT="9000",
+        BEACON_API_KEYS_FILE=str(keys),
+        BEACON_WECHAT_SECRET="wx-hush",
+        BEACON_CONNECTOR_QUIET_HOURS="22:00-08:00",
+    )
+    assert (code, err) == (0, "")
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
+    assert rows["BEACON_PORT"] == ["9000", "environment"]
+    assert rows["BEACON_API_KEYS"] == ["***", "BEACON_API_KEYS_FILE"]
+    assert rows["BEACON_WECHAT_SECRET"] == ["***", "environment"]
+    assert rows["BEACON_CONNECTOR_QUIET_HOURS"] == ["22:00-08:00", "environment"]
+    assert rows["BEACON_WORKER_BATCH"] == ["500", "default"]
+    assert "key-of-alice" not in out and "wx-hush" not in out
+    code, _, err = await beacon("settings", BEACON_MINIPROGRAM_STATE="beta")
+    assert code == 2
+    assert one_line(err) == (
+        "beacon: configuration error: BEACON_MINIPROGRAM_STATE: 'beta' is not one of formal, trial, developer"
+    )
+
+
+async def test_settings_markdown_prints_the_documents_tables() -> None:
+    """What tests/test_settings.py checks the README and docs/connectors.md hold."""
+    code, out, _ = await beacon("settings", "--markdown")
+    assert (code, out) == (0, cli_settings.markdown() + "\n")
+    assert out.count("| variable | default | value | meaning |") == 2
+
+
+async def test_a_reader_that_left_gets_no_traceback() -> None:
+    """`beacon settings | head -1` printed a BrokenPipeError traceback when `head` had gone."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has left before the first line
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *BEACON, "settings", env=clean_env(), stdout=write_end, stderr=asyncio.subprocess.PIPE
+        )
+    finally:
+        os.close(write_end)
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert (process.returncode, err.decode()) == (1, "")
 
 
 async def test_push_to_a_server_that_is_down_is_one_line_and_exit_code_3(ruleset_file: Path) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
 
 from beacon.clock import Clock
@@ -43,20 +43,20 @@ def fast_settings(
         webhook_secret="hook-secret",
     )
     if merchant is not None:
-        base = dataclasses.replace(
+        base = msgspec.structs.replace(
             base,
             coupon=HttpEndpoint(merchant.url("/coupons"), {"Authorization": "Bearer shop"}, {"merchant_id": "M1"}),
             points=HttpEndpoint(merchant.url("/points")),
             sms=HttpEndpoint(merchant.url("/sms"), extra={"sign_name": "Beacon"}),
         )
     if wechat is not None:
-        base = dataclasses.replace(
+        base = msgspec.structs.replace(
             base,
             wechat=WeChatApp(wechat.url(), wechat.appid, wechat.secret, {"cart_reminder": "TMPL-CART"}),
             miniprogram=WeChatApp(wechat.url(), wechat.appid, wechat.secret, {}, "mp_openid"),
             wecom=WeComApp(wechat.url(), wechat.corpid, wechat.corpsecret, 1000002),
         )
-    return dataclasses.replace(base, **overrides)
+    return msgspec.structs.replace(base, **overrides)
 
 
 def allow(*servers: FakeMerchant) -> frozenset[AllowedHost]:

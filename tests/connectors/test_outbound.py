@@ -4,12 +4,12 @@ reply (issue 15, finding 6)."""
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import json
 import socket
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
@@ -134,7 +134,7 @@ async def test_followed_redirects_are_checked_like_the_first_url(
             await wait_status(redis_client, action, {"dead"}, reason="host_not_allowed")
         assert other.requests == []
         # Listing the target lets the redirect through, signed as the first request was.
-        listed = dataclasses.replace(settings, webhook_allowed_hosts=allow(merchant, other))
+        listed = msgspec.structs.replace(settings, webhook_allowed_hosts=allow(merchant, other))
     async with running_connectors(redis_client, listed, clock):
         await put_actions(redis_client, [to_listed])
         await wait_status(redis_client, to_listed, {"delivered"})

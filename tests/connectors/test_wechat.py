@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
 
 from beacon.clock import ManualClock
@@ -79,7 +79,7 @@ async def test_wrong_credentials_dead_letter_without_retrying(
 ) -> None:
     await seed_profile(redis_client, "w3", {"openid": "o-w3"})
     settings = fast_settings(wechat=wechat)
-    settings = dataclasses.replace(settings, wechat=dataclasses.replace(settings.wechat, secret="wrong"))
+    settings = msgspec.structs.replace(settings, wechat=msgspec.structs.replace(settings.wechat, secret="wrong"))
     message = template_message("w3", clock.now_ms())
     async with running_connectors(redis_client, settings, clock):
         await put_actions(redis_client, [message])

@@ -3,9 +3,9 @@ through the console until it is delivered (connectors on, a local provider refus
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -56,7 +56,9 @@ async def provider() -> AsyncIterator[CouponProvider]:
 
 @pytest.fixture
 async def beacon(redis_url: str, redis_client: aioredis.Redis, provider: CouponProvider) -> AsyncIterator[Beacon]:
-    connectors = dataclasses.replace(fast_settings(), coupon=HttpEndpoint(str(provider.server.make_url("/coupons"))))
+    connectors = msgspec.structs.replace(
+        fast_settings(), coupon=HttpEndpoint(str(provider.server.make_url("/coupons")))
+    )
     settings = server_settings(
         redis_url,
         run_connectors=True,

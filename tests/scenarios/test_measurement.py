@@ -6,7 +6,6 @@ calculation gives, for every attribution model."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -102,7 +102,9 @@ async def delivering(
 ) -> AsyncIterator[Beacon]:
     """The server with its connectors delivering coupons to the provider, archiving into tmp_path."""
     assert provider.server is not None
-    connectors = dataclasses.replace(fast_settings(), coupon=HttpEndpoint(str(provider.server.make_url("/coupons"))))
+    connectors = msgspec.structs.replace(
+        fast_settings(), coupon=HttpEndpoint(str(provider.server.make_url("/coupons")))
+    )
     settings = server_settings(
         redis_url,
         partitions=LIVE_PARTITIONS,
