@@ -79,7 +79,9 @@ def record(spy: str, pid: int, seconds: float, rate: int) -> str:
     """py-spy's collapsed stacks of `pid` over `seconds` (blocking: run it in a thread)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "worker.txt"
-        command = [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(rate)]
+        # --gil: only the thread holding the GIL, i.e. the Python work. Without it, an idle thread-pool thread
+        # (blocked in `SimpleQueue.get`, which py-spy does not see as idle) took a quarter of the samples.
+        command = [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(rate), "--gil"]
         subprocess.run([*command, "--format", "raw", "--output", str(out)], capture_output=True, check=True)
         return out.read_text()
 
@@ -148,7 +150,7 @@ async def serve_profile(
 def report(raw: str, context: str, seconds: float, rate: int, top: int) -> None:
     """Print the context line and the profile summary."""
     samples, leaders, stages = summarise(raw, top)
-    print(f"{context}\npy-spy at {rate} Hz for {seconds:.0f}s: {samples:,} samples (idle excluded)")
+    print(f"{context}\npy-spy at {rate} Hz for {seconds:.0f}s: {samples:,} samples (GIL holder only)")
     print("\nOwn time (leaf frames):")
     for name, count in leaders:
         print(f"  {100 * count / max(samples, 1):5.1f} %  {name}")
