@@ -8,6 +8,8 @@ Reading sums or walks the partitions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from redis.asyncio import Redis
 
 from cep.events import partition_tag
@@ -31,6 +33,20 @@ async def segment_size(redis: Redis, partitions: int, segment_id: str) -> int:
         for partition in range(partitions):
             pipe.hget(sizes_key(partition), segment_id)
         return sum(int(value or 0) for value in await pipe.execute())
+
+
+async def segment_sizes(redis: Redis, partitions: int, segment_ids: Sequence[str]) -> dict[str, int]:
+    """Members of each of some segments (a page of the list), over all partitions, in one round trip."""
+    if not segment_ids:
+        return {}
+    async with redis.pipeline(transaction=False) as pipe:
+        for partition in range(partitions):
+            pipe.hmget(sizes_key(partition), list(segment_ids))
+        counts = await pipe.execute()
+    return {
+        segment_id: sum(int(partition_counts[index] or 0) for partition_counts in counts)
+        for index, segment_id in enumerate(segment_ids)
+    }
 
 
 async def members_page(

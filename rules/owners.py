@@ -9,6 +9,7 @@ keeps its owner. The record outlives the document by a moment at most: DELETE dr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -69,6 +70,13 @@ class Owners:
         """The recorded owner, or None."""
         raw = await self._redis.hget(self._key, document_id)
         return raw.decode() if isinstance(raw, bytes) else raw
+
+    async def of(self, document_ids: Sequence[str]) -> dict[str, str]:
+        """The recorded owners of some documents (one page of a list): {document id: owner}, unowned left out."""
+        if not document_ids:
+            return {}
+        raw = await self._redis.hmget(self._key, list(document_ids))
+        return {document_id: _text(value) for document_id, value in zip(document_ids, raw, strict=True) if value}
 
     async def all(self) -> dict[str, str]:
         """Every recorded owner: {document id: owner}."""

@@ -10,6 +10,7 @@ under their own prefixes (journeys: `b:{rs}:j:*`).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,8 +128,33 @@ class RulesetStore:
             pipe.hgetall(index_key(self._kind))
             rev_raw, index = await pipe.execute()
         metas = {key.decode(): json.loads(value) for key, value in index.items()}
+        stored = await self._documents(metas)
+        return int(rev_raw or 0), sorted(stored, key=lambda item: item.id)
+
+    async def ids(self) -> list[str]:
+        """Every active document's id, in no order: the index's fields only, no document read or decoded.
+
+        A list's page is chosen from these (`api.paging`), then only its documents are loaded: with 10,000
+        rulesets this is a few ms where reading and decoding every document took most of half a second.
+        """
+        return [_text(field) for field in await self._redis.hkeys(index_key(self._kind))]
+
+    async def load(self, document_ids: Sequence[str]) -> list[StoredRuleset]:
+        """The active version of each of `document_ids` that is active, in the order given."""
+        if not document_ids:
+            return []
+        raw_metas = await self._redis.hmget(index_key(self._kind), list(document_ids))
+        metas = {
+            document_id: json.loads(raw)
+            for document_id, raw in zip(document_ids, raw_metas, strict=True)
+            if raw is not None  # deleted since its id was read
+        }
+        return await self._documents(metas)
+
+    async def _documents(self, metas: dict[str, dict[str, Any]]) -> list[StoredRuleset]:
+        """The documents of the versions the index metadata names (`{id: {"version", "updated_ms", "born"}}`)."""
         if not metas:
-            return int(rev_raw or 0), []
+            return []
         async with self._redis.pipeline(transaction=False) as pipe:
             for ruleset_id, meta in metas.items():
                 pipe.hget(versions_key(self._kind, ruleset_id), str(meta["version"]))
@@ -147,7 +173,7 @@ class RulesetStore:
                     int(meta.get("born") or 1),
                 )
             )
-        return int(rev_raw or 0), sorted(stored, key=lambda item: item.id)
+        return stored
 
     async def get(self, ruleset_id: str, version: int | None = None) -> StoredRuleset:
         """The active (or a kept older) version of a ruleset; NotFoundError otherwise."""
@@ -171,3 +197,7 @@ class RulesetStore:
         """Every kept version's document of one id (journeys: running instances stay on their version)."""
         raw = await self._redis.hgetall(versions_key(self._kind, document_id))
         return {int(version): json.loads(body)["document"] for version, body in raw.items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
