@@ -64,4 +64,3 @@ def _row(variable: environment.Variable, env: Mapping[str, str]) -> list[str]:
         if value:
             return [name, REDACTED if variable.secret else value, "environment"]
     return [" / ".join(variable.names), variable.default.replace("`", ""), "default"]
-

@@ -132,7 +132,11 @@ def render_actions(
             "trigger_id": trigger.event_id,
             "event_ts": trigger.ts,
             "received_ms": trigger.received_ms,
+            # Its due time in event time, which the connectors' staleness bound is measured from.
+            "event_due_at": due,
         }
+        if action.max_staleness_ms is not None:
+            record["max_staleness_ms"] = action.max_staleness_ms
         if links:
             record["links"] = [url for _, url in links]
         created.append(CreatedAction(identifier, record, status, timer_due, links=links))

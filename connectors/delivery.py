@@ -23,7 +23,7 @@ from connectors import delivery_ledger as ledger
 from connectors.base import Connector, clip_reply, storable
 from connectors.caps import MARKETING, is_marketing, quiet_until, release_cap, source_cap, take_cap
 from connectors.dead_letters import add_dead_letter
-from connectors.policy import SKIP_REASONS, connector_error
+from connectors.policy import SKIP_REASONS, connector_error, is_stale
 from connectors.ratelimit import take_token
 from connectors.redis_trouble import REDIS_BACKOFF, log_retried
 from connectors.settings import ConnectorSettings
@@ -171,11 +171,13 @@ class Deliverer:
         return ledger.DELIVERED
 
     async def _checks(self, claimed: ledger.Stored, name: str, connector: Connector) -> Verdict:
-        """The policy before a send, in order: 48 h window, quiet hours, frequency cap, rate limit; then the
+        """The policy before a send, in order: staleness, 48 h window, quiet hours, frequency cap, rate limit; then the
         recipient's profile. Only reads and takes counts: the caller writes the outcome."""
         record, status = claimed.record, claimed.status
         user_id, action_id = record["user_id"], record["action_id"]
         settings, now = self._settings, self._clock.now_ms()
+        if is_stale(record, status, now, settings.max_staleness_ms):
+            return Verdict(ledger.SKIPPED, "stale")
         if name == "wechat_cs":
             seen = await last_interaction(self._redis, self._partitions, user_id)
             if seen is None or now - seen > settings.cs_window_ms:

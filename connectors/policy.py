@@ -1,12 +1,13 @@
-"""The retry policy: how many attempts, how long between them, and which failure reasons retry."""
+"""The retry policy (how many attempts, how long between them, which failure reasons retry), and staleness."""
 
 from __future__ import annotations
 
 import email.utils
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from beacon.environment import setting
 from beacon.errors import ConnectorError
@@ -19,6 +20,20 @@ RETRYABLE_REASONS = frozenset(
 # Reasons that say "this user cannot receive this now": the action is skipped, not dead-lettered,
 # because replaying it would change nothing until the user acts.
 SKIP_REASONS = frozenset({"not_subscribed", "outside_48h_window", "no_recipient", "frequency_capped"})
+
+
+def is_stale(record: Mapping[str, Any], status: Mapping[str, Any], now_ms: int, default_bound_ms: int) -> bool:
+    """Whether an action taken for the first time at `now_ms` is past its staleness bound (its own
+    `max_staleness_ms`, else `default_bound_ms`; 0: none), measured from its due time in event time.
+
+    Only at the first look: an action the policy itself held back (quiet hours, a rate limit) or a failed
+    attempt delayed is as fresh as it was when first taken, or quiet hours alone would make it stale."""
+    if int(status.get("attempts") or 0) or status.get("reason"):
+        return False
+    bound = int(record.get("max_staleness_ms") or default_bound_ms)
+    due = record.get("event_due_at")
+    # Records written before the field existed have none: they are judged fresh.
+    return bool(bound) and isinstance(due, int) and now_ms - due > bound
 
 
 def connector_error(reason: str, message: str, retry_after: float | None = None) -> ConnectorError:

@@ -196,6 +196,16 @@ class ConnectorSettings(msgspec.Struct, frozen=True, kw_only=True):
             "bytes of a provider's reply body read at most; the rest is never read", env=_c("MAX_REPLY_BYTES"), ge=1024
         ),
     ] = 256 * 1024
+    max_staleness_ms: Annotated[
+        int,
+        setting(
+            "an action first taken more than this long after its due time (in event time: the triggering event's "
+            "`ts`, plus its `delay`) is skipped as `stale`, so a replayed or late history, or a long outage, does "
+            "not send a burst of overdue messages; an action's `max_staleness` overrides it; `0`: no bound",
+            env=_c("MAX_STALENESS_MS"),
+            ge=0,
+        ),
+    ] = 3_600_000
     retry: Annotated[RetryPolicy, setting("retries", group=True, env="BEACON_CONNECTOR_")] = msgspec.field(
         default_factory=RetryPolicy
     )

@@ -124,6 +124,9 @@ class Action:
     params: dict[str, Any] = field(hash=False, compare=True)
     delay_ms: int = 0
     tracked: bool = False  # its params hold `{{link "..."}}` templates (rules.templates, cep.links)
+    # How late after its due time (in event time) the connectors may still send it; None: the deployment's
+    # bound (BEACON_CONNECTOR_MAX_STALENESS_MS). Past it the action is skipped as `stale`.
+    max_staleness_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

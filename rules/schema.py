@@ -44,6 +44,10 @@ MAX_FATIGUE = 1_000  # messages per user a fatigue cap may allow (the connectors
 # an unbounded one (`"99999999999999999999999d"`) validated, then failed every encode of its state.
 MAX_DURATION_MS = 400 * 86_400_000
 MAX_DELAY_MS = MAX_DURATION_MS
+# An action's own fields, which are not among the params the connectors send.
+ACTION_OWN_FIELDS = ("action", "delay", "max_staleness")
+# A staleness bound under a second would skip an action that merely waited for its batch.
+MIN_STALENESS_MS = 1_000
 PATTERNS = ("sequence", "absence", "threshold", "first")
 PREDICATE_KINDS = ("field", "profile", "tag", "all", "any", "not")
 REENTRY_POLICIES = ("once", "once_per", "always")
@@ -203,7 +207,9 @@ class _Parser:
         except ValueError:
             return self.reject(path, f"{_quote(value)} is not a duration")
         if ms < minimum_ms:
-            return self.reject(path, "must be longer than 0")
+            return self.reject(
+                path, "must be longer than 0" if minimum_ms <= 1 else f"must be at least {format_duration(minimum_ms)}"
+            )
         if ms > maximum_ms:
             return self.reject(path, f"must be at most {format_duration(maximum_ms)}")
         return ms
@@ -515,14 +521,16 @@ class _Parser:
         spec: dict[str, Parse] = {"action": lambda item, where: item}
         spec |= {key: self.templated(parse) for key, parse in own.items()}
         spec["delay"] = lambda item, where: self.duration(item, where, 0, MAX_DELAY_MS)
+        spec["max_staleness"] = lambda item, where: self.duration(item, where, MIN_STALENESS_MS, MAX_DURATION_MS)
         parsed = self.fields(value, path, spec, required)
         if parsed is None:
             return None
         if kind == "tag" and not (parsed.get("add") or parsed.get("remove")) and None not in parsed.values():
             return self.reject(path, 'needs a non-empty "add" or "remove"')
         # Deep copies: the document stays the caller's; the frozen Action must not change under it.
-        params = {key: copy.deepcopy(item) for key, item in value.items() if key not in ("action", "delay")}
-        return model.Action(kind, params, parsed.get("delay") or 0, tracked=has_link(params))
+        params = {key: copy.deepcopy(item) for key, item in value.items() if key not in ACTION_OWN_FIELDS}
+        delay, staleness = parsed.get("delay") or 0, parsed.get("max_staleness")
+        return model.Action(kind, params, delay, tracked=has_link(params), max_staleness_ms=staleness)
 
     def templated(self, parse: Parse) -> Parse:
         """`parse`, then every string inside an accepted value checked for template errors."""

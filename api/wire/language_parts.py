@@ -92,7 +92,14 @@ def combinators(inner: str) -> list[Schema]:
 def action(kind: str, fields: dict[str, Schema], required: tuple[str, ...] = ()) -> Schema:
     """One action kind: its own fields, `delay`, and `action` naming it."""
     delay = {"$ref": "#/$defs/duration", "description": "after the firing, up to 400 days"}
-    return closed_object({"action": {"const": kind}, **fields, "delay": delay}, ("action", *required))
+    staleness = {
+        "$ref": "#/$defs/duration",
+        "description": "how late past its due time the action may still be sent (at least 1s; default: the "
+        "deployment's BEACON_CONNECTOR_MAX_STALENESS_MS); later it is skipped as `stale`",
+    }
+    return closed_object(
+        {"action": {"const": kind}, **fields, "delay": delay, "max_staleness": staleness}, ("action", *required)
+    )
 
 
 def shared_defs() -> dict[str, Schema]:

@@ -43,6 +43,7 @@ PARSER_ONLY = (
     "is not a template",
     "malformed template",
     "must be at most 400d",
+    "must be at least 1s",
     "is not a cron expression",
     "is not a time zone",
     "a plan at each user's local time sends actions",

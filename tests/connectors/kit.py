@@ -81,6 +81,7 @@ def record(user_id: str, action_type: str, params: dict[str, Any], now_ms: int, 
         "trigger_id": "ev-" + identifier[:8],
         "event_ts": now_ms,
         "received_ms": now_ms,
+        "event_due_at": now_ms,
         **fields,
     }
 

@@ -65,3 +65,46 @@ async def test_serve_delivers_with_its_own_consumer(
 
         assert len(await eventually(delivered, lambda found: len(found) == 1)) == 1
     assert [request.body["user_id"] for request in merchant.requests] == ["bob"]
+
+
+async def test_a_replayed_payment_hours_old_is_stale_unless_the_action_allows_it(
+    redis_client: aioredis.Redis, redis_url: str, merchant: FakeMerchant
+) -> None:
+    """Events replayed from a producer's backlog fire their rules, but a coupon two hours overdue is skipped as
+    `stale` (and reported as such), while an action with its own `max_staleness` still goes out."""
+    hour = 3_600_000
+    ruleset = {
+        "id": "replayed",
+        "rules": [
+            {
+                "id": "coupon-fresh-only",
+                "when": {"event": "pay"},
+                "then": [{"action": "coupon", "coupon_id": "C-FRESH"}],
+            },
+            {
+                "id": "points-always",
+                "when": {"event": "pay"},
+                "then": [{"action": "points", "amount": 10, "max_staleness": "1d"}],
+            },
+        ],
+    }
+    clock = SystemClock()
+    async with (
+        running_beacon(server_settings(redis_url, partitions=PARTITIONS), clock) as beacon,
+        running_connectors(redis_client, fast_settings(merchant, max_staleness_ms=hour), clock),
+    ):
+        await beacon.put_ruleset(ruleset)
+        paid = clock.now_ms() - 2 * hour
+        event = {"user_id": "replayed-user", "type": "pay", "event_id": "pay-old", "ts": paid, "attrs": {}}
+        assert (await beacon.post_events([event]))[0] == 200
+
+        async def settled() -> dict[str, dict[str, Any]]:
+            return {a["type"]: a for a in await beacon.actions("replayed-user")}
+
+        final = await eventually(
+            settled, lambda found: {a["status"] for a in found.values()} == {"skipped", "delivered"}
+        )
+    assert (final["coupon"]["status"], final["coupon"]["reason"]) == ("skipped", "stale")
+    assert final["coupon"]["event_due_at"] == paid
+    assert final["points"]["status"] == "delivered" and final["points"]["max_staleness_ms"] == 86_400_000
+    assert [request.path for request in merchant.requests] == ["/points"]

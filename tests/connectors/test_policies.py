@@ -198,3 +198,40 @@ async def test_a_journeys_own_fatigue_cap_counts_its_messages_only(
         await wait_status(redis_client, other, {"delivered"})
     sent = [request.body.get("template") for request in merchant.requests if request.mode == "ok"]
     assert sorted(sent) == ["n1", "n2", "promo", "receipt"]
+
+
+async def test_an_action_first_taken_past_its_staleness_bound_is_skipped_as_stale(
+    redis_client: aioredis.Redis, merchant: FakeMerchant, clock: ManualClock
+) -> None:
+    """A replayed history (events hours old) must not send a burst of overdue messages; an action's own
+    `max_staleness` overrides the deployment's bound, and an action the policy itself held back stays fresh."""
+    hour = 3_600_000
+    await seed_profile(redis_client, "late-user", {"phone": "+8613800000009"})
+    now = clock.now_ms()
+    settings = fast_settings(merchant, max_staleness_ms=hour)
+    overdue = sms("late-user", now - 2 * hour) | {"created_at": now, "due_at": now}
+    allowed = sms("late-user", now - 2 * hour) | {"created_at": now, "due_at": now, "max_staleness_ms": 3 * hour}
+    fresh = sms("late-user", now - hour + 1_000) | {"created_at": now, "due_at": now}
+    async with running_connectors(redis_client, settings, clock):
+        await put_actions(redis_client, [overdue, allowed, fresh])
+        skipped = await wait_status(redis_client, overdue, {"skipped"}, reason="stale")
+        await wait_status(redis_client, allowed, {"delivered"})
+        await wait_status(redis_client, fresh, {"delivered"})
+    assert skipped["attempts"] == 0
+    assert sum(1 for request in merchant.requests if request.path == "/sms") == 2
+
+
+async def test_a_message_held_by_quiet_hours_is_not_stale_at_dawn(
+    redis_client: aioredis.Redis, merchant: FakeMerchant
+) -> None:
+    clock = ManualClock(int(datetime(2024, 3, 1, 23, 30, tzinfo=SHANGHAI).timestamp() * 1000))
+    morning = int(datetime(2024, 3, 2, 8, 0, tzinfo=SHANGHAI).timestamp() * 1000)
+    await seed_profile(redis_client, "night-owl-2", {"phone": "+8613900000002"})
+    quiet = QuietHours(time(22, 0), time(8, 0), "Asia/Shanghai")
+    settings = fast_settings(merchant, quiet_hours=quiet, max_staleness_ms=3_600_000)
+    message = sms("night-owl-2", clock.now_ms())
+    async with running_connectors(redis_client, settings, clock):
+        await put_actions(redis_client, [message])
+        await wait_status(redis_client, message, {"pending"}, reason="quiet_hours_deferred")
+        clock.set(morning)  # 8.5 hours after its due time, held back by the policy, not by Beacon being late
+        await wait_status(redis_client, message, {"delivered"})

@@ -248,6 +248,7 @@ def test_limits_are_inclusive() -> None:
     only_rule(when={"sequence": {"first": PAY, "then": PAY, "within": "1s", "correlate": [f"c{i}" for i in range(8)]}})
     only_rule(**{"if": {"field": "x", "op": "in", "value": list(range(1000))}})
     only_rule(then=[{**COUPON, "delay": "400d"}])
+    only_rule(then=[{**COUPON, "max_staleness": "1s"}, {**COUPON, "max_staleness": "400d"}])
     only_rule(when={"threshold": {"match": PAY, "count": 10_000, "window": "1d"}})
     only_rule(id="a" * 64)
 
@@ -622,12 +623,22 @@ def test_field_leaves_are_allowed_in_if() -> None:
         (
             {"action": "coupon", "coupon_id": "C", "amount": 5},
             "rules[0].then[0].amount",
-            'unknown field "amount" (expected one of: action, coupon_id, quantity, params, delay)',
+            'unknown field "amount" (expected one of: action, coupon_id, quantity, params, delay, max_staleness)',
         ),
         ({"action": "coupon", "coupon_id": ""}, "rules[0].then[0].coupon_id", "must be a non-empty string"),
         ({"action": "coupon", "coupon_id": "C", "quantity": 0}, "rules[0].then[0].quantity", "must be an integer >= 1"),
         ({"action": "coupon", "coupon_id": "C", "params": []}, "rules[0].then[0].params", "must be an object"),
         ({"action": "coupon", "coupon_id": "C", "delay": "401d"}, "rules[0].then[0].delay", "must be at most 400d"),
+        (
+            {"action": "coupon", "coupon_id": "C", "max_staleness": "500ms"},
+            "rules[0].then[0].max_staleness",
+            "must be at least 1s",
+        ),
+        (
+            {"action": "coupon", "coupon_id": "C", "max_staleness": "401d"},
+            "rules[0].then[0].max_staleness",
+            "must be at most 400d",
+        ),
         (
             {"action": "coupon", "coupon_id": "C", "delay": 5},
             "rules[0].then[0].delay",
