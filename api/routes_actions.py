@@ -7,20 +7,10 @@ from aiohttp import web
 from api import keys
 from api.event_wire import check_identifier
 from api.middleware import requires
-from beacon.errors import ValidationError
+from api.paging import query_limit
 from cep.ledger import recent_actions, user_actions
 from cep.user_state import read_state
 from rules.secret_headers import redact_action
-
-MAX_LIMIT = 1000
-
-
-def query_limit(request: web.Request, default: int = 100, maximum: int = MAX_LIMIT) -> int:
-    """The `?limit=` query parameter, checked."""
-    limit_text = request.query.get("limit", str(default))
-    if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= maximum:
-        raise ValidationError(f"limit must be an integer from 1 to {maximum}", path="limit")
-    return int(limit_text)
 
 
 @requires("events")

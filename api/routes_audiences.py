@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api import keys
+from api import keys, paging
 from api.bodies import MSGPACK_TYPES, decode_bytes, object_with_fields, read_body
 from api.event_wire import check_identifier
 from api.middleware import requires
@@ -179,9 +179,12 @@ def _referrers(audience_id: str, stored: Mapping[str, Any]) -> list[str]:
 
 @requires("rules")
 async def list_audiences(request: web.Request) -> web.Response:
-    """Every audience with its kind and size (an expression's computed now)."""
+    """One page of the audiences, by id, with their kinds and sizes (an expression's computed now; `api.paging`)."""
     redis, partitions = keys.redis(request), request.app[keys.SETTINGS].partitions
+    # Every definition is read (small metadata; an expression's size needs the audiences it names), but only
+    # the page's sizes are computed.
     stored = await audience_members.definitions(redis)
+    page = paging.page_of(stored, paging.page_request(request))
     items = [
         {
             "id": audience_id,
@@ -189,9 +192,9 @@ async def list_audiences(request: web.Request) -> web.Response:
             "size": await audience_members.size(redis, partitions, audience_id, stored),
             "updated_ms": stored[audience_id]["updated_ms"],
         }
-        for audience_id in sorted(stored)
+        for audience_id in page.ids
     ]
-    return web.json_response({"audiences": items})
+    return paging.page_reply("audiences", items, page)
 
 
 async def _stored(request: web.Request, audience_id: str) -> dict[str, dict[str, Any]]:
@@ -234,7 +237,7 @@ async def audience_members_page(request: web.Request) -> web.Response:
     """One page of an audience's members: `?cursor=` (from the previous page; none to start) and `?limit=`
     (1..1000, default 100; a hint)."""
     audience_id = ruleset_id_of(request)
-    limit = _limit_of(request)
+    limit = paging.query_limit(request, MEMBERS_PAGE_DEFAULT, audience_members.MEMBERS_PAGE_MAX)
     cursor = request.query.get("cursor", "")
     stored = await _stored(request, audience_id)
     try:
@@ -244,16 +247,6 @@ async def audience_members_page(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise ValidationError(f"{exc}: pass the previous page's cursor, or none to start", path="cursor") from None
     return web.json_response({"members": members, "cursor": after})
-
-
-def _limit_of(request: web.Request) -> int:
-    text = request.query.get("limit")
-    if text is None:
-        return MEMBERS_PAGE_DEFAULT
-    top = audience_members.MEMBERS_PAGE_MAX
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= top:
-        raise ValidationError(f"limit must be an integer from 1 to {top}", path="limit")
-    return int(text)
 
 
 def add_routes(app: web.Application) -> None:

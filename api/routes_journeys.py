@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api import keys
+from api import keys, paging
 from api.bodies import object_with_fields, read_body
 from api.middleware import caller, requires
 from api.routes_dryrun import parse_dry_run_inputs
@@ -41,9 +41,9 @@ async def put_journey(request: web.Request) -> web.Response:
 
 @requires("rules")
 async def list_journeys(request: web.Request) -> web.Response:
-    """Every active journey with its version and owner."""
-    _, stored = await keys.journey_store(request).active()
-    owners = await Owners(keys.redis(request), JOURNEYS).all()
+    """One page of the active journeys, by id, with their versions and owners (`?limit=&after=&q=`: `api.paging`)."""
+    stored, page = await paging.stored_page(request, keys.journey_store(request))
+    owners = await Owners(keys.redis(request), JOURNEYS).of(page.ids)
     items = [
         {
             "id": item.id,
@@ -55,7 +55,7 @@ async def list_journeys(request: web.Request) -> web.Response:
         }
         for item in stored
     ]
-    return web.json_response({"journeys": items})
+    return paging.page_reply("journeys", items, page)
 
 
 @requires("rules")

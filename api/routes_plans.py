@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api import keys
+from api import keys, paging
 from api.bodies import read_body
 from api.middleware import requires
 from api.routes_rulesets import restore_stored_secrets, ruleset_id_of, stored_document, version_of
@@ -79,8 +79,8 @@ def _occurrence_view(occurrence: Any) -> dict[str, Any] | None:
 
 @requires("rules")
 async def list_plans(request: web.Request) -> web.Response:
-    """Every plan with its version, state and next occurrence."""
-    _, stored = await _store(request).active()
+    """One page of the plans, by id, with their versions, states and next occurrences (`api.paging`)."""
+    stored, page = await paging.stored_page(request, _store(request))
     states = await plan_runs.plan_states(keys.redis(request))
     now = request.app[keys.CLOCK].now_ms()
     items = []
@@ -96,7 +96,7 @@ async def list_plans(request: web.Request) -> web.Response:
                 "updated_ms": item.updated_ms,
             }
         )
-    return web.json_response({"plans": items})
+    return paging.page_reply("plans", items, page)
 
 
 @requires("rules")

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api import keys
+from api import keys, paging
 from api.bodies import read_body
 from api.middleware import caller, requires
 from beacon.errors import NotFoundError, ValidationError
@@ -83,9 +83,9 @@ async def restore_stored_secrets(store: RulesetStore, document_id: str, document
 
 @requires("rules")
 async def list_rulesets(request: web.Request) -> web.Response:
-    """Every active ruleset with its version and owner."""
-    _, stored = await keys.store(request).active()
-    owners = await Owners(keys.redis(request)).all()
+    """One page of the active rulesets, by id, with their versions and owners (`?limit=&after=&q=`: `api.paging`)."""
+    stored, page = await paging.stored_page(request, keys.store(request))
+    owners = await Owners(keys.redis(request)).of(page.ids)
     items = [
         {
             "id": item.id,
@@ -97,7 +97,7 @@ async def list_rulesets(request: web.Request) -> web.Response:
         }
         for item in stored
     ]
-    return web.json_response({"rulesets": items})
+    return paging.page_reply("rulesets", items, page)
 
 
 @requires("rules")

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api import keys
+from api import keys, paging
 from api.bodies import object_with_fields, read_body
 from api.event_wire import parse_event
 from api.middleware import requires
@@ -21,7 +21,7 @@ from api.routes_rulesets import ruleset_id_of, version_of
 from beacon.errors import ValidationError
 from cep import segment_estimate, streams
 from cep.events import ORIGIN_BACKFILL, Event
-from cep.segment_members import MEMBERS_PAGE_MAX, delete_members, members_page, segment_size
+from cep.segment_members import MEMBERS_PAGE_MAX, delete_members, members_page, segment_size, segment_sizes
 from rules.schema import RulesetInvalid
 from rules.segments import CompiledSegment, Segment, load_segment
 
@@ -48,20 +48,20 @@ async def put_segment(request: web.Request) -> web.Response:
 
 @requires("rules")
 async def list_segments(request: web.Request) -> web.Response:
-    """Every active segment with its version, description and size."""
-    _, stored = await keys.segment_store(request).active()
-    redis, partitions = keys.redis(request), request.app[keys.SETTINGS].partitions
+    """One page of the active segments, by id, with their versions, descriptions and sizes (`api.paging`)."""
+    stored, page = await paging.stored_page(request, keys.segment_store(request))
+    sizes = await segment_sizes(keys.redis(request), request.app[keys.SETTINGS].partitions, page.ids)
     items = [
         {
             "id": item.id,
             "version": item.version,
             "description": item.document.get("description", ""),
-            "size": await segment_size(redis, partitions, item.id),
+            "size": sizes[item.id],
             "updated_ms": item.updated_ms,
         }
         for item in stored
     ]
-    return web.json_response({"segments": items})
+    return paging.page_reply("segments", items, page)
 
 
 @requires("rules")
@@ -106,7 +106,7 @@ async def segment_members(request: web.Request) -> web.Response:
     """One page of a segment's members: `?cursor=` (from the previous page; absent or empty to start) and
     `?limit=` (1..1000, default 100; a hint: Redis may return a small partition's members whole)."""
     segment_id = ruleset_id_of(request)
-    limit = _limit_of(request)
+    limit = paging.query_limit(request, MEMBERS_PAGE_DEFAULT, MEMBERS_PAGE_MAX)
     cursor = request.query.get("cursor", "")
     await keys.segment_store(request).get(segment_id)  # 404 for a segment that does not exist
     try:
@@ -219,15 +219,6 @@ def _document(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValidationError("must be an object", path="body")
     return body
-
-
-def _limit_of(request: web.Request) -> int:
-    text = request.query.get("limit")
-    if text is None:
-        return MEMBERS_PAGE_DEFAULT
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MEMBERS_PAGE_MAX:
-        raise ValidationError(f"limit must be an integer from 1 to {MEMBERS_PAGE_MAX}", path="limit")
-    return int(text)
 
 
 def add_routes(app: web.Application) -> None:

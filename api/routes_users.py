@@ -11,7 +11,7 @@ from api import keys
 from api.bodies import object_with_fields, read_body
 from api.event_wire import check_identifier, check_json_value
 from api.middleware import requires
-from api.routes_actions import query_limit
+from api.paging import query_limit
 from beacon.errors import ValidationError
 from cep import identities
 from cep.events import ProfilePatch

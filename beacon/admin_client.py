@@ -17,6 +17,7 @@ import aiohttp
 from yarl import URL
 
 JSON = dict[str, Any]
+LIST_PAGE = 1000  # documents per request when listing: the server's most
 
 
 class BeaconAPIError(Exception):
@@ -82,9 +83,9 @@ class BeaconAdmin:
         """The active (or a kept) version's document and the kept versions."""
         return await self._json("GET", _path("rulesets", ruleset_id), query=_query(version=version))
 
-    async def list_rulesets(self) -> list[JSON]:
-        """Active rulesets and their versions."""
-        return list((await self._json("GET", "/v1/rulesets"))["rulesets"])
+    async def list_rulesets(self, page_size: int = LIST_PAGE) -> list[JSON]:
+        """Every active ruleset and its version, in id order, fetched a page (1–1000) at a time."""
+        return await self._list_all("rulesets", page_size)
 
     async def delete_ruleset(self, ruleset_id: str) -> JSON:
         return await self._json("DELETE", _path("rulesets", ruleset_id))
@@ -114,8 +115,9 @@ class BeaconAdmin:
     async def get_journey(self, journey_id: str, version: int | None = None) -> JSON:
         return await self._json("GET", _path("journeys", journey_id), query=_query(version=version))
 
-    async def list_journeys(self) -> list[JSON]:
-        return list((await self._json("GET", "/v1/journeys"))["journeys"])
+    async def list_journeys(self, page_size: int = LIST_PAGE) -> list[JSON]:
+        """Every active journey and its version, in id order, fetched a page (1–1000) at a time."""
+        return await self._list_all("journeys", page_size)
 
     async def delete_journey(self, journey_id: str) -> JSON:
         return await self._json("DELETE", _path("journeys", journey_id))
@@ -161,8 +163,9 @@ class BeaconAdmin:
         """The document, its kept versions and its `size`."""
         return await self._json("GET", _path("segments", segment_id), query=_query(version=version))
 
-    async def list_segments(self) -> list[JSON]:
-        return list((await self._json("GET", "/v1/segments"))["segments"])
+    async def list_segments(self, page_size: int = LIST_PAGE) -> list[JSON]:
+        """Every active segment with its size, in id order, fetched a page (1–1000) at a time."""
+        return await self._list_all("segments", page_size)
 
     async def delete_segment(self, segment_id: str) -> JSON:
         return await self._json("DELETE", _path("segments", segment_id))
@@ -246,6 +249,17 @@ class BeaconAdmin:
         return await self._json("POST", "/v1/dead-letters:replay", body=body)
 
     # -- the request
+
+    async def _list_all(self, collection: str, page_size: int) -> list[JSON]:
+        """Every item of a document list: the server answers a page at a time, each naming the next (`next`)."""
+        items: list[JSON] = []
+        after: str | None = None
+        while True:
+            page = await self._json("GET", f"/v1/{collection}", query=_query(limit=page_size, after=after))
+            items.extend(page[collection])
+            after = page.get("next")
+            if not after:
+                return items
 
     async def _json(self, method: str, path: str, *, body: Any = None, query: Mapping[str, str] | None = None) -> JSON:
         if self._session is None:

@@ -15,6 +15,8 @@ from beacon.cli_commands import (
     Remote,
     _command,
     _json_option,
+    _list_options,
+    list_all,
     print_json,
     push_document,
     read_events,
@@ -27,13 +29,13 @@ BACKFILL_CHUNK = 10_000  # events per call: the server's bound (api.routes_segme
 
 
 async def list_plans(remote: Remote, args: argparse.Namespace) -> int:
-    """`plans list`: every plan with its version, state and next occurrence."""
-    answer = await remote.request("GET", "v1", "plans")
+    """`plans list`: every plan (every page of them) with its version, state and next occurrence."""
+    plans = await list_all(remote, "plans", args.limit)
     if args.json:
-        print_json(answer)
+        print_json({"plans": plans})
         return 0
     rows = []
-    for item in sorted(answer.get("plans") or [], key=lambda found: str(found.get("id"))):
+    for item in plans:
         upcoming = item.get("next_occurrence") or {}
         rows.append(
             [item.get("id"), item.get("version"), item.get("state"), upcoming.get("id", "-"), item.get("description")]
@@ -102,7 +104,7 @@ def add_commands(commands: Any) -> None:
     plans = commands.add_parser("plans", help="plans on a server: list, push, runs, pause, resume, cancel")
     plan_commands = plans.add_subparsers(dest="plans_command", required=True, metavar="COMMAND")
     listed = _command(plan_commands, "list", list_plans, "rules", "the plans, their state and next occurrence")
-    _json_option(listed)
+    _list_options(listed)
     push = _command(
         plan_commands, "push", push_document, "rules", "store a plan file on a running server",
         'PUT the file as the newest version of its plan (the document\'s "id"); running occurrences go on.',

@@ -36,7 +36,7 @@ MAX_TRACE = 10_000  # the server's bound on ?limit= of /v1/users/{id}/trace
 TAIL_LIMIT = 20
 TAIL_PAGE = 100  # actions asked for per poll when following: more than this between polls is reported
 POLL_S = 1.0
-MAX_LIMIT = 1000  # the server's bound on ?limit= of /v1/actions and /v1/dead-letters
+MAX_LIMIT = 1000  # the server's bound on ?limit= of /v1/actions, /v1/dead-letters and the document lists
 
 Handler = Callable[["Remote", argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -223,14 +223,29 @@ RULESETS = Kind("ruleset", "rulesets", "rules")
 JOURNEYS = Kind("journey", "journeys", "nodes")
 
 
+async def list_all(remote: Remote, collection: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """Every document of a list (`/v1/<collection>`, in id order), or the first `limit`: the server answers a
+    page at a time, and each page's `next` names the next one (null on the last)."""
+    items: list[dict[str, Any]] = []
+    after = ""
+    while limit is None or len(items) < limit:
+        page_size = MAX_LIMIT if limit is None else min(MAX_LIMIT, limit - len(items))
+        query = {"limit": str(page_size), "after": after} if after else {"limit": str(page_size)}
+        answer = await remote.request("GET", "v1", collection, query=query)
+        items.extend(answer.get(collection) or [])
+        after = str(answer.get("next") or "")
+        if not after:
+            break
+    return items
+
+
 async def list_documents(remote: Remote, args: argparse.Namespace) -> int:
-    """`rules list`, `journeys list`: the active documents with their versions."""
+    """`rules list`, `journeys list`: the active documents with their versions, every page of them."""
     kind: Kind = args.kind
-    answer = await remote.request("GET", "v1", kind.collection)
+    items = await list_all(remote, kind.collection, args.limit)
     if args.json:
-        print_json(answer)
+        print_json({kind.collection: items})
         return 0
-    items = sorted(answer.get(kind.collection) or [], key=lambda item: str(item.get("id")))
     table(
         ["id", "version", kind.parts, "updated (UTC)", "description"],
         [
@@ -683,6 +698,12 @@ def _trace_entries(text: str) -> int:
     return 0 if text == "0" else _count(MAX_TRACE)(text)
 
 
+def _positive(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: use a whole number from 1")
+    return int(text)
+
+
 def _version(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a version (1, 2, ...)")
@@ -706,6 +727,14 @@ def _json_option(parser: argparse.ArgumentParser, what: str = "the server's answ
     parser.add_argument("--json", action="store_true", help=f"print {what} as JSON (default: text for reading)")
 
 
+def _list_options(parser: argparse.ArgumentParser) -> None:
+    """`--limit` and `--json` of a `list` command (it follows the server's pages to the end by default)."""
+    parser.add_argument(
+        "--limit", type=_positive, metavar="N", help="list the first N, in id order (default: all, a page at a time)"
+    )
+    _json_option(parser, "the list as JSON")
+
+
 def _command(
     commands: Any, name: str, handler: Handler, scope: str, help_text: str, description: str = "", **defaults: Any
 ) -> argparse.ArgumentParser:
@@ -719,7 +748,7 @@ def _document_commands(commands: Any, kind: Kind) -> None:
     """list, get, diff, delete and dry-run of rulesets or journeys."""
     noun = kind.noun
     listed = _command(commands, "list", list_documents, "rules", f"the active {noun}s and their versions", kind=kind)
-    _json_option(listed)
+    _list_options(listed)
     get = _command(
         commands, "get", get_document, "rules", f"print a stored {noun} document",
         f"Print the active version (or --version N) of a {noun} as JSON: a file `push` takes back.", kind=kind,

@@ -78,11 +78,6 @@ class Owners:
         raw = await self._redis.hmget(self._key, list(document_ids))
         return {document_id: _text(value) for document_id, value in zip(document_ids, raw, strict=True) if value}
 
-    async def all(self) -> dict[str, str]:
-        """Every recorded owner: {document id: owner}."""
-        raw = await self._redis.hgetall(self._key)
-        return {_text(key): _text(value) for key, value in raw.items()}
-
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value

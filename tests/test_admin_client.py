@@ -77,6 +77,16 @@ async def test_journey_round_trip(admin: BeaconAdmin) -> None:
     assert await admin.list_journeys() == []
 
 
+async def test_lists_follow_the_servers_pages_to_the_end(admin: BeaconAdmin) -> None:
+    """The server answers a page at a time: a list call still returns every document, in id order."""
+    document = library("welcome-on-follow.json")
+    ids = [f"welcome-{n}" for n in range(5)]
+    for item in reversed(ids):
+        await admin.put_ruleset({**document, "id": item})
+    assert [item["id"] for item in await admin.list_rulesets(page_size=2)] == ids
+    assert [item["id"] for item in await admin.list_rulesets()] == ids
+
+
 async def test_segment_round_trip_members_and_estimate(admin: BeaconAdmin) -> None:
     document = library("segments/new-fans-no-order.json")
     assert await admin.put_segment(document) == {"id": "new-fans-no-order", "version": 1}

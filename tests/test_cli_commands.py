@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from api import routes_actions, routes_dead_letters, routes_dryrun, routes_segments
+from api import paging, routes_dead_letters, routes_dryrun, routes_segments
 from beacon import cli_audiences, cli_commands
 from beacon.cli import build_parser
 from beacon.redis_server import free_port
+from rules.store import RulesetStore
 from tests.harness import Beacon, eventually, running_beacon, server_settings
 from tests.processes import BEACON, clean_env
 from tests.processes import run_beacon as beacon
@@ -96,7 +97,7 @@ async def test_new_options_name_their_env_var_and_default() -> None:
 def test_the_clients_bounds_are_the_servers() -> None:
     """The command checks these before it sends anything: they must be the server's."""
     assert cli_commands.MAX_DRY_RUN_EVENTS == routes_dryrun.MAX_DRY_RUN_EVENTS
-    assert cli_commands.MAX_LIMIT == routes_actions.MAX_LIMIT == routes_dead_letters.MAX_LIMIT
+    assert cli_commands.MAX_LIMIT == paging.LIST_LIMIT_MAX == routes_dead_letters.MAX_LIMIT
     assert cli_audiences.BACKFILL_CHUNK == routes_segments.MAX_BACKFILL
 
 
@@ -170,7 +171,7 @@ async def test_rules_dry_run_prints_firings_and_names_the_bad_line(server: Beaco
     assert firing.startswith("2026-01-01 00:00:00  alice  paid-1000  e1     ")
     assert 'coupon {"coupon_id":"C-1000"}; tag {"add":["big_spender"]}' in firing
     # The dry-run stored nothing.
-    assert (await server.call("GET", "/v1/rulesets"))[1] == {"rulesets": []}
+    assert (await server.call("GET", "/v1/rulesets"))[1] == {"rulesets": [], "next": None, "total": 0}
 
     profiles = write(tmp_path / "profiles.json", {"alice": {"tags": ["vip"]}})
     code, out, _ = await beacon(
@@ -192,6 +193,25 @@ async def test_rules_dry_run_prints_firings_and_names_the_bad_line(server: Beaco
 
     code, _, err = await beacon("rules", "dry-run", ruleset, "--events", str(tmp_path / "nope.jsonl"), BEACON_URL=url)
     assert (code, one_line(err)) == (2, f"beacon: cannot read {tmp_path / 'nope.jsonl'}: No such file or directory")
+
+
+async def test_rules_list_follows_the_pages_to_the_end(redis_url: str, redis_client: aioredis.Redis) -> None:
+    """The server answers at most MAX_LIMIT a page: `rules list` lists every ruleset, `--limit N` the first N."""
+    ids = [f"rs-{n:04d}" for n in range(cli_commands.MAX_LIMIT + 5)]
+    store = RulesetStore(redis_client)
+    for start in range(0, len(ids), 50):  # stored as PUT does, without compiling each; within the pool
+        await asyncio.gather(*(store.put(item, {**RULESET, "id": item}, T0) for item in ids[start : start + 50]))
+    async with running_beacon(server_settings(redis_url, run_workers=False)) as server:
+        url = server.url("")
+        code, out, _ = await beacon("rules", "list", BEACON_URL=url)
+        assert code == 0
+        assert [row.split()[0] for row in out.strip().splitlines()[1:]] == ids
+        code, out, _ = await beacon("rules", "list", "--json", BEACON_URL=url)
+        assert (code, [item["id"] for item in json.loads(out)["rulesets"]]) == (0, ids)
+        code, out, _ = await beacon("rules", "list", "--limit", "3", "--json", BEACON_URL=url)
+        assert (code, [item["id"] for item in json.loads(out)["rulesets"]]) == (0, ids[:3])
+        code, _, err = await beacon("rules", "list", "--limit", "0", BEACON_URL=url)
+        assert code == 2 and "use a whole number from 1" in err
 
 
 async def test_journeys_push_list_dry_run_stats_and_delete(server: Beacon, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Wire shapes every area shares: the error reply, ids, stored-document replies, deletions, member pages."""
+"""Wire shapes every area shares: the error reply, ids, stored-document replies, deletions, list and member pages."""
 
 from __future__ import annotations
 
@@ -86,6 +86,32 @@ class PageQuery(Query, kw_only=True):
 
     cursor: str | UnsetType = UNSET
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] | UnsetType = UNSET
+
+
+# A document list's cursor (`api.paging`): the id its previous page ended on, or empty for the first page.
+ListCursor = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^([A-Za-z0-9][A-Za-z0-9_.\-]{0,63})?$",
+        description="the previous page's `next` (none: the first page)",
+    ),
+]
+ListLimit = Annotated[int, msgspec.Meta(ge=1, le=1000, description="documents on the page (default 100)")]
+
+
+class ListQuery(Query, kw_only=True):
+    """A page of a document list (`api.paging`): ids after `after`, in id order, containing `q` (any case)."""
+
+    limit: ListLimit | UnsetType = UNSET
+    after: ListCursor | UnsetType = UNSET
+    q: Annotated[str, msgspec.Meta(description="only the ids that contain this, in any case")] | UnsetType = UNSET
+
+
+class ListPage(Reply, kw_only=True):
+    """What a page of a document list carries besides its items."""
+
+    next: Annotated[str | None, msgspec.Meta(description="`after` for the following page; null on the last")]
+    total: Annotated[int, msgspec.Meta(ge=0, description="documents matching `q`, on every page")]
 
 
 class Occurrence(Reply, kw_only=True):

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from api.wire.common import Body, Millis, Occurrence, Reply, StoredDocument, UserId, ValidDocument
+from api.wire.common import Body, ListPage, Millis, Occurrence, Reply, StoredDocument, UserId, ValidDocument
 
 
 class RulesetStored(Reply, kw_only=True):
@@ -30,8 +30,8 @@ class RulesetListed(Reply, kw_only=True):
     owner: str | None
 
 
-class Rulesets(Reply, kw_only=True):
-    """Every active ruleset."""
+class Rulesets(ListPage, kw_only=True):
+    """One page of the active rulesets, by id."""
 
     rulesets: list[RulesetListed]
 
@@ -104,8 +104,8 @@ class JourneyListed(Reply, kw_only=True):
     owner: str | None
 
 
-class Journeys(Reply, kw_only=True):
-    """Every active journey."""
+class Journeys(ListPage, kw_only=True):
+    """One page of the active journeys, by id."""
 
     journeys: list[JourneyListed]
 
@@ -141,8 +141,8 @@ class SegmentListed(Reply, kw_only=True):
     updated_ms: Millis
 
 
-class Segments(Reply, kw_only=True):
-    """Every active segment."""
+class Segments(ListPage, kw_only=True):
+    """One page of the active segments, by id."""
 
     segments: list[SegmentListed]
 
@@ -229,8 +229,8 @@ class AudienceListed(Reply, kw_only=True):
     updated_ms: Millis
 
 
-class Audiences(Reply, kw_only=True):
-    """Every audience."""
+class Audiences(ListPage, kw_only=True):
+    """One page of the audiences, by id."""
 
     audiences: list[AudienceListed]
 
@@ -274,8 +274,8 @@ class PlanListed(Reply, kw_only=True):
     updated_ms: Millis
 
 
-class Plans(Reply, kw_only=True):
-    """Every plan."""
+class Plans(ListPage, kw_only=True):
+    """One page of the plans, by id."""
 
     plans: list[PlanListed]
 

@@ -8,12 +8,27 @@ from typing import Any
 from api.wire import common, documents, reports
 from api.wire.route_spec import CSV, DOC_ERRORS, NDJSON, STORE_ERRORS, Route
 
+LIST_DESCRIPTION = (
+    "At most `limit` documents (default 100, at most 1000) whose id comes after `after`, in id order; with `q`,"
+    " only ids containing it (any case). `next` is the `after` of the following page (null on the last), `total`"
+    " how many ids match. A document added or deleted between pages moves no other: follow `next` to list all."
+)
+
 
 def _document_routes(kind: str, plural: str, language: str, extra: dict[str, Any]) -> list[Route]:
     """PUT, GET, DELETE, list and validate of one kind of stored document."""
     base = f"/v1/{plural}"
     return [
-        Route("get", base, f"List active {plural}", "rules", replies={200: extra["listed"]}, errors=STORE_ERRORS),
+        Route(
+            "get",
+            base,
+            f"A page of the active {plural}, by id",
+            "rules",
+            query=common.ListQuery,
+            replies={200: extra["listed"]},
+            errors=STORE_ERRORS,
+            description=LIST_DESCRIPTION,
+        ),
         Route(
             "post",
             f"{base}:validate",
@@ -152,10 +167,12 @@ DOCUMENT_ROUTES: tuple[Route, ...] = (
     Route(
         "get",
         "/v1/audiences",
-        "List audiences with their kind and size",
+        "A page of the audiences, by id, with their kind and size",
         "rules",
+        query=common.ListQuery,
         replies={200: documents.Audiences},
         errors=STORE_ERRORS,
+        description=LIST_DESCRIPTION,
     ),
     Route(
         "put",

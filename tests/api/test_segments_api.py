@@ -144,7 +144,7 @@ async def test_every_bad_definition_is_a_422_naming_its_path(beacon: Beacon) -> 
     assert paths(await error(beacon, 400, "PUT", "/v1/segments/s", data=b"{")) == ["body"]
     assert paths(await error(beacon, 404, "GET", "/v1/segments/s")) == ["id"]
     status, body = await beacon.call("GET", "/v1/segments")
-    assert (status, body) == (200, {"segments": []})  # nothing bad was stored
+    assert (status, body) == (200, {"segments": [], "next": None, "total": 0})  # nothing bad was stored
 
     status, body = await beacon.call("POST", "/v1/segments:validate", json=library("repurchase-due"))
     assert (status, body) == (200, {"valid": True, "id": "repurchase-due"})
