@@ -69,3 +69,19 @@ export function query(params) {
 }
 
 export const enc = encodeURIComponent
+
+export const LIST_LIMIT_MAX = 1000 // the API's most documents a page of a list (api/paging.py)
+
+/** Every item of a document list (`/v1/rulesets`, ...: the items are under the path's last word), following
+ * its pages' `next`: for pickers that offer them all. Tables show one page at a time (`usePagedList`). */
+export async function getAll(path) {
+  const listKey = path.slice(path.lastIndexOf('/') + 1)
+  const items = []
+  let after = ''
+  do {
+    const page = await get(`${path}${query({ limit: LIST_LIMIT_MAX, after })}`)
+    items.push(...page[listKey])
+    after = page.next
+  } while (after)
+  return { [listKey]: items }
+}

@@ -18,10 +18,12 @@ pytestmark = pytest.mark.console
 
 COUNT = 10_000
 # Measured from the navigation's start to the first page of rows on screen: the page, its scripts, the API call
-# listing all 10,000 (most of the time: the server reads every document) and the render. The target is
-# 1 s: an idle 2-vCPU machine takes about 0.5 s. The same machine shared with other jobs (load 6) took 1.5 s,
-# so the assertion allows 2.5 s for the median of three loads, and the figure is printed with the API's share.
-# Pagination itself is checked exactly: one page of rows in the DOM, not 10,000.
+# for the first page (the server reads the 10,000 ids, then only that page's 50 documents) and the render. The
+# issue's target is 1 s. When the API listed all 10,000 in one reply (the server reading every document), an
+# idle 2-vCPU machine took about 0.5 s, and 1.5 s shared with other jobs (load 6); a page at a time, a shared
+# 2-vCPU machine (load 2) takes about 0.2 s, of which the API call 15 ms. The assertion allows 2.5 s for the median
+# of three loads, and the figure is printed with the API's share. Pagination itself is checked exactly: one page
+# of rows in the DOM, not 10,000.
 TARGET_MS = 1000.0
 API_SHARE: list[float] = []  # of each load: how long its API call took, start to last byte
 BOUND_MS = 2500.0
@@ -91,6 +93,16 @@ async def test_ten_thousand_rulesets_and_users_render_a_page_in_under_a_second(
     await console.screenshot("rulesets-10k")
     report("10,000 rulesets", rulesets)
     assert statistics.median(rulesets) < BOUND_MS, rulesets
+    # The next page and back, and a filter, each one request for one page.
+    table = console.page.get_by_test_id("rulesets-table")
+    await console.page.get_by_role("button", name="Next").click()
+    await expect(console.page.get_by_test_id("pager-range")).to_have_text(f"51–100 of {COUNT}")
+    await expect(table.locator("tbody tr").first).to_contain_text("rs-00050")
+    await console.page.get_by_role("button", name="Previous").click()
+    await expect(table.locator("tbody tr").first).to_contain_text("rs-00000")
+    await console.page.get_by_label("Filter by id").fill("RS-0999")
+    await expect(console.page.get_by_test_id("pager-range")).to_have_text("1–10 of 10")
+    await expect(table.locator("tbody tr").first).to_contain_text("rs-09990")
 
     # The users of a 10,000-member audience, a page at a time by the API's cursor.
     rows = "document.querySelectorAll('[data-testid=members-table] tbody tr').length"

@@ -1,22 +1,22 @@
-// The list of rulesets or journeys: filtered and paged in the browser, so 10,000 of them render one page.
-import { useMemo, useState } from 'react'
-import { useApi } from './useApi.js'
+// The list of rulesets or journeys: paged and filtered by id on the server, so 10,000 of them render one page
+// without fetching the rest.
+import { useEffect, useState } from 'react'
+import { usePagedList } from './usePagedList.js'
 import { Failure, Loading } from './Status.jsx'
-import { Pager, paged } from './Pager.jsx'
+import { Pager } from './Pager.jsx'
 import { href } from '../router.js'
 import { time } from '../format.js'
 
+const FILTER_PAUSE_MS = 250 // typing a filter asks the server once the typing pauses, not per key
+
 export function DocumentList({ kind }) {
-  const { data, error, loading } = useApi(kind.list)
   const [filter, setFilter] = useState('')
-  const [page, setPage] = useState(0)
-  const items = useMemo(() => {
-    const all = data ? data[kind.listKey] : []
-    const needle = filter.trim().toLowerCase()
-    if (!needle) return all
-    return all.filter((item) => item.id.toLowerCase().includes(needle) || (item.description || '').toLowerCase().includes(needle))
-  }, [data, filter, kind])
-  const rows = paged(items, page)
+  const [q, setQ] = useState('')
+  useEffect(() => {
+    const timer = setTimeout(() => setQ(filter.trim()), FILTER_PAUSE_MS)
+    return () => clearTimeout(timer)
+  }, [filter])
+  const list = usePagedList(kind.list, kind.listKey, q)
 
   return (
     <section aria-labelledby="list-title">
@@ -27,18 +27,10 @@ export function DocumentList({ kind }) {
         </a>
       </div>
       <label className="inline">
-        Filter by id or description{' '}
-        <input
-          type="search"
-          value={filter}
-          onChange={(event) => {
-            setFilter(event.target.value)
-            setPage(0)
-          }}
-        />
+        Filter by id <input type="search" value={filter} onChange={(event) => setFilter(event.target.value)} />
       </label>
-      <Failure error={error} />
-      {loading && !data ? (
+      <Failure error={list.error} />
+      {list.loading && !list.data ? (
         <Loading />
       ) : (
         <>
@@ -55,7 +47,7 @@ export function DocumentList({ kind }) {
               </tr>
             </thead>
             <tbody>
-              {rows.map((item) => (
+              {list.items.map((item) => (
                 <tr key={item.id}>
                   <td>
                     <a href={href(kind.route, item.id)}>{item.id}</a>
@@ -69,8 +61,12 @@ export function DocumentList({ kind }) {
               ))}
             </tbody>
           </table>
-          {!items.length && <p className="muted">No {kind.title.toLowerCase()} yet.</p>}
-          <Pager total={items.length} page={page} onPage={setPage} label={kind.title} />
+          {!list.items.length && (
+            <p className="muted">
+              {q ? `No ${kind.noun} id contains “${q}”.` : `No ${kind.title.toLowerCase()} yet.`}
+            </p>
+          )}
+          <Pager list={list} label={kind.title} />
         </>
       )}
     </section>

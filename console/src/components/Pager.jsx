@@ -1,23 +1,20 @@
-// Page through a long list: only one page of rows is ever in the DOM, so 10,000 rulesets render as fast as 50.
+// Page through a long list the API serves a page at a time (`usePagedList`): only one page of rows is ever
+// fetched or in the DOM, so 10,000 rulesets render as fast as 50.
 export const PAGE_SIZE = 50
 
-export function paged(items, page) {
-  return items.slice(page * PAGE_SIZE, (page + 1) * PAGE_SIZE)
-}
-
-export function Pager({ total, page, onPage, label }) {
-  const pages = Math.max(1, Math.ceil(total / PAGE_SIZE))
-  const first = total ? page * PAGE_SIZE + 1 : 0
-  const last = Math.min(total, (page + 1) * PAGE_SIZE)
+/** Previous / Next and the range shown: `list` is what `usePagedList` returns. */
+export function Pager({ list, label }) {
+  const shown = list.items.length
+  const first = list.page * PAGE_SIZE + 1
   return (
     <nav className="pager" aria-label={`${label} pages`}>
-      <button type="button" onClick={() => onPage(page - 1)} disabled={page <= 0}>
+      <button type="button" onClick={list.onPrevious} disabled={list.page <= 0}>
         Previous
       </button>
       <span aria-live="polite" data-testid="pager-range">
-        {first}–{last} of {total}
+        {shown ? `${first}–${first + shown - 1}` : '0–0'} of {list.total}
       </span>
-      <button type="button" onClick={() => onPage(page + 1)} disabled={page + 1 >= pages}>
+      <button type="button" onClick={list.onNext} disabled={!list.hasNext}>
         Next
       </button>
     </nav>

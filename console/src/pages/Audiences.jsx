@@ -5,6 +5,8 @@ import { api, enc, get } from '../api.js'
 import { href, navigate } from '../router.js'
 import { json, time } from '../format.js'
 import { useApi } from '../components/useApi.js'
+import { usePagedList } from '../components/usePagedList.js'
+import { Pager } from '../components/Pager.jsx'
 import { Failure, Loading } from '../components/Status.jsx'
 import { TabPanel, Tabs } from '../components/Tabs.jsx'
 import { Runs } from '../components/Runs.jsx'
@@ -31,7 +33,7 @@ export default function Audiences({ route }) {
 }
 
 function Segments() {
-  const segments = useApi('/v1/segments')
+  const segments = usePagedList('/v1/segments', 'segments')
   const [where, setWhere] = useState(json({ all: [{ did: { event: 'follow' }, within: '30d' }, { did_not: { event: 'pay' }, within: '30d' }] }))
   const [estimate, setEstimate] = useState(null)
   const [failure, setFailure] = useState(null)
@@ -70,7 +72,7 @@ function Segments() {
             </tr>
           </thead>
           <tbody>
-            {(segments.data?.segments || []).map((segment) => (
+            {segments.items.map((segment) => (
               <tr key={segment.id}>
                 <th scope="row">{segment.id}</th>
                 <td className="num">{segment.version}</td>
@@ -88,6 +90,7 @@ function Segments() {
           </tbody>
         </table>
       )}
+      {segments.data && <Pager list={segments} label="Segments" />}
       <Failure error={segments.error} />
       <h2>Estimate a condition</h2>
       <p className="muted">Over the stored users now: exact up to 200,000 of them, else a hash sample with a 95 % error bound.</p>
@@ -110,39 +113,42 @@ function Segments() {
 }
 
 function AudienceList() {
-  const audiences = useApi('/v1/audiences')
+  const audiences = usePagedList('/v1/audiences', 'audiences')
   if (audiences.loading && !audiences.data) return <Loading />
   if (audiences.error) return <Failure error={audiences.error} />
-  const rows = audiences.data.audiences
-  if (!rows.length) return <p className="muted">No audiences.</p>
+  const rows = audiences.items
+  if (!rows.length && !audiences.page) return <p className="muted">No audiences.</p>
   return (
-    <table data-testid="audiences-table">
-      <thead>
-        <tr>
-          <th scope="col">audience</th>
-          <th scope="col">kind</th>
-          <th scope="col" className="num">size</th>
-          <th scope="col">updated</th>
-        </tr>
-      </thead>
-      <tbody>
-        {rows.map((audience) => (
-          <tr key={audience.id}>
-            <th scope="row">{audience.id}</th>
-            <td>{audience.kind}</td>
-            <td className="num">
-              <a href={`#/users?from=aud:${enc(audience.id)}`}>{audience.size}</a>
-            </td>
-            <td>{time(audience.updated_ms)}</td>
+    <>
+      <table data-testid="audiences-table">
+        <thead>
+          <tr>
+            <th scope="col">audience</th>
+            <th scope="col">kind</th>
+            <th scope="col" className="num">size</th>
+            <th scope="col">updated</th>
           </tr>
-        ))}
-      </tbody>
-    </table>
+        </thead>
+        <tbody>
+          {rows.map((audience) => (
+            <tr key={audience.id}>
+              <th scope="row">{audience.id}</th>
+              <td>{audience.kind}</td>
+              <td className="num">
+                <a href={`#/users?from=aud:${enc(audience.id)}`}>{audience.size}</a>
+              </td>
+              <td>{time(audience.updated_ms)}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+      <Pager list={audiences} label="Audiences" />
+    </>
   )
 }
 
 function Plans({ planId }) {
-  const plans = useApi('/v1/plans')
+  const plans = usePagedList('/v1/plans', 'plans')
   return (
     <div>
       {plans.loading && !plans.data ? (
@@ -159,20 +165,21 @@ function Plans({ planId }) {
             </tr>
           </thead>
           <tbody>
-            {(plans.data?.plans || []).map((plan) => (
+            {plans.items.map((plan) => (
               <tr key={plan.id} aria-current={plan.id === planId ? 'true' : undefined}>
                 <th scope="row">
                   <a href={href('audiences', 'plans', plan.id)}>{plan.id}</a>
                 </th>
                 <td>{plan.state}</td>
                 <td className="num">{plan.version}</td>
-                <td>{plan.next_occurrence || '–'}</td>
+                <td>{plan.next_occurrence?.id || '–'}</td>
                 <td>{plan.description}</td>
               </tr>
             ))}
           </tbody>
         </table>
       )}
+      {plans.data && <Pager list={plans} label="Plans" />}
       <Failure error={plans.error} />
       {planId && <Plan key={planId} id={planId} />}
     </div>

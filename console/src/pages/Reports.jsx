@@ -1,7 +1,7 @@
 // Reports: a ruleset's, journey's or plan's funnel, its rules or nodes, split arms with lift against the
 // holdout, failure reasons and the trend by day, as charts (ECharts) with the numbers in tables beside them.
 import { useMemo, useState } from 'react'
-import { enc, query } from '../api.js'
+import { enc, getAll, query } from '../api.js'
 import { href, navigate } from '../router.js'
 import { percent } from '../format.js'
 import { useApi } from '../components/useApi.js'
@@ -16,7 +16,7 @@ export default function Reports({ route }) {
   const kind = KINDS[route.parts[1]] ? route.parts[1] : 'rulesets'
   const id = route.parts[2] || ''
   const range = { from: route.params.get('from') || '', to: route.params.get('to') || '' }
-  const list = useApi(`/v1/${kind}`)
+  const list = useApi(`/v1/${kind}`, getAll) // every one, for the picker (the list comes a page at a time)
   const go = (next) => {
     const target = { kind, id, ...range, ...next }
     navigate(`/reports/${target.kind}${target.id ? `/${enc(target.id)}` : ''}${query({ from: target.from, to: target.to })}`)

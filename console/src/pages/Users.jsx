@@ -1,7 +1,7 @@
 // Users: open one by id, or page through the members of a segment or an audience; one user's profile, tags,
 // aliases, live state (the "why didn't it fire?" view), actions and trace.
 import { useEffect, useMemo, useState } from 'react'
-import { enc, get, query } from '../api.js'
+import { enc, get, getAll, query } from '../api.js'
 import { href, navigate } from '../router.js'
 import { json, time } from '../format.js'
 import { useApi } from '../components/useApi.js'
@@ -15,8 +15,9 @@ export default function Users({ route }) {
 
 function Browse({ source }) {
   const [userId, setUserId] = useState('')
-  const audiences = useApi('/v1/audiences')
-  const segments = useApi('/v1/segments')
+  // Every one of them, for the picker: the lists come a page at a time.
+  const audiences = useApi('/v1/audiences', getAll)
+  const segments = useApi('/v1/segments', getAll)
   const sources = [
     ...(audiences.data?.audiences || []).map((item) => ({ ref: `aud:${item.id}`, label: `audience ${item.id}`, size: item.size })),
     ...(segments.data?.segments || []).map((item) => ({ ref: `seg:${item.id}`, label: `segment ${item.id}`, size: item.size })),
