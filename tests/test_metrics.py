@@ -8,6 +8,7 @@ import json
 import platform
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -115,14 +116,19 @@ async def test_http_requests_count_under_their_route_template_and_status(beacon:
     assert requests(after, "/metrics", "GET", "200") >= 1
 
 
+def fresh_ms() -> int:
+    """A record's time: now, so that the connectors do not skip it as stale (docs/connectors.md)."""
+    return int(time.time() * 1000)
+
+
 async def test_deliveries_carry_their_reason_and_dead_letters_are_a_gauge(
     redis_url: str, redis_client: aioredis.Redis, merchant: FakeMerchant
 ) -> None:
     """Before: deliveries had no reason label, and nothing showed how many actions were dead-lettered."""
     settings = server_settings(redis_url, run_workers=False, run_connectors=True, connectors=fast_settings(merchant))
     merchant.script.append("400")
-    coupon = record("dl-metrics", "coupon", {"coupon_id": "C-7"}, 1_700_000_000_000)
-    sms = record("no-phone", "sms", {"template": "hello"}, 1_700_000_000_000)
+    coupon = record("dl-metrics", "coupon", {"coupon_id": "C-7"}, fresh_ms())
+    sms = record("no-phone", "sms", {"template": "hello"}, fresh_ms())
     async with running_beacon(settings) as beacon:
         before = await scrape(beacon)
         dead_before = value(
@@ -155,7 +161,7 @@ async def test_outbox_backlog_counts_unread_and_unacknowledged_entries(
     beacon: Beacon, redis_client: aioredis.Redis
 ) -> None:
     """Before: the outbox's backlog was invisible; a stopped connectors process showed no number growing."""
-    records = [record(f"ob-{n}", "coupon", {"coupon_id": "C-1"}, 1_700_000_000_000) for n in range(3)]
+    records = [record(f"ob-{n}", "coupon", {"coupon_id": "C-1"}, fresh_ms()) for n in range(3)]
     await put_actions(redis_client, records)
     assert await wait_value(beacon, "beacon_outbox_backlog_entries", 3.0) == 3.0  # no consumer group yet
     partition = partition_of(records[0]["user_id"], PARTITIONS)
@@ -223,7 +229,7 @@ async def busy_scrape(beacon: Beacon, redis_client: aioredis.Redis) -> str:
     """A scrape after traffic that fills the labelled series: an ingest, a 404, an outbox entry."""
     await beacon.post_events([{"user_id": "u-lint", "type": "view"}])
     await beacon.call("GET", "/v1/rulesets/none")
-    await put_actions(redis_client, [record("u-lint", "coupon", {"coupon_id": "C-1"}, 1_700_000_000_000)])
+    await put_actions(redis_client, [record("u-lint", "coupon", {"coupon_id": "C-1"}, fresh_ms())])
     await wait_value(beacon, "beacon_outbox_backlog_entries", 1.0)
     return await scrape(beacon)
 
