@@ -2,7 +2,10 @@
 branches and segments read, kept per user in the user's pattern states (`cep.user_record`).
 
 Recorded by the evaluator for every event of a shape's type whose `where` holds, before rules, journeys
-and segments see the event, so a condition evaluated on that event counts it.
+and segments see the event, so a condition evaluated on that event counts it. A backfilled event (a
+segment backfill's, from a file or the event archive) is not kept again when the history already holds an
+event of that time (and summed value): it is taken to be that event, recorded live since the shape had a
+reader, so a backfill whose window overlaps live history does not count those events twice.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable
 from typing import Any
 
-from cep.events import Event
+from cep.events import ORIGIN_BACKFILL, Event
 from cep.user_record import PatternState, UserState
 from rules.journey_compiled import HistoryShape, is_number
 from rules.predicates import NO_ATTRS, NO_TAGS, Check
@@ -39,11 +42,14 @@ def history_of(state: UserState) -> Callable[[str], list[Any]]:
 
 def remember(state: UserState, shape: HistoryShape, event: Event, now_ms: int) -> None:
     """Keep one event of a shape (its timestamp, and the summed value) within the shape's bounds."""
+    raw = None
     if shape.sum_field is not None:
         raw = event.attrs.get(shape.sum_field)
         if not is_number(raw):
             return
     pattern = state.patterns.get(shape.id)
+    if pattern is not None and event.origin == ORIGIN_BACKFILL and _holds(pattern, shape, event.ts, raw):
+        return
     if pattern is None:
         pattern = state.patterns[shape.id] = PatternState(event.ts, 0)
     elif event.ts > pattern.watermark:
@@ -67,6 +73,20 @@ def remember(state: UserState, shape: HistoryShape, event: Event, now_ms: int) -
     # `keep` decide every comparison of a count (a sum keeps them all, up to MAX_HISTORY).
     if settled > shape.keep:
         del items[: settled - shape.keep]
+
+
+def _holds(pattern: PatternState, shape: HistoryShape, ts: int, raw: Any) -> bool:
+    """Whether the kept events hold one at `ts` (with the summed value `raw`, for a sum)."""
+    items = pattern.parts.get("h", {}).get("_", _NO_HISTORY)
+    if shape.sum_field is None:
+        at = bisect_left(items, ts)
+        return at < len(items) and items[at] == ts
+    at = bisect_left(items, ts, key=_first)
+    while at < len(items) and items[at][0] == ts:
+        if items[at][1] == raw:
+            return True
+        at += 1
+    return False
 
 
 def _first(item: list[Any]) -> Any:

@@ -207,6 +207,27 @@ async def test_backfill_fills_history_and_membership_silently(
     assert sorted(a["rule_id"] for a in await beacon.actions("b")) == ["paid", "welcome"]
 
 
+async def test_backfill_does_not_count_again_what_live_history_holds(
+    beacon: Beacon, redis_client: aioredis.Redis, clock: ManualClock
+) -> None:
+    """Regression: a backfilled event the behaviour history already held, processed live once the segment
+    existed, was kept twice: one payment made a repeat buyer (a backfill window overlapping live history)."""
+    await put_segment(beacon, REPEAT)
+    paid = event("a", "pay", T0 - HOUR, amount=5)
+    assert (await beacon.post_events([{**paid, "event_id": "live-pay"}]))[0] == 200
+    await settled(redis_client)
+    status, body = await beacon.call("POST", "/v1/segments/repeat:backfill", json={"events": [paid]})
+    assert (status, body["accepted"]) == (200, 1), body
+    await settled(redis_client)
+    assert await members(beacon, "repeat") == []
+    # A payment the history does not hold counts: the second one.
+    earlier = event("a", "pay", T0 - 2 * HOUR, amount=5)
+    status, body = await beacon.call("POST", "/v1/segments/repeat:backfill", json={"events": [earlier]})
+    assert (status, body["accepted"]) == (200, 1), body
+    await settled(redis_client)
+    assert await members(beacon, "repeat") == ["a"]
+
+
 async def test_backfill_refuses_bad_calls(beacon: Beacon, clock: ManualClock) -> None:
     status, body = await beacon.call("POST", "/v1/segments/nope:backfill", json={"events": [event("a", "pay", T0)]})
     assert status == 404, body
