@@ -34,7 +34,7 @@ _STATUS_TEXT = {
     401: "Missing or unknown API key",
     403: "The key lacks the scope (or does not own the document)",
     404: "Not found",
-    409: "Conflict with other stored documents",
+    409: "Conflict with other stored documents, or the event archive is not in this process",
     413: "Body, batch or list over its limit",
     415: "A content type the route does not take",
     422: "Invalid input: `error.path` names the field, `error.message` the reason",

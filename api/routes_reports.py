@@ -5,7 +5,8 @@ per-day funnel, `format=csv` for the per-unit (and per-day) rows as CSV. Every f
 measurement counters the partition owners commit with each batch (`cep.attribution`), so a report is
 exact and cheap; the definitions are in `cep.reports` and docs/measurement.md. With `source=archive`
 the counters are recomputed instead by replaying the event archive through the evaluator with the
-rulesets, journeys and segments active now (`measure.recompute`).
+rulesets, journeys and segments active now (`measure.recompute`), in the process whose data directory holds
+the archive (elsewhere a 409, `api.archive_source`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from api import keys
+from api.archive_source import archive_dir
 from api.middleware import requires
 from api.routes_rulesets import ruleset_id_of
 from beacon.errors import ValidationError
@@ -106,14 +108,13 @@ async def _counts(request: web.Request, scope: str) -> dict[str, int]:
     redis, settings = keys.redis(request), request.app[keys.SETTINGS]
     if request.query.get("source", "live") == "live":
         return await read_counts(redis, settings.partitions, scope)
-    if not settings.archive:
-        raise ValidationError("the event archive is off (BEACON_ARCHIVE)", path="source")
+    data_dir = await archive_dir(request)
     registry = keys.registry(request)
     index = RuleIndex(
         await registry.refresh(), registry.journeys(), registry.segments(), registry.item_indexes(), registry.plans()
     )
     now = request.app[keys.CLOCK].now_ms()
-    return await asyncio.to_thread(replayed_counts, settings.data_dir, index, scope, now)
+    return await asyncio.to_thread(replayed_counts, data_dir, index, scope, now)
 
 
 @requires("rules")

@@ -88,6 +88,30 @@ def archive_id(data_dir: Path) -> str:
         return path.read_text().strip()
 
 
+def existing_archive_id(data_dir: Path) -> str | None:
+    """This data directory's archive id, if it has one (nothing created)."""
+    try:
+        return (files.archive_root(data_dir) / ID_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+async def archive_elsewhere(redis: Redis, data_dir: Path) -> str | None:
+    """Why `data_dir` does not hold the deployment's event archive (None: it does): the files are in the data
+    directory of the serve that archives (the archive's home), and a query anywhere else would read none of them."""
+    local = await asyncio.to_thread(existing_archive_id, data_dir)
+    raw: Any = await redis.get(HOME_KEY)
+    home = raw.decode() if isinstance(raw, bytes) else raw
+    if local is not None and home in (None, local):
+        return None
+    if home is None:
+        return "nothing has been archived yet (no `beacon serve` has written the event archive)"
+    return (
+        "the event archive lives in the data directory of another process (the `beacon serve` that archives, "
+        f"Redis key {HOME_KEY}): send the request to that process"
+    )
+
+
 class Archiver:
     """Drains every partition's archive stream into files under `data_dir/archive` while holding the lease."""
 

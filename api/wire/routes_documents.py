@@ -269,8 +269,11 @@ DOCUMENT_ROUTES: tuple[Route, ...] = (
             query=reports.ReportQuery,
             replies={200: model},
             reply_text=(CSV,),
-            errors=DOC_ERRORS,
-            description="format=csv answers text/csv: one row per unit (and per day), the totals first.",
+            errors=(*DOC_ERRORS, 409),
+            description=(
+                "format=csv answers text/csv: one row per unit (and per day), the totals first. source=archive"
+                " replays the event archive, in the process that holds it (elsewhere a 409)."
+            ),
         )
         for kind, summary, model in (
             ("rulesets", "Funnel of a ruleset and its rules", reports.RulesetReport),
