@@ -7,21 +7,24 @@ these endpoints only read, and drop when the segment is deleted. See docs/audien
 
 from __future__ import annotations
 
-import hashlib
-import json
+import re
+import time
+from datetime import UTC, date, datetime
 from typing import Any
 
 from aiohttp import web
 
 from api import keys, paging
+from api.archive_source import archive_dir
 from api.bodies import object_with_fields, read_body
 from api.event_wire import parse_event
 from api.middleware import requires
 from api.routes_rulesets import ruleset_id_of, version_of
 from beacon.errors import ValidationError
 from cep import segment_estimate, streams
-from cep.events import ORIGIN_BACKFILL, Event
+from cep.events import ORIGIN_BACKFILL, Event, backfill_id
 from cep.segment_members import MEMBERS_PAGE_MAX, delete_members, members_page, segment_size, segment_sizes
+from measure.archive_backfill import backfill_from_archive
 from rules.schema import RulesetInvalid
 from rules.segments import CompiledSegment, Segment, load_segment
 
@@ -30,6 +33,10 @@ ESTIMATE_FIELDS = ("where", "segment", "exact_limit")
 ESTIMATE_ID = "estimate"  # the id an unsaved `where` is validated under
 MAX_BACKFILL = 10_000  # events per backfill call (`beacon segments backfill` sends a file in such chunks)
 MAX_REPORTED_ERRORS = 100
+BACKFILL_FIELDS = ("events", "source", "from", "to")
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+DAY_MS = 86_400_000
+MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 
 @requires("rules")
@@ -142,25 +149,27 @@ async def estimate(request: web.Request) -> web.Response:
 
 @requires("rules")
 async def backfill(request: web.Request) -> web.Response:
-    """Feed past events to a stored segment's behaviour history: `{"events": [...]}`, up to 10,000 a call.
+    """Feed past events to a stored segment's behaviour history: `{"events": [...]}`, up to 10,000 a call, or
+    `{"source": "archive", "from"?, "to"?}`: the event archive's events in that event-time window.
 
-    Events of types the segment does not read are ignored (counted); the rest are appended to their users'
-    partitions as `backfill` events, which only record history and re-judge membership as of now, silently
-    (`cep.evaluator`). An event without `event_id` gets one from its content, so feeding a file twice
-    records it once. Bad events are refused one by one, with their paths; the good ones are kept.
+    Events of types the segment does not read are ignored (counted; the archive is not even read for them);
+    the rest are appended to their users' partitions as `backfill` events, which only record history and
+    re-judge membership as of now, silently (`cep.evaluator`). Each gets an id from its content (a file's
+    event: unless it has an `event_id`), so feeding the same events twice records them once. A file's bad
+    events are refused one by one, with their paths; the good ones are kept.
     """
-    segment_id = ruleset_id_of(request)
-    compiled = next((item for item in keys.registry(request).segments() if item.segment.id == segment_id), None)
-    if compiled is None:
-        await keys.segment_store(request).get(segment_id)  # a 404 for an unknown segment
-        await keys.registry(request).refresh()
-        compiled = next(item for item in keys.registry(request).segments() if item.segment.id == segment_id)
-    body = object_with_fields(await read_body(request), ("events",))
+    compiled = await _compiled_segment(request, ruleset_id_of(request))
+    body = object_with_fields(await read_body(request), BACKFILL_FIELDS)
+    if "source" in body:
+        return await _backfill_from_archive(request, compiled, body)
+    for name in ("from", "to"):
+        if name in body:
+            raise ValidationError('is only taken with "source": "archive"', path=name)
     raw = body.get("events")
     if not isinstance(raw, list) or not 0 < len(raw) <= MAX_BACKFILL:
         raise ValidationError(f"must be a list of 1 to {MAX_BACKFILL:,} events", path="events")
     settings, now = request.app[keys.SETTINGS], request.app[keys.CLOCK].now_ms()
-    read = {shape.match.event for shape in compiled.shapes}
+    read = _types_read(compiled)
     accepted: list[Event] = []
     ignored: dict[str, int] = {}
     errors: list[dict[str, Any]] = []
@@ -175,13 +184,13 @@ async def backfill(request: web.Request) -> web.Response:
             ignored[event.type] = ignored.get(event.type, 0) + 1
             continue
         if "event_id" not in wire:
-            event.event_id = _content_id(wire, event)
+            event.event_id = backfill_id(event)
         event.origin = ORIGIN_BACKFILL
         accepted.append(event)
     await streams.append_events(keys.redis(request), accepted, settings.partitions, keys.services(request).ack_fsync_ms)
     return web.json_response(
         {
-            "segment": segment_id,
+            "segment": compiled.segment.id,
             "accepted": len(accepted),
             "ignored": ignored,
             "errors": errors[:MAX_REPORTED_ERRORS],
@@ -190,10 +199,90 @@ async def backfill(request: web.Request) -> web.Response:
     )
 
 
-def _content_id(wire: dict[str, Any], event: Event) -> str:
-    """A backfilled event's id from what it says, so the same file fed twice is recorded once."""
-    material = json.dumps([event.user_id, event.type, event.ts, wire.get("attrs")], sort_keys=True, default=str)
-    return "bf:" + hashlib.blake2b(material.encode(), digest_size=12).hexdigest()
+async def _backfill_from_archive(request: web.Request, compiled: CompiledSegment, body: dict[str, Any]) -> web.Response:
+    """The archive's events of the types the segment reads, `from` .. `to` (event time, inclusive; default: the
+    segment's longest behaviour window back from now), fed as a file's are (`measure.archive_backfill`)."""
+    if body["source"] != "archive":
+        raise ValidationError('must be "archive" (or leave it out and send "events")', path="source")
+    if "events" in body:
+        raise ValidationError('is not taken with "source": "archive": the events come from the archive', path="events")
+    now = request.app[keys.CLOCK].now_ms()
+    longest = max((window.within_ms for window in compiled.windows), default=0)
+    to_ms = _moment(body, "to", now, end_of_day=True)
+    from_ms = _moment(body, "from", now - longest, end_of_day=False)
+    if from_ms > to_ms:
+        raise ValidationError(f"must not be after `to` ({from_ms} > {to_ms} ms)", path="from")
+    data_dir = await archive_dir(request)
+    settings, types = request.app[keys.SETTINGS], sorted(_types_read(compiled))
+    started = time.perf_counter()
+    fed = await backfill_from_archive(
+        keys.redis(request),
+        data_dir,
+        settings.partitions,
+        types,
+        (from_ms, to_ms),
+        now,
+        keys.services(request).ack_fsync_ms,
+    )
+    return web.json_response(
+        {
+            "segment": compiled.segment.id,
+            "source": "archive",
+            "from_ms": from_ms,
+            "to_ms": to_ms,
+            "types": types,
+            "read": fed.read,
+            "accepted": fed.accepted,
+            "skipped": fed.skipped,
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+    )
+
+
+async def _compiled_segment(request: web.Request, segment_id: str) -> CompiledSegment:
+    """The active segment as this process compiled it (refreshed once if it is newer; a 404 if there is none)."""
+    compiled = next((item for item in keys.registry(request).segments() if item.segment.id == segment_id), None)
+    if compiled is None:
+        await keys.segment_store(request).get(segment_id)  # a 404 for an unknown segment
+        await keys.registry(request).refresh()
+        compiled = next(item for item in keys.registry(request).segments() if item.segment.id == segment_id)
+    return compiled
+
+
+def _types_read(compiled: CompiledSegment) -> set[str]:
+    """The event types whose events the segment's behaviour conditions keep."""
+    return {shape.match.event for shape in compiled.shapes}
+
+
+def _moment(body: dict[str, Any], name: str, default: int, *, end_of_day: bool) -> int:
+    """`body[name]` in ms: an integer (ms since the epoch), a date `YYYY-MM-DD` (UTC; its start, or with
+    `end_of_day` its last ms) or an ISO 8601 time (UTC unless it says its offset)."""
+    if name not in body:
+        return default
+    value = body[name]
+    found: int | None = None
+    if type(value) is int:
+        found = value
+    elif isinstance(value, str) and DATE.fullmatch(value):
+        try:
+            day = date.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            found = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+            found += DAY_MS - 1 if end_of_day else 0
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            found = int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
+    if found is None or not 0 <= found <= MAX_MS:
+        raise ValidationError(
+            "must be ms since the epoch, a date YYYY-MM-DD (UTC) or an ISO 8601 time, from 1970 to 9999", path=name
+        )
+    return found
 
 
 def _estimated_segment(body: dict[str, Any], lateness_ms: int) -> Segment:

@@ -7,10 +7,12 @@ they share): nothing here reads Redis.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
 from beacon.cli_commands import (
+    REQUEST_TIMEOUT_S,
     Kind,
     Remote,
     _command,
@@ -23,9 +25,11 @@ from beacon.cli_commands import (
     table,
     when,
 )
+from beacon.cli_http import EXIT_USAGE, CommandError
 
 PLANS = Kind("plan", "plans", "branches")
 BACKFILL_CHUNK = 10_000  # events per call: the server's bound (api.routes_segments.MAX_BACKFILL)
+ARCHIVE_TIMEOUT_S = 3600.0  # a backfill from the archive answers once it is all fed
 
 
 async def list_plans(remote: Remote, args: argparse.Namespace) -> int:
@@ -76,7 +80,16 @@ async def set_plan_state(remote: Remote, args: argparse.Namespace) -> int:
 
 
 async def backfill_segment(remote: Remote, args: argparse.Namespace) -> int:
-    """`segments backfill ID --events FILE`: the file's events to the segment's history, in chunks."""
+    """`segments backfill ID --events FILE`: the file's events to the segment's history, in chunks;
+    `--archive [--from X] [--to Y]`: the event archive's, in one call."""
+    if args.timeout is None:
+        remote = dataclasses.replace(remote, timeout_s=ARCHIVE_TIMEOUT_S if args.archive else REQUEST_TIMEOUT_S)
+    if args.archive:
+        return await _backfill_from_archive(remote, args)
+    if args.window_from is not None or args.window_to is not None:
+        raise CommandError(
+            "--from and --to go with --archive (a file backfill takes every event of the file)", EXIT_USAGE
+        )
     events, _ = read_events(args.events)
     totals: dict[str, Any] = {"accepted": 0, "ignored": {}, "error_count": 0}
     for start in range(0, len(events), BACKFILL_CHUNK):
@@ -97,6 +110,25 @@ async def backfill_segment(remote: Remote, args: argparse.Namespace) -> int:
         if totals["error_count"]:
             print(f"{totals['error_count']:,} events refused (see above)")
     return 1 if totals["error_count"] else 0
+
+
+async def _backfill_from_archive(remote: Remote, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"source": "archive"}
+    for name, value in (("from", args.window_from), ("to", args.window_to)):
+        if value is not None:
+            body[name] = int(value) if value.isascii() and value.isdigit() else value
+    answer = await remote.request("POST", "v1", "segments", args.id, action="backfill", body=body)
+    if args.json:
+        print_json(answer)
+        return 0
+    skipped = ", ".join(f"{reason} {count:,}" for reason, count in sorted((answer.get("skipped") or {}).items()))
+    print(
+        f"backfilled {answer.get('accepted', 0):,} events into {args.id} from the archive "
+        f"({when(answer.get('from_ms'))} .. {when(answer.get('to_ms'))} UTC; types: "
+        f"{', '.join(answer.get('types') or []) or 'none'}); read {answer.get('read', 0):,}, skipped: "
+        f"{skipped or 'none'}; {float(answer.get('elapsed_ms') or 0) / 1000:.1f}s"
+    )
+    return 0
 
 
 def add_commands(commands: Any) -> None:
@@ -129,10 +161,24 @@ def add_commands(commands: Any) -> None:
         "POST the file's events, 10,000 at a time, to /v1/segments/ID:backfill: those of types the segment reads "
         "are recorded in their users' history and membership is judged as of now, silently (no rule or journey "
         "acts on them). Events without event_id get one from their content, so a file fed twice counts once. "
-        "Exit code 1 when some events were refused.",
+        "Exit code 1 when some events were refused. With --archive the server reads its event archive instead "
+        "(the serve that archives: another answers 409), the window's events of the types the segment reads, "
+        "and answers once they are all fed, at the rate the engine processes them (about a minute a million "
+        f"on 2 vCPUs): the answer is awaited {ARCHIVE_TIMEOUT_S:g}s unless --timeout says otherwise.",
     )  # fmt: skip
+    backfill.set_defaults(timeout=None)  # 30 s a call for a file's chunks, an hour for the archive
     backfill.add_argument("id", help="the segment's id")
-    backfill.add_argument(
-        "--events", required=True, metavar="FILE", help=".jsonl (or gzip-compressed), one event a line"
-    )
-    _json_option(backfill, "the totals")
+    source = backfill.add_mutually_exclusive_group(required=True)
+    source.add_argument("--events", metavar="FILE", help=".jsonl (or gzip-compressed), one event a line")
+    source.add_argument("--archive", action="store_true", help="the server's event archive")
+    for flag, dest, text in (
+        ("--from", "window_from", "the segment's longest behaviour window back from now"),
+        ("--to", "window_to", "now"),
+    ):
+        backfill.add_argument(
+            flag,
+            dest=dest,
+            metavar="TIME",
+            help=f"with --archive: event time, as ms, YYYY-MM-DD (UTC, the whole day) or ISO 8601 (default: {text})",
+        )
+    _json_option(backfill, "the totals (with --archive: the server's answer)")

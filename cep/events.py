@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import zlib
 from binascii import crc_hqx
 from dataclasses import dataclass, field
@@ -38,6 +40,13 @@ class Event:
     # Server clock when the event was accepted: the start of the ingest -> outbox latency.
     received_ms: int = 0
     origin: str = ORIGIN_PRODUCER
+
+
+def backfill_id(event: Event) -> str:
+    """A backfilled event's id, from what it says (user, type, time, attributes): the same event fed twice, from
+    a file or from the event archive, is recorded once (no attributes and `{}` are the same)."""
+    material = json.dumps([event.user_id, event.type, event.ts, event.attrs or None], sort_keys=True, default=str)
+    return "bf:" + hashlib.blake2b(material.encode(), digest_size=12).hexdigest()
 
 
 def encode_batch(events: list[Event]) -> bytes:

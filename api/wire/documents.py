@@ -183,6 +183,21 @@ class BackfillBody(Body, kw_only=True):
     events: Annotated[list[Any], msgspec.Meta(min_length=1, max_length=10_000, description="each an Event")]
 
 
+# A window bound: ms since the epoch, a UTC date (`from`: its start, `to`: its end) or an ISO 8601 time.
+Moment = Annotated[
+    Annotated[int, msgspec.Meta(ge=0, le=253_402_300_799_999)] | str,
+    msgspec.Meta(description="ms since the epoch, a date YYYY-MM-DD (UTC, the whole day) or an ISO 8601 time"),
+]
+
+
+class ArchiveBackfillBody(Body, kw_only=True):
+    """The event archive's events of the types the segment reads, in an event-time window (inclusive)."""
+
+    source: Literal["archive"]
+    from_: Moment | UnsetType = msgspec.field(default=UNSET, name="from")  # default: now less the longest window
+    to: Moment | UnsetType = UNSET  # default: now
+
+
 class BackfillError(Reply, kw_only=True):
     """One refused event of a backfill."""
 
@@ -192,13 +207,21 @@ class BackfillError(Reply, kw_only=True):
 
 
 class Backfilled(Reply, kw_only=True):
-    """Events appended, ignored (by type: the segment does not read them) and refused."""
+    """Events appended (`accepted`). From a file: those ignored (by type: the segment does not read them) and
+    refused. From the archive: the window and types read, rows read and skipped, and how long it took."""
 
     segment: str
     accepted: int
-    ignored: dict[str, int]
-    errors: list[BackfillError]
-    error_count: int
+    ignored: dict[str, int] | UnsetType = UNSET
+    errors: list[BackfillError] | UnsetType = UNSET
+    error_count: int | UnsetType = UNSET
+    source: Literal["archive"] | UnsetType = UNSET
+    from_ms: Millis | UnsetType = UNSET
+    to_ms: Millis | UnsetType = UNSET
+    types: list[str] | UnsetType = UNSET
+    read: int | UnsetType = UNSET
+    skipped: Annotated[dict[str, int], msgspec.Meta(description="rows not fed, by reason")] | UnsetType = UNSET
+    elapsed_ms: float | UnsetType = UNSET
 
 
 AudienceKind = Literal["list", "expr"]

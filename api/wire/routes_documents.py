@@ -158,11 +158,16 @@ DOCUMENT_ROUTES: tuple[Route, ...] = (
     Route(
         "post",
         "/v1/segments/{id}:backfill",
-        "Feed past events (up to 10,000) to the segment's behaviour history, silently",
+        "Feed past events (up to 10,000, or the event archive's) to the segment's behaviour history, silently",
         "rules",
-        body=(documents.BackfillBody,),
+        body=(documents.BackfillBody, documents.ArchiveBackfillBody),
         replies={200: documents.Backfilled},
-        errors=DOC_ERRORS,
+        errors=(*DOC_ERRORS, 409),
+        description=(
+            '{"source": "archive"} reads the event archive in the process that holds it (elsewhere a 409) and'
+            " answers once every event is appended, at the rate the partition owners process them"
+            " (docs/audiences.md, Backfill)."
+        ),
     ),
     Route(
         "get",
