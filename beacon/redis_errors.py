@@ -30,11 +30,12 @@ _ASYNCIO = os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep
 
 
 def is_redis_trouble(exc: BaseException) -> bool:
-    """Whether `exc` comes from Redis rather than from our code: a server down, failing over, loading, out of
-    memory, refusing writes (MISCONF) or answering an error, so that waiting and retrying is the cure (the
-    same rule as the workers' partition owners), or a socket error redis-py did not wrap. False for our
-    bugs, which keep their tracebacks: a value redis-py cannot encode, keys of several slots in one call, or
-    any other exception. Where other sockets are in use too (a provider call), use `is_redis_error`."""
+    """Whether `exc` comes from Redis rather than from our code: a server down, hung (a reply later than the
+    Redis timeout, `beacon.services`: TimeoutError, which may come after the command ran), failing over,
+    loading, out of memory, refusing writes (MISCONF) or answering an error, so that waiting and retrying is
+    the cure (the same rule as the workers' partition owners), or a socket error redis-py did not wrap. False
+    for our bugs, which keep their tracebacks: a value redis-py cannot encode, keys of several slots in one
+    call, or any other exception. Where other sockets are in use too (a provider call), use `is_redis_error`."""
     return isinstance(exc, OSError) or is_redis_error(exc)
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -22,6 +24,7 @@ from beacon.health import HealthMonitor
 from beacon.logs import redact
 from beacon.pause import pause
 from beacon.redis_errors import REFUSALS, describe, is_redis_trouble
+from beacon.redis_timeouts import time_cluster, timed
 from beacon.settings import Settings
 from cep import archive_stream, outbox, scripts, streams, timers
 from cep.commit import COMMIT_SCRIPT
@@ -73,6 +76,11 @@ CLUSTER_SCHEME = "redis+cluster://"
 CLUSTER_MAX_CONNECTIONS = 512
 POOL_MAX_CONNECTIONS = 256
 POOL_WAIT_S = 20.0
+# How long a Redis reply may be late, beyond the time its command asks Redis to wait (XREAD ... BLOCK, WAITAOF:
+# beacon.redis_timeouts), before the command fails with a TimeoutError: a hung server (SIGSTOP, a stalled disk,
+# a network partition) costs a request a 503 after this long instead of holding it. Long enough for the
+# slowest healthy call (a batch commit blocks Redis for up to about a quarter second).
+REDIS_TIMEOUT_MS = 5_000
 
 
 def is_cluster(settings: Settings) -> bool:
@@ -80,13 +88,30 @@ def is_cluster(settings: Settings) -> bool:
     return settings.redis_cluster or bool(settings.redis_url and settings.redis_url.startswith(CLUSTER_SCHEME))
 
 
-def connect(settings: Settings) -> Redis:
-    """The Redis client for `settings.redis_url` (must be resolved by now); a cluster client if asked."""
+def connect(settings: Settings, timeout_ms: int | None = None) -> Redis:
+    """The Redis client for `settings.redis_url` (must be resolved by now); a cluster client if asked.
+
+    Each reply may be `timeout_ms` late (default REDIS_TIMEOUT_MS) beyond its command's own block time; the
+    TimeoutError past that is Redis trouble like a lost connection (`beacon.redis_errors`). Neither client
+    retries a failed command itself: every caller has its retry policy, and a retry at a hung server would
+    cost another timeout."""
     if not settings.redis_url:
         raise ValueError("redis_url must be resolved before connecting")
+    timeout_s = (REDIS_TIMEOUT_MS if timeout_ms is None else timeout_ms) / 1000
     if is_cluster(settings):
         url = "redis://" + settings.redis_url.removeprefix(CLUSTER_SCHEME)
-        cluster = RedisCluster.from_url(url, max_connections=CLUSTER_MAX_CONNECTIONS, socket_keepalive=True)
+        # redis-py's cluster client re-sends a failed command ten times by default, re-reading the slot map
+        # between tries: a hung node held each command ten timeouts (55 s). Without retries the command fails
+        # after one, and the next command re-reads the map.
+        cluster = RedisCluster.from_url(
+            url,
+            max_connections=CLUSTER_MAX_CONNECTIONS,
+            socket_keepalive=True,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        time_cluster(cluster)
         # Both clients speak the same command API; the core is written against that shared surface.
         return cluster  # type: ignore[return-value]
     # A blocking pool waits for a free connection: the default pool raises "Too many connections" at
@@ -97,7 +122,10 @@ def connect(settings: Settings) -> Redis:
         timeout=POOL_WAIT_S,
         health_check_interval=30,
         socket_keepalive=True,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
     )
+    pool.connection_class = timed(pool.connection_class)  # the URL's scheme chose TCP, TLS or a unix socket
     return Redis.from_pool(pool)  # the client owns the pool and closes it with itself
 
 
