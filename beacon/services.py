@@ -76,11 +76,6 @@ CLUSTER_SCHEME = "redis+cluster://"
 CLUSTER_MAX_CONNECTIONS = 512
 POOL_MAX_CONNECTIONS = 256
 POOL_WAIT_S = 20.0
-# How long a Redis reply may be late, beyond the time its command asks Redis to wait (XREAD ... BLOCK, WAITAOF:
-# beacon.redis_timeouts), before the command fails with a TimeoutError: a hung server (SIGSTOP, a stalled disk,
-# a network partition) costs a request a 503 after this long instead of holding it. Long enough for the
-# slowest healthy call (a batch commit blocks Redis for up to about a quarter second).
-REDIS_TIMEOUT_MS = 5_000
 
 
 def is_cluster(settings: Settings) -> bool:
@@ -91,13 +86,15 @@ def is_cluster(settings: Settings) -> bool:
 def connect(settings: Settings, timeout_ms: int | None = None) -> Redis:
     """The Redis client for `settings.redis_url` (must be resolved by now); a cluster client if asked.
 
-    Each reply may be `timeout_ms` late (default REDIS_TIMEOUT_MS) beyond its command's own block time; the
-    TimeoutError past that is Redis trouble like a lost connection (`beacon.redis_errors`). Neither client
+    Each reply may be `timeout_ms` late (default `settings.redis_timeout_ms`) beyond its command's own block
+    time (beacon.redis_timeouts), before it fails with a TimeoutError: a hung server (SIGSTOP, a stalled disk, a
+    network partition) costs a request a 503 after this long instead of holding it. That TimeoutError is Redis
+    trouble like a lost connection (`beacon.redis_errors`). Neither client
     retries a failed command itself: every caller has its retry policy, and a retry at a hung server would
     cost another timeout."""
     if not settings.redis_url:
         raise ValueError("redis_url must be resolved before connecting")
-    timeout_s = (REDIS_TIMEOUT_MS if timeout_ms is None else timeout_ms) / 1000
+    timeout_s = (settings.redis_timeout_ms if timeout_ms is None else timeout_ms) / 1000
     if is_cluster(settings):
         url = "redis://" + settings.redis_url.removeprefix(CLUSTER_SCHEME)
         # redis-py's cluster client re-sends a failed command ten times by default, re-reading the slot map

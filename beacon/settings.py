@@ -133,6 +133,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "([operations](docs/operations.md#when-redis-is-not-there-at-start))",
         ),
     ] = None
+    # Long enough for the slowest healthy call (a batch commit blocks Redis for up to about a quarter second).
+    redis_timeout_ms: Annotated[
+        int,
+        setting(
+            "how long a Redis reply may be late, beyond the time its command asks Redis to wait (`XREAD ... BLOCK`, "
+            "`WAITAOF`), before the command fails: a hung Redis then costs a request a `503` with `Retry-After` "
+            "([operations](docs/operations.md#a-hung-redis))",
+            ge=100,
+            le=300_000,
+        ),
+    ] = 5_000
     data_dir: Annotated[
         Path,
         setting(

@@ -3,7 +3,7 @@ Retry-After within a bound set by that timeout, instead of waiting on the frozen
 a request 5 s, a cluster node 55 s: redis-py's own default timeout, retried ten times by its cluster client);
 once Redis runs again, every acknowledged event is processed once.
 
-The server runs in the test's process so the timeout can be given to `beacon.services` directly.
+The server runs in the test's process, with `BEACON_REDIS_TIMEOUT_MS` short (`Settings.redis_timeout_ms`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import aiohttp
 import pytest
 from redis.crc import key_slot
 
-from beacon import services
 from beacon.services import connect
 from beacon.settings import Settings
 from cep.events import partition_of
@@ -103,11 +102,8 @@ async def _acknowledged(beacon: Beacon, events: list[dict[str, Any]], deadline: 
 
 
 @pytest.mark.parametrize("kind", ["single", "cluster"])
-async def test_hung_redis_answers_503_within_the_redis_timeout(
-    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_hung_redis_answers_503_within_the_redis_timeout(tmp_path: Path, kind: str) -> None:
     """During a SIGSTOP the API answers 503 + Retry-After within the Redis timeout; acked events are processed once."""
-    monkeypatch.setattr(services, "REDIS_TIMEOUT_MS", TIMEOUT_MS)
     backend = RedisUnderTest(kind, tmp_path / "redis")
     backend.start()
     # The server of the ruleset store's slot (on a cluster; the only one otherwise): both requests wait on it.
@@ -116,7 +112,9 @@ async def test_hung_redis_answers_503_within_the_redis_timeout(
     users = _users_on(backend, server, 10)
     redis = connect(Settings(redis_url=backend.url))
     try:
-        async with running_beacon(server_settings(backend.url, partitions=PARTITIONS)) as beacon:
+        async with running_beacon(
+            server_settings(backend.url, partitions=PARTITIONS, redis_timeout_ms=TIMEOUT_MS)
+        ) as beacon:
             await beacon.put_ruleset(RULESET)
             before, held_up, after = _events(0, users), _events(100, users), _events(200, users)
             await _acknowledged(beacon, before, time.monotonic() + RECOVERY_S)
