@@ -18,6 +18,7 @@ from api.bodies import decode_bytes
 from api.routes_events import Validated, resolve_aliases, validate_items
 from beacon import metrics
 from beacon.errors import AuthError, BeaconError, ForbiddenError, TooLargeError, ValidationError
+from beacon.redis_errors import describe, is_redis_trouble
 from beacon.settings import Settings
 from cep import streams
 from cep.events import Event
@@ -147,6 +148,14 @@ class _Connection:
                 # safe answer.
                 reader.cancel()
                 exc = appender.exception()
+                assert exc is not None
+                if is_redis_trouble(exc):
+                    # Redis down, hung or refusing writes: expected in operation, and the producer's resend is the
+                    # cure. One line, as the HTTP path logs it, and 1013 (try again later) for the producer.
+                    log.warning("ingest from %s: Redis trouble, closing the socket: %s", self._peer, describe(exc))
+                    reason = b"Redis unavailable; resend unacked frames"
+                    await self._ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=reason)
+                    return
                 log.error("ingest append failed; closing the socket", exc_info=exc)
                 await self._ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"append failed; resend unacked frames")
                 return

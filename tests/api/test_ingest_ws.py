@@ -304,6 +304,34 @@ async def test_a_protocol_error_is_a_warning_with_its_reason(
     assert "protocol error (code 1009)" in warning.getMessage() and "exceeds limit" in warning.getMessage()
 
 
+async def test_redis_trouble_closes_with_try_again_later_and_one_warning_line(
+    redis_url: str, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that refuses writes closed the socket with 1011 and an ERROR traceback, as if Beacon were broken;
+    it is an operational state the producer's resend cures: 1013 (try again later) and one WARNING line."""
+    caplog.set_level(logging.DEBUG, logger="beacon.ingest")
+    config = await redis_client.config_get("maxmemory*")
+    settings = server_settings(redis_url, run_workers=False)
+    async with served_as_in_production(settings) as (url, runner), aiohttp.ClientSession() as session:
+        async with session.ws_connect(url) as ws:
+            try:
+                await redis_client.config_set("maxmemory-policy", "noeviction")
+                await redis_client.config_set("maxmemory", 1)
+                await ws.send_str(json.dumps({"seq": 1, "events": [event(1)]}))
+                closing = await ws.receive(timeout=10)
+            finally:
+                await redis_client.config_set("maxmemory", config["maxmemory"])
+                await redis_client.config_set("maxmemory-policy", config["maxmemory-policy"])
+            assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1013, closing
+            assert "resend unacked frames" in closing.extra
+        async with session.ws_connect(url) as ws:  # the resend, once Redis takes writes again
+            assert (await roundtrip(ws, {"seq": 1, "events": [event(1)]}))["accepted"] == ["e1"]
+        await no_sockets(runner)
+    loud = [r for r in ingest_records(caplog) if r.levelno >= logging.WARNING]
+    assert [(r.levelno, r.exc_info) for r in loud] == [(logging.WARNING, None)], [r.getMessage() for r in loud]
+    assert "Redis trouble" in loud[0].getMessage() and "OutOfMemoryError" in loud[0].getMessage()
+
+
 def test_ws_settings_from_env() -> None:
     env = {"BEACON_WS_HEARTBEAT_MS": "0", "BEACON_WS_RECEIVE_TIMEOUT_MS": "1500", "BEACON_WS_MAX_IN_FLIGHT": "3"}
     settings = Settings.from_env(env)
