@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cep.events import ORIGIN_ACTION, Event
+from cep.events import ORIGIN_ACTION, ORIGIN_TIMER, Event
 from cep.links import ActionLinks, LinkSigner
 from rules.model import Action, Rule, Ruleset
 from rules.templates import LINK_MAKER
@@ -132,8 +132,10 @@ def render_actions(
             "trigger_id": trigger.event_id,
             "event_ts": trigger.ts,
             "received_ms": trigger.received_ms,
-            # Its due time in event time, which the connectors' staleness bound is measured from.
-            "event_due_at": due,
+            # When it fell due, which the connectors' staleness bound counts from: the trigger's event time, or
+            # for a timer's firing (an absence's deadline, a journey's wait or timeout) the timer's own due time,
+            # which includes the rule's lateness.
+            "event_due_at": (trigger.received_ms if trigger.origin == ORIGIN_TIMER else trigger.ts) + action.delay_ms,
         }
         if action.max_staleness_ms is not None:
             record["max_staleness_ms"] = action.max_staleness_ms

@@ -101,7 +101,15 @@ class Deliverer:
             self._redis,
             self._partitions,
             stored,
-            ledger.transition(stored.status, now, ledger.DELIVERING, lease_until=lease, connector=name),
+            ledger.transition(
+                stored.status,
+                now,
+                ledger.DELIVERING,
+                lease_until=lease,
+                connector=name,
+                # When a consumer first took it, kept by every later claim: staleness is judged from it.
+                first_taken_at=stored.status.get("first_taken_at") or now,
+            ),
             wake_at=lease,
         )
         if claimed is None:
@@ -176,7 +184,7 @@ class Deliverer:
         record, status = claimed.record, claimed.status
         user_id, action_id = record["user_id"], record["action_id"]
         settings, now = self._settings, self._clock.now_ms()
-        if is_stale(record, status, now, settings.max_staleness_ms):
+        if is_stale(record, status, settings.max_staleness_ms):
             return Verdict(ledger.SKIPPED, "stale")
         if name == "wechat_cs":
             seen = await last_interaction(self._redis, self._partitions, user_id)

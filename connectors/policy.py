@@ -22,18 +22,17 @@ RETRYABLE_REASONS = frozenset(
 SKIP_REASONS = frozenset({"not_subscribed", "outside_48h_window", "no_recipient", "frequency_capped"})
 
 
-def is_stale(record: Mapping[str, Any], status: Mapping[str, Any], now_ms: int, default_bound_ms: int) -> bool:
-    """Whether an action taken for the first time at `now_ms` is past its staleness bound (its own
-    `max_staleness_ms`, else `default_bound_ms`; 0: none), measured from its due time in event time.
+def is_stale(record: Mapping[str, Any], status: Mapping[str, Any], default_bound_ms: int) -> bool:
+    """Whether an action was first taken by a consumer (`first_taken_at`, which every later claim keeps) more than
+    its staleness bound (its own `max_staleness_ms`, else `default_bound_ms`; 0: none) after its due time.
 
-    Only at the first look: an action the policy itself held back (quiet hours, a rate limit) or a failed
-    attempt delayed is as fresh as it was when first taken, or quiet hours alone would make it stale."""
-    if int(status.get("attempts") or 0) or status.get("reason"):
-        return False
+    Judged from the first take, not from now: an action the policy itself held back (quiet hours, a rate limit),
+    a failed attempt delayed, a consumer that died mid-attempt (its claim lapsed) or a dead-letter replay is as
+    fresh as it was when first taken; only a history fed late, or an outage's backlog, is stale."""
     bound = int(record.get("max_staleness_ms") or default_bound_ms)
-    due = record.get("event_due_at")
+    due, taken = record.get("event_due_at"), status.get("first_taken_at")
     # Records written before the field existed have none: they are judged fresh.
-    return bool(bound) and isinstance(due, int) and now_ms - due > bound
+    return bool(bound) and isinstance(due, int) and isinstance(taken, int) and taken - due > bound
 
 
 def connector_error(reason: str, message: str, retry_after: float | None = None) -> ConnectorError:

@@ -6,7 +6,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from beacon.clock import SystemClock
+from beacon.clock import ManualClock, SystemClock
 from tests.connectors.kit import PARTITIONS, fast_settings, running_connectors
 from tests.connectors.providers import FakeMerchant
 from tests.harness import eventually, running_beacon, server_settings
@@ -108,3 +108,39 @@ async def test_a_replayed_payment_hours_old_is_stale_unless_the_action_allows_it
     assert final["coupon"]["event_due_at"] == paid
     assert final["points"]["status"] == "delivered" and final["points"]["max_staleness_ms"] == 86_400_000
     assert [request.path for request in merchant.requests] == ["/points"]
+
+
+async def test_an_absence_fired_after_a_long_lateness_is_not_stale(
+    redis_client: aioredis.Redis, redis_url: str, merchant: FakeMerchant, clock: ManualClock
+) -> None:
+    """An absence fires at its deadline plus the rule's lateness: with a lateness longer than the staleness
+    bound, its actions were stale the moment they fired (counted from the deadline alone)."""
+    minute = 60_000
+    ruleset = {
+        "id": "late-absence",
+        "rules": [
+            {
+                "id": "cart-no-pay",
+                "when": {"absence": {"first": {"event": "cart"}, "missing": {"event": "pay"}, "within": "30m"}},
+                "lateness": "90m",
+                "then": [{"action": "coupon", "coupon_id": "C-COME-BACK"}],
+            }
+        ],
+    }
+    connectors = fast_settings(merchant, max_staleness_ms=60 * minute)
+    async with (
+        running_beacon(server_settings(redis_url, partitions=PARTITIONS), clock) as beacon,
+        running_connectors(redis_client, connectors, clock),
+    ):
+        await beacon.put_ruleset(ruleset)
+        carted = clock.now_ms()
+        event = {"user_id": "slow-payer", "type": "cart", "event_id": "cart-1", "ts": carted}
+        assert (await beacon.post_events([event]))[0] == 200
+        clock.advance(120 * minute + 1_000)  # the deadline (30m) plus the lateness (90m)
+
+        async def coupon() -> list[dict[str, Any]]:
+            return [a for a in await beacon.actions("slow-payer") if a["status"] in ("delivered", "skipped")]
+
+        (settled,) = await eventually(coupon, lambda found: len(found) == 1)
+    assert settled["status"] == "delivered", settled
+    assert settled["event_due_at"] == carted + 120 * minute

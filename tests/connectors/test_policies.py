@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -10,6 +11,7 @@ import redis.asyncio as aioredis
 
 from beacon.clock import ManualClock
 from cep.events import partition_of
+from cep.user_state import LEDGER_STATUS, user_key_for
 from connectors import delivery_ledger
 from connectors.settings import FrequencyCap, QuietHours, RateLimit
 from tests.connectors.kit import (
@@ -235,3 +237,23 @@ async def test_a_message_held_by_quiet_hours_is_not_stale_at_dawn(
         await wait_status(redis_client, message, {"pending"}, reason="quiet_hours_deferred")
         clock.set(morning)  # 8.5 hours after its due time, held back by the policy, not by Beacon being late
         await wait_status(redis_client, message, {"delivered"})
+
+
+async def test_an_action_reclaimed_after_its_lease_keeps_its_first_take_time(
+    redis_client: aioredis.Redis, merchant: FakeMerchant, clock: ManualClock
+) -> None:
+    """A consumer that died mid-attempt left the action `delivering`; the claim after its lease judged it
+    again from then, and skipped as stale an action that had been fresh when first taken (and may have been
+    sent)."""
+    hour = 3_600_000
+    await seed_profile(redis_client, "reclaimed-user", {"phone": "+8613800000010"})
+    message = sms("reclaimed-user", clock.now_ms() - 30 * 60_000)  # due half an hour ago: fresh
+    await put_actions(redis_client, [message])
+    taken = clock.now_ms()
+    lapsed = {"status": "delivering", "updated_at": taken, "attempts": 0, "connector": "sms", "first_taken_at": taken}
+    status_key = user_key_for(PARTITIONS, "reclaimed-user", LEDGER_STATUS)
+    await redis_client.hset(status_key, message["action_id"], json.dumps({**lapsed, "lease_until": taken + 2_000}))
+    clock.advance(hour)  # the lease lapsed long ago: the due time is now 1.5 h back
+    async with running_connectors(redis_client, fast_settings(merchant, max_staleness_ms=hour), clock):
+        delivered = await wait_status(redis_client, message, {"delivered"})
+    assert delivered["first_taken_at"] == taken
