@@ -73,6 +73,18 @@ class _BlockAware(AbstractConnection):
         self._packed_blocks.append(block_allowance_s(args))
         return packed
 
+    def pack_commands(self, commands: Any) -> list[bytes]:
+        """Pack a pipeline as redis-py does; if one of its commands cannot be packed (a DataError), nothing is
+        sent, so the block times noted for the ones before it are dropped too: left, they would be taken by the
+        next send on this connection and read its replies with the wrong timeouts, for the connection's life."""
+        mark = len(self._packed_blocks)
+        try:
+            packed: list[bytes] = super().pack_commands(commands)
+        except BaseException:
+            del self._packed_blocks[mark:]
+            raise
+        return packed
+
     async def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
         """Send as redis-py does; the replies to what was packed for it are owed from now on."""
         # A send may first connect (a handshake) or check the connection's health (PING): those pack, send and

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from redis import exceptions as redis_errors
 
 from beacon.redis_server import EmbeddedCluster, EmbeddedRedis
 from beacon.redis_timeouts import block_allowance_s
@@ -74,4 +75,25 @@ async def test_blocking_commands_outlast_the_timeout(server_url: str) -> None:
         assert await redis.xlen(stream) == 1  # and the connection still answers the next command
     finally:
         await redis.delete(stream)
+        await redis.aclose()
+
+
+async def test_a_pipeline_that_cannot_be_packed_leaves_no_block_time_behind(redis_server: EmbeddedRedis) -> None:
+    """A pipeline refused while packing (a None argument: DataError) left the block times of the commands packed
+    before it on the connection; the next command then took one of them, and a stale `None` (wait for ever) read
+    its reply with no timeout at all."""
+    redis = connect(Settings(redis_url=redis_server.url), TIMEOUT_MS)
+    stream = "{timeouts}p"
+    try:
+        await redis.ping()
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.xread({stream: "$"}, block=0)  # would wait for ever: allowance None
+            pipe.set("{timeouts}k", None)  # type: ignore[arg-type]  # refused while packing
+            with pytest.raises(redis_errors.DataError):
+                await pipe.execute()
+        connection = redis.connection_pool._available_connections[-1]  # type: ignore[attr-defined]
+        assert connection._packed_blocks == [] and not connection._pending_blocks
+        assert await redis.set("{timeouts}k", "v")
+    finally:
+        await redis.delete(stream, "{timeouts}k")
         await redis.aclose()
