@@ -22,6 +22,7 @@ from beacon.redis_errors import describe, is_redis_trouble
 from beacon.settings import Settings
 from cep import streams
 from cep.events import Event
+from cep.scripts import NotDurableError
 
 log = logging.getLogger("beacon.ingest")
 
@@ -149,9 +150,10 @@ class _Connection:
                 reader.cancel()
                 exc = appender.exception()
                 assert exc is not None
-                if is_redis_trouble(exc):
-                    # Redis down, hung or refusing writes: expected in operation, and the producer's resend is the
-                    # cure. One line, as the HTTP path logs it, and 1013 (try again later) for the producer.
+                if is_redis_trouble(exc) or isinstance(exc, NotDurableError):
+                    # Redis down, hung, refusing writes or not fsyncing in time: expected in operation, and the
+                    # producer's resend is the cure. One line, as the HTTP path logs it (answering 503), and 1013
+                    # (try again later) for the producer.
                     log.warning("ingest from %s: Redis trouble, closing the socket: %s", self._peer, describe(exc))
                     reason = b"Redis unavailable; resend unacked frames"
                     await self._ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=reason)
