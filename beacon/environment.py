@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import re
 import types
 import typing
@@ -181,62 +180,73 @@ def _value(variable: Variable, name: str, raw: str) -> Any:
             return variable.parse(raw)
         except ValueError as exc:
             raise ValidationError(str(exc) or f"{shown} is not valid", path=name) from None
+    base = _base(variable.annotation)
+    if base in (int, float):
+        # The text is read here, strictly (msgspec's lax mode would take `1e3`, `+5` or `null`); msgspec checks
+        # the bounds.
+        number = _number(raw, base)
+        if number is None:
+            raise ValidationError(f"{shown} is not {_NOUNS[base]}", path=name)
+        try:
+            return msgspec.convert(number, variable.annotation)
+        except msgspec.ValidationError:
+            bounds = _bounds(_constraints(variable.annotation), "a number")
+            raise ValidationError(f"{_shown_number(number)} is out of range: use {bounds}", path=name) from None
     try:
         return msgspec.convert(_lax(raw, variable.annotation), variable.annotation, strict=False, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
-        raise ValidationError(_refusal(shown, raw, variable.annotation, str(exc)), path=name) from None
+        raise ValidationError(_refusal(shown, variable.annotation, str(exc)), path=name) from None
+
+
+_NOUNS = {int: "a whole number", float: "a decimal number"}
+# Decimal digits, `_` allowed between them (ASCII only: `str.isdigit` takes other scripts' digits too).
+_WHOLE = re.compile(r"-?[0-9]+(_[0-9]+)*")
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?|\.[0-9]+")
+
+
+def _number(text: str, base: type) -> int | float | None:
+    """The number `text` spells, or None when it is not one in the form the variable takes."""
+    if base is int:
+        return int(text.replace("_", "")) if _WHOLE.fullmatch(text) else None
+    return float(text) if _DECIMAL.fullmatch(text) else None
+
+
+def _shown_number(value: int | float) -> str:
+    """A number as a person writes it: `3600000`, `0.5`, never `3.6e+06`."""
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def _lax(raw: str, annotation: Any) -> Any:
-    """The text as msgspec should see it: the words Beacon takes for booleans, a choice in its declared spelling,
-    digits without `_` separators."""
+    """The text as msgspec should see it: the words Beacon takes for booleans, a choice in its declared spelling."""
     base = _base(annotation)
     if base is bool:
         word = raw.lower()
         return "true" if word in TRUE_WORDS else "false" if word in FALSE_WORDS else raw
     if typing.get_origin(base) is typing.Literal:
         return next((option for option in typing.get_args(base) if str(option).lower() == raw.lower()), raw)
-    if base is int and re.fullmatch(r"-?[0-9]+(_[0-9]+)+", raw):
-        return raw.replace("_", "")
-    if base is float and not re.fullmatch(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)", raw):
-        return object()  # not a plain decimal: no exponents, nan or inf; refused below
     return raw
 
 
-def _refusal(shown: str, raw: str, annotation: Any, library_message: str) -> str:
+def _refusal(shown: str, annotation: Any, library_message: str) -> str:
     """Why a value was refused, in words that say what to write instead."""
     base = _base(annotation)
     if base is bool:
         return f"{shown} is not a boolean: use {', '.join(TRUE_WORDS)} or {', '.join(FALSE_WORDS)}"
     if typing.get_origin(base) is typing.Literal:
         return f"{shown} is not one of {', '.join(map(str, typing.get_args(base)))}"
-    if base in (int, float):
-        noun = "a whole number" if base is int else "a decimal number"
-        number = _number(raw.replace("_", ""), base)
-        if number is None:
-            return f"{shown} is not {noun}"
-        return f"{number:g} is out of range: use {_bounds(_constraints(annotation), 'a number')}"
     # msgspec's own words, less the path (the variable is named instead).
     return f"{shown}: {library_message.split(' - at `', 1)[0]}"
-
-
-def _number(text: str, base: type) -> float | None:
-    try:
-        value = base(text)
-    except ValueError:
-        return None
-    return None if isinstance(value, float) and not math.isfinite(value) else float(value)
 
 
 def _bounds(constraints: mi.IntType | mi.FloatType | None, noun: str) -> str:
     low = constraints.ge if constraints is not None else None
     high = constraints.le if constraints is not None else None
     if low is not None and high is not None:
-        return f"{noun} from {low:g} to {high:g}"
+        return f"{noun} from {_shown_number(low)} to {_shown_number(high)}"
     if low is not None:
-        return f"{noun} >= {low:g}"
+        return f"{noun} >= {_shown_number(low)}"
     if high is not None:
-        return f"{noun} <= {high:g}"
+        return f"{noun} <= {_shown_number(high)}"
     return noun
 
 

@@ -102,7 +102,9 @@ def _redis_url(url: str) -> str:
     """A Redis URL with a scheme redis-py (or our cluster client) takes; the error never shows its password."""
     scheme = urlsplit(url).scheme.lower() if "://" in url else ""
     if scheme not in REDIS_SCHEMES:
-        raise ValueError(f"{redact(url)!r} is not a Redis URL: use {', '.join(s + '://' for s in REDIS_SCHEMES)}")
+        # Quoted only as a URL, whose password `redact` hides: anything else may be a bare password.
+        shown = f"{redact(url)!r}" if "://" in url else "the value"
+        raise ValueError(f"{shown} is not a Redis URL: use {', '.join(s + '://' for s in REDIS_SCHEMES)}")
     return url
 
 
@@ -133,14 +135,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "([operations](docs/operations.md#when-redis-is-not-there-at-start))",
         ),
     ] = None
-    # Long enough for the slowest healthy call (a batch commit blocks Redis for up to about a quarter second).
+    # At least twice the slowest healthy call (a batch commit blocks Redis for up to about a quarter second).
     redis_timeout_ms: Annotated[
         int,
         setting(
             "how long a Redis reply may be late, beyond the time its command asks Redis to wait (`XREAD ... BLOCK`, "
             "`WAITAOF`), before the command fails: a hung Redis then costs a request a `503` with `Retry-After` "
             "([operations](docs/operations.md#a-hung-redis))",
-            ge=100,
+            ge=500,
             le=300_000,
         ),
     ] = 5_000
@@ -396,7 +398,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise
             # Name the variable that was set, and never quote what the file holds (a value the parser
             # refused may still be a secret: a bare password where a URL belongs).
-            message = exc.message.replace(resolved[exc.path], REDACTED)
+            message = exc.message.replace(resolved[exc.path], REDACTED).replace(resolved[exc.path].strip(), REDACTED)
             variable = exc.path + FILE_SUFFIX
             raise ValidationError(f"{message} (read from {env[variable].strip()})", path=variable) from None
 

@@ -55,7 +55,8 @@ class HttpEndpoint(msgspec.Struct, frozen=True):
     url: Annotated[str | None, setting("URL to POST to")] = None
     headers: Annotated[
         Mapping[str, str],
-        setting("a JSON object of extra headers", parse=_headers, default="`{}`"),
+        # A secret: it usually carries the endpoint's credentials (Authorization).
+        setting("a JSON object of extra headers", parse=_headers, default="`{}`", secret=True),
     ] = msgspec.field(default_factory=dict)
     extra: Annotated[
         Mapping[str, Any],
@@ -225,7 +226,7 @@ class ConnectorSettings(msgspec.Struct, frozen=True, kw_only=True):
     # A rate-limited action may book a send slot at most this far ahead; past it, it asks again later.
     rate_limit_max_wait_ms: Annotated[
         int,
-        setting("how far ahead a rate-limited action may book its send slot", env=_c("RATE_LIMIT_MAX_WAIT_MS")),
+        setting("how far ahead a rate-limited action may book its send slot", env=_c("RATE_LIMIT_MAX_WAIT_MS"), ge=0),
     ] = 60_000
     frequency_caps: Annotated[
         Mapping[str, FrequencyCap],
@@ -316,6 +317,7 @@ class ConnectorSettings(msgspec.Struct, frozen=True, kw_only=True):
         to hide: a token is the value of its endpoint's Authorization header, less its scheme."""
         values = {self.webhook_secret, self.wechat.secret, self.miniprogram.secret, self.wecom.secret}
         for endpoint in (self.coupon, self.points, self.sms):
+            values.add(endpoint.token)  # sent only when the headers have no Authorization of their own
             for name, value in endpoint.headers.items():
                 if name.lower() == "authorization":
                     values.add(value.split(" ", 1)[-1])

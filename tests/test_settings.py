@@ -65,6 +65,17 @@ def test_an_empty_value_means_unset() -> None:
         ("BEACON_HEALTH_STALL_MS", "10", "10 is out of range: use a number >= 1000"),
         ("BEACON_LOG_LEVEL", "verbose", "'verbose' is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
         ("BEACON_ACK_FSYNC", "maybe", "'maybe' is not one of auto, on, off"),
+        # Forms msgspec's lax conversion would take, or that were once taken for out of range:
+        ("BEACON_PORT", "+5", "'+5' is not a whole number"),
+        ("BEACON_PORT", "1e3", "'1e3' is not a whole number"),
+        ("BEACON_PORT", "12_", "'12_' is not a whole number"),
+        ("BEACON_PORT", "\u0661\u0662", "'\u0661\u0662' is not a whole number"),
+        ("BEACON_OPS_PORT", "null", "'null' is not a whole number"),
+        ("BEACON_SERVE_PARTITION_WEIGHT", "1.", "'1.' is not a decimal number"),
+        ("BEACON_SERVE_PARTITION_WEIGHT", "nan", "'nan' is not a decimal number"),
+        ("BEACON_ARCHIVE_FLUSH_MS", "100000000", "100000000 is out of range: use a number from 100 to 3600000"),
+        ("BEACON_CONNECTOR_RATE_LIMIT_MAX_WAIT_MS", "-1", "-1 is out of range: use a number >= 0"),
+        ("BEACON_REDIS_TIMEOUT_MS", "100", "100 is out of range: use a number from 500 to 300000"),
     ],
 )
 def test_numbers_and_choices_out_of_range(variable: str, value: str, message: str) -> None:
@@ -85,6 +96,8 @@ def test_numbers_and_choices_in_range() -> None:
     assert settings.state_cache_users == 1_000_000
     assert (settings.ops_port, settings.log_level, settings.ack_fsync) == (0, "DEBUG", "off")
     assert settings.embedded_redis_port == 6390
+    fractions = Settings.from_env({"BEACON_SERVE_PARTITION_WEIGHT": ".5", "BEACON_CONNECTOR_BACKOFF_JITTER": ".25"})
+    assert (fractions.serve_partition_weight, fractions.connectors.retry.jitter) == (0.5, 0.25)
 
 
 def test_ops_address_defaults_to_the_api_host_and_a_port_per_role() -> None:
@@ -138,7 +151,8 @@ def test_names_read_elsewhere_are_known() -> None:
 def test_a_redis_url_needs_a_redis_scheme_and_the_error_hides_its_password() -> None:
     message = refused({"BEACON_REDIS_URL": "http://default:hunter2@redis:6379"})
     assert message.startswith("BEACON_REDIS_URL: 'http://default:***@redis:6379' is not a Redis URL")
-    assert refused({"REDIS_URL": "redis:6379"}).startswith("REDIS_URL: 'redis:6379' is not a Redis URL")
+    # Without a scheme it may be a bare password: never quoted.
+    assert refused({"REDIS_URL": "redis:6379"}).startswith("REDIS_URL: the value is not a Redis URL")
     for url in ("redis://r:6379/0", "rediss://u:p@r", "unix:///tmp/r.sock", "redis+cluster://r:7000"):
         assert Settings.from_env({"BEACON_REDIS_URL": url}).redis_url == url
 
@@ -178,6 +192,8 @@ def test_every_secret_is_read_from_its_file_and_hidden_from_logs(tmp_path: Path)
     for name in SECRET_VARIABLES:
         value = f"pw-{name.lower()}"
         text = f"redis://:{value}@r:6379" if name.endswith("REDIS_URL") else value
+        if name.endswith("_HEADERS"):
+            text = json.dumps({"Authorization": f"Bearer {value}"})
         env[name + "_FILE"] = secret_file(tmp_path, text + ":admin" if name == "BEACON_API_KEYS" else text, name)
     plain = env.pop("REDIS_URL_FILE")  # BEACON_REDIS_URL wins over REDIS_URL
     assert {f"pw-{name.lower()}" for name in SECRET_VARIABLES} - {"pw-redis_url"} <= Settings.from_env(
@@ -214,7 +230,7 @@ def test_a_refused_secret_from_a_file_names_the_file_variable_and_hides_the_valu
     """A bare password where the Redis URL belongs: the error says so without printing the password."""
     path = secret_file(tmp_path, "hunter2\n")
     message = refused({"BEACON_REDIS_URL_FILE": path})
-    assert message.startswith("BEACON_REDIS_URL_FILE: '***' is not a Redis URL") and path in message
+    assert message.startswith("BEACON_REDIS_URL_FILE: the value is not a Redis URL") and path in message
     assert "hunter2" not in message
     message = refused({"BEACON_API_KEYS_FILE": secret_file(tmp_path, "k:nosuchscope", "keys")})
     assert message.startswith("BEACON_API_KEYS_FILE: unknown scope(s) ['nosuchscope']")
@@ -339,3 +355,17 @@ def test_an_api_key_may_name_its_owner() -> None:
     assert settings.api_key_owners == {"k1": "alice", "k3": "ops-team"}
     for bad in ("k1:rules:", "k1:rules:has space", "k1:rules:a:b"):
         assert refused({"BEACON_API_KEYS": bad}).startswith("BEACON_API_KEYS: an owner must match"), bad
+
+
+def test_a_secret_read_from_a_file_is_not_quoted_with_its_blanks_stripped(tmp_path: Path) -> None:
+    """`REDIS_URL_FILE` holding `hunter2pw ` (a trailing blank) was quoted stripped, past the redaction of the
+    unstripped text."""
+    path = tmp_path / "url"
+    path.write_text("hunter2pw \n")
+    message = refused({"REDIS_URL_FILE": str(path)})
+    assert message.startswith("REDIS_URL_FILE: the value is not a Redis URL") and "hunter2pw" not in message
+    headers = tmp_path / "headers"
+    headers.write_text('{"Authorization": "Bearer from-a-file"}')
+    settings = Settings.from_env({"BEACON_COUPON_HEADERS_FILE": str(headers)})
+    assert settings.connectors.coupon.headers == {"Authorization": "Bearer from-a-file"}
+    assert "from-a-file" in settings.secret_values()
