@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from beacon import environment
 from beacon.cli_commands import table
 from beacon.logs import REDACTED
-from beacon.settings import FILE_SUFFIX, MODELS
+from beacon.settings import FILE_SUFFIX, MODELS, read_secret_files
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,10 +35,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if args.markdown:
         print(markdown())
         return 0
-    rows = []
-    for model in MODELS:
-        for variable in environment.variables(model):
-            rows.append(_row(variable, env))
+    resolved, from_files = read_secret_files(env)
+    rows = [_row(variable, resolved, from_files) for model in MODELS for variable in environment.variables(model)]
     table(["variable", "value", "from"], rows)
     return 0
 
@@ -56,11 +54,11 @@ def markdown() -> str:
     )
 
 
-def _row(variable: environment.Variable, env: Mapping[str, str]) -> list[str]:
-    for name in variable.names:
-        if (env.get(name + FILE_SUFFIX) or "").strip():
-            return [name, REDACTED, name + FILE_SUFFIX]
-        value = (env.get(name) or "").strip()
-        if value:
-            return [name, REDACTED if variable.secret else value, "environment"]
-    return [" / ".join(variable.names), variable.default.replace("`", ""), "default"]
+def _row(variable: environment.Variable, env: Mapping[str, str], from_files: frozenset[str]) -> list[str]:
+    """The variable's name as set, its value (a secret as ***) and where it came from; or its default."""
+    found = environment.setting_in(variable, env)
+    if found is None:
+        return [" / ".join(variable.names), variable.default.replace("`", ""), "default"]
+    name, text = found
+    source = name + FILE_SUFFIX if name in from_files else "environment"
+    return [name, REDACTED if variable.secret else text.strip(), source]

@@ -28,6 +28,7 @@ import msgspec
 import msgspec.inspect as mi
 
 from beacon.errors import ValidationError
+from beacon.logs import REDACTED
 
 PREFIX = "BEACON_"
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -99,7 +100,7 @@ def _variables(model: type, prefix: str, defaults: Any) -> tuple[Variable, ...]:
             inner_prefix = extra["env"][0] if extra["env"] else prefix + field.name.upper() + "_"
             for variable in _variables(_base(field.annotation), inner_prefix, default):
                 description = f"{field.meta.description}: {variable.description}"
-                found.append(Variable((field.name, *variable.path), variable.names, description, *_tail(variable)))
+                found.append(dataclasses.replace(variable, path=(field.name, *variable.path), description=description))
             continue
         found.append(
             Variable(
@@ -114,10 +115,6 @@ def _variables(model: type, prefix: str, defaults: Any) -> tuple[Variable, ...]:
             )
         )
     return tuple(found)
-
-
-def _tail(variable: Variable) -> tuple[str, str, bool, Parse | None, Any]:
-    return variable.kind, variable.default, variable.secret, variable.parse, variable.annotation
 
 
 @functools.cache
@@ -141,13 +138,18 @@ def names(model: type) -> frozenset[str]:
     return frozenset(name for variable in variables(model) for name in variable.names)
 
 
+def setting_in(variable: Variable, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """(name, text) of the first of the variable's names that `env` sets (an empty value is unset), or None."""
+    return next(((name, env[name]) for name in variable.names if (env.get(name) or "").strip()), None)
+
+
 def read(model: type[M], env: Mapping[str, str], **fixed: Any) -> M:
     """`model` from the variables in `env` (`fixed` fields given as they are); a variable that is unset or empty
     keeps its field's default. Refuses the first bad variable with a `ValidationError` naming it."""
     values: dict[str, Any] = {}
     kind: type = model
     for variable in variables(kind):
-        found = next(((name, env[name]) for name in variable.names if (env.get(name) or "").strip()), None)
+        found = setting_in(variable, env)
         if found is not None:
             node = values
             for key in variable.path[:-1]:
@@ -179,7 +181,9 @@ def _value(variable: Variable, name: str, raw: str) -> Any:
         try:
             return variable.parse(raw)
         except ValueError as exc:
-            raise ValidationError(str(exc) or f"{shown} is not valid", path=name) from None
+            # A parser may quote what it refused; a secret's text never appears in an error.
+            message = str(exc).replace(raw, REDACTED) if variable.secret else str(exc)
+            raise ValidationError(message or f"{shown} is not valid", path=name) from None
     base = _base(variable.annotation)
     if base in (int, float):
         # The text is read here, strictly (msgspec's lax mode would take `1e3`, `+5` or `null`); msgspec checks

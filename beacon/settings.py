@@ -27,7 +27,7 @@ import msgspec
 from beacon import environment
 from beacon.environment import PREFIX, setting
 from beacon.errors import ValidationError
-from beacon.logs import REDACTED, redact
+from beacon.logs import redact
 from connectors.settings import ConnectorSettings
 
 SCOPES = frozenset({"rules", "events", "admin"})
@@ -396,11 +396,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         except ValidationError as exc:
             if exc.path not in from_files:
                 raise
-            # Name the variable that was set, and never quote what the file holds (a value the parser
-            # refused may still be a secret: a bare password where a URL belongs).
-            message = exc.message.replace(resolved[exc.path], REDACTED).replace(resolved[exc.path].strip(), REDACTED)
+            # Name the variable that was set, and the file (the message never quotes a secret's text: environment).
             variable = exc.path + FILE_SUFFIX
-            raise ValidationError(f"{message} (read from {env[variable].strip()})", path=variable) from None
+            raise ValidationError(f"{exc.message} (read from {env[variable].strip()})", path=variable) from None
 
 
 def read_secret(env: Mapping[str, str], name: str) -> str | None:
