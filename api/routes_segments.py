@@ -22,6 +22,7 @@ from api.middleware import requires
 from api.routes_rulesets import ruleset_id_of, version_of
 from beacon.errors import ValidationError
 from cep import segment_estimate, streams
+from cep.attribution import DAY_MS
 from cep.events import ORIGIN_BACKFILL, Event, backfill_id
 from cep.segment_members import MEMBERS_PAGE_MAX, delete_members, members_page, segment_size, segment_sizes
 from measure.archive_backfill import backfill_from_archive
@@ -35,7 +36,6 @@ MAX_BACKFILL = 10_000  # events per backfill call (`beacon segments backfill` se
 MAX_REPORTED_ERRORS = 100
 BACKFILL_FIELDS = ("events", "source", "from", "to")
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-DAY_MS = 86_400_000
 MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 
